@@ -1,0 +1,66 @@
+# reenactfaces — every target installs what it needs first (make install is idempotent).
+SHELL := /bin/bash
+PY_BOOT ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3.10 || command -v python3)
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+DATA    ?= data
+# Offline targets never wait on a model hub.
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install test lint demo corpus serve curate shards verify-optout train reenact eval bench report clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml .ci/constraints.txt
+	@test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c .ci/constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv with every dependency (seconds when already done)
+
+test: install ## run the test suite (fast + slow end-to-end tests)
+	$(OFFLINE) $(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install ## ruff
+	$(PY) -m ruff check pipeline model tests benchmarks
+
+corpus: install ## generate the synthetic face-video corpus under $(DATA)/corpus
+	$(PY) -m pipeline.testmedia --out $(DATA)/corpus
+
+serve: install ## serve the corpus on loopback and write manifests/sources.csv
+	$(PY) -m pipeline.testserver --corpus $(DATA)/corpus --write-sources manifests/sources.csv
+
+curate: install ## links in manifests/sources.csv -> $(DATA)/curate/clips.parquet (Ray; RAY_ADDRESS for a cluster)
+	$(PY) -m pipeline.curate --data $(DATA) --sources manifests/sources.csv --dag dags/curate.yaml
+
+shards: install ## accepted clips -> WebDataset shards with latents, CLIP, landmarks; applies opt-outs
+	$(PY) -m pipeline.shards --data $(DATA) --dag dags/shards.yaml
+
+verify-optout: install ## fail if any clip of an opted-out video remains in a shard
+	$(PY) -m pipeline.optout verify --data $(DATA)
+
+train: install ## torchrun the sDiT on the shards (CPU here, all GPUs elsewhere)
+	$(PY) -m model.launch --data $(DATA) --config dags/train.yaml
+
+reenact: install ## SOURCE=img DRIVING=video [CKPT=...] anchored diffusion
+	$(PY) -m model.reenact --data $(DATA) --source "$(SOURCE)" --driving "$(DRIVING)" $(if $(CKPT),--ckpt "$(CKPT)")
+
+eval: install ## the Table 1 grid (FID / LMSE / CSIM) on held-out shards
+	$(PY) -m model.evaluate --data $(DATA)
+
+bench: install ## benchmarks: ratios against plain references, JSON under $(DATA)/bench
+	$(OFFLINE) $(PY) -m benchmarks.run --data $(DATA)
+
+report: install ## dataset statistics figures + HTML under $(DATA)/report
+	$(PY) -m pipeline.report --data $(DATA)
+
+demo: install ## the whole system end to end, offline, on a generated corpus
+	$(OFFLINE) $(PY) -m pipeline.demo --data $(DATA)/demo
+
+clean: ## remove generated data (not .venv)
+	rm -rf $(DATA) .pytest_cache

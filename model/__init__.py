@@ -1,0 +1,1 @@
+"""Learning side of reenactfaces: sDiT, diffusion, loader, trainer, anchored sampler, metrics."""

@@ -1,0 +1,1 @@
+"""Data side of reenactfaces: download, curate, shard. Never imports `model`."""
