@@ -1,0 +1,292 @@
+"""`make report`: the dataset statistics of supplementary §5 as figures, one HTML page, and the JSON behind it.
+
+Reads the curation manifests (and the shards, when present, for the CLIP t-SNE) under the data root and writes
+<data>/report/{index.html, report.json, *.png}. The paper's figures are reproduced with the paper's own mean and
+standard deviation printed beside ours.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import sys
+import time
+from pathlib import Path
+
+# The paper's dataset statistics (supplementary §5), shown beside ours for comparison.
+PAPER = {
+    "duration_s": (3.29, 2.07),
+    "quality": (51.5, 10.72),
+    "resolution": (745.1, 247.8),
+    "face_w_ratio": (0.45, 0.05),
+    "face_h_ratio": (0.53, 0.07),
+}
+FIGURES = [  # (column, title, unit)
+    ("duration_s", "Clip duration", "seconds"),
+    ("quality", "Clip quality", "score 0-100"),
+    ("resolution", "Clip resolution", "crop side, px"),
+    ("face_w_ratio", "Face width ratio", "face width / crop width"),
+    ("face_h_ratio", "Face height ratio", "face height / crop height"),
+]
+
+
+def _stats(values) -> dict:
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
+    return {"n": int(len(v)), "mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
+            "max": float(v.max())}
+
+
+def _hist(path: Path, values, title: str, unit: str, st: dict, paper) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    ax.hist(values, bins=min(30, max(5, len(values))), color="#4a78b0", edgecolor="white")
+    label = f"ours: mean {st['mean']:.3g}, sd {st['std']:.3g} (n={st['n']})" if st["n"] else "no clips"
+    if paper:
+        label += f"\npaper: mean {paper[0]}, sd {paper[1]}"
+    ax.set_title(title)
+    ax.set_xlabel(unit)
+    ax.set_ylabel("clips")
+    ax.text(0.98, 0.95, label, transform=ax.transAxes, ha="right", va="top", fontsize=8,
+            bbox=dict(facecolor="white", alpha=0.8, edgecolor="none"))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _bar(path: Path, counts: dict, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 0.4 * max(3, len(counts)) + 1), dpi=100)
+    items = sorted(counts.items(), key=lambda kv: kv[1])
+    ax.barh([k for k, _ in items] or ["(none)"], [v for _, v in items] or [0], color="#b0584a")
+    ax.set_title(title)
+    ax.set_xlabel("count")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _frame_with_box(data_root: Path, row, side: int = 160):
+    """Middle frame of a clip, downscaled, with its crop box drawn; None if the media is gone."""
+    import cv2
+
+    from pipeline.video_io import VideoError, read_frames
+
+    media = data_root / str(row["media_path"])
+    mid = (int(row["start_frame"]) + int(row["end_frame"])) // 2
+    try:
+        img = read_frames(media, [mid]).get(mid)
+    except VideoError:
+        return None
+    if img is None:
+        return None
+    h, w = img.shape[:2]
+    s = side / max(h, w)
+    small = cv2.resize(img, (max(1, int(w * s)), max(1, int(h * s))), interpolation=cv2.INTER_AREA)
+    x0, y0, cs = (int(row[k]) for k in ("crop_x0", "crop_y0", "crop_size"))
+    cv2.rectangle(small, (int(x0 * s), int(y0 * s)), (int((x0 + cs) * s), int((y0 + cs) * s)), (0, 255, 0), 2)
+    canvas = cv2.copyMakeBorder(small, 0, side - small.shape[0], 0, side - small.shape[1], cv2.BORDER_CONSTANT)
+    return canvas
+
+
+def _sheet(path: Path, tiles: list, labels: list[str], cols: int = 6) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not tiles:
+        return False
+    rows = (len(tiles) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.2 * rows), dpi=90, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, tile, label in zip(axes.flat, tiles, labels):
+        ax.imshow(tile)
+        ax.set_title(label, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def _tsne(path: Path, shards_dir: Path, max_points: int = 600) -> dict:
+    """t-SNE of per-frame CLIP embeddings from the shards, coloured by video (supplementary Fig. 7, right)."""
+    import io
+    import tarfile
+
+    import numpy as np
+
+    embs, vids = [], []
+    for tar in sorted(shards_dir.glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            members = {m.name: m for m in tf.getmembers()}
+            for name in members:
+                if not name.endswith(".clip_emb.npy"):
+                    continue
+                key = name[: -len(".clip_emb.npy")]
+                meta = json.loads(tf.extractfile(members[key + ".meta.json"]).read())
+                e = np.load(io.BytesIO(tf.extractfile(members[name]).read()), allow_pickle=False)
+                embs.append(e.astype(np.float32))
+                vids += [meta["video_id"]] * len(e)
+    if not embs:
+        return {"status": "unavailable: no shards with CLIP embeddings"}
+    x = np.concatenate(embs)
+    idx = np.random.default_rng(0).permutation(len(x))[:max_points]
+    x, labels = x[idx], [vids[i] for i in idx]
+    if len(x) < 5:
+        return {"status": "unavailable: fewer than 5 frames"}
+    from sklearn.manifold import TSNE
+
+    y = TSNE(n_components=2, perplexity=min(30, len(x) - 1) / 2, random_state=0, init="pca").fit_transform(x)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
+    uniq = sorted(set(labels))
+    for i, v in enumerate(uniq):
+        m = [lab == v for lab in labels]
+        ax.scatter(y[m, 0], y[m, 1], s=6, color=plt.cm.tab20(i % 20), label=v[:12])
+    ax.set_title("t-SNE of per-frame CLIP embeddings, coloured by video")
+    if len(uniq) <= 12:
+        ax.legend(fontsize=6, markerscale=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return {"status": "ok", "points": int(len(x)), "videos": len(uniq)}
+
+
+def build_report(data_root: str | Path, examples_per_reason: int = 3, max_sheet: int = 24) -> dict:
+    import pandas as pd
+
+    data_root = Path(data_root)
+    cur = data_root / "curate"
+    clips_path = cur / "clips.parquet"
+    if not clips_path.exists():
+        raise FileNotFoundError(f"no clips manifest at {clips_path}: run `make curate` first")
+    out = data_root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    clips = pd.read_parquet(clips_path)
+    acc = clips[clips["status"] == "accepted"]
+    rej_path = cur / "rejections.parquet"
+    rejections = pd.read_parquet(rej_path) if rej_path.exists() else clips.iloc[0:0]
+    videos_path = cur / "videos.parquet"
+    videos = pd.read_parquet(videos_path) if videos_path.exists() else None
+
+    report: dict = {"generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "data_root": str(data_root),
+                    "counts": {"videos": int(len(videos)) if videos is not None else None,
+                               "clips": int(len(clips)), "accepted": int(len(acc)),
+                               "rejected_clips": int((clips["status"] != "accepted").sum()),
+                               "rejected_spans": int(len(rejections))},
+                    "figures": {}, "stats": {}, "paper": {k: {"mean": m, "std": s} for k, (m, s) in PAPER.items()}}
+    if "quality_scorer" in acc:
+        report["quality_scorers"] = sorted(acc["quality_scorer"].dropna().unique().tolist())
+    for col, title, unit in FIGURES:
+        st = _stats(acc[col]) if col in acc else _stats([])
+        report["stats"][col] = st
+        _hist(out / f"{col}.png", acc[col].dropna().tolist() if col in acc else [], title, unit, st, PAPER.get(col))
+        report["figures"][col] = f"{col}.png"
+
+    reasons: dict[str, int] = {}
+    for frame in (clips[clips["status"] != "accepted"], rejections):
+        if "reason" in frame:
+            for r, n in frame["reason"].value_counts().items():
+                reasons[str(r)] = reasons.get(str(r), 0) + int(n)
+    if videos is not None and "status" in videos:
+        for s, n in videos.loc[videos["status"] != "ok", "status"].value_counts().items():
+            reasons[f"video: {s}"] = int(n)
+    report["rejection_reasons"] = reasons
+    _bar(out / "rejections.png", reasons, "Rejections per reason")
+    report["figures"]["rejections"] = "rejections.png"
+
+    tiles, labels = [], []
+    for _, row in acc.head(max_sheet).iterrows():
+        t = _frame_with_box(data_root, row)
+        if t is not None:
+            tiles.append(t)
+            labels.append(f"{row['clip_id'][:8]} {row['duration_s']:.1f}s q{row['quality']:.0f}")
+    if _sheet(out / "accepted.png", tiles, labels):
+        report["figures"]["accepted"] = "accepted.png"
+    report["contact_sheet_clips"] = len(tiles)
+
+    tiles, labels = [], []
+    rej_clips = clips[clips["status"] != "accepted"]
+    for reason, group in rej_clips.groupby("reason"):
+        for _, row in group.head(examples_per_reason).iterrows():
+            t = _frame_with_box(data_root, row)
+            if t is not None:
+                tiles.append(t)
+                labels.append(str(reason)[:28])
+    if _sheet(out / "rejected.png", tiles, labels):
+        report["figures"]["rejected"] = "rejected.png"
+
+    shards_dir = data_root / "shards"
+    report["tsne_clip"] = _tsne(out / "tsne_clip.png", shards_dir) if shards_dir.exists() else {
+        "status": "unavailable: no shards (run `make shards`)"}
+    if report["tsne_clip"]["status"] == "ok":
+        report["figures"]["tsne_clip"] = "tsne_clip.png"
+    # ArcFace embeddings need insightface's buffalo_l weights, which are not shipped in any package.
+    report["tsne_arcface"] = {"status": "unavailable: ArcFace (insightface buffalo_l) weights not present"}
+
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "index.html").write_text(_html(report))
+    return report
+
+
+def _html(r: dict) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v['n']}</td><td>{_fmt(v['mean'])}</td><td>{_fmt(v['std'])}</td>"
+        f"<td>{r['paper'][k]['mean']}</td><td>{r['paper'][k]['std']}</td></tr>" for k, v in r["stats"].items())
+    reasons = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in
+                      sorted(r["rejection_reasons"].items(), key=lambda kv: -kv[1]))
+    figs = "".join(f'<figure><img src="{html.escape(f)}" alt="{html.escape(k)}"><figcaption>{html.escape(k)}'
+                   f"</figcaption></figure>" for k, f in r["figures"].items())
+    c = r["counts"]
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>reenactfaces dataset report</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} figure{{display:inline-block;margin:.5em}}
+img{{max-width:560px;border:1px solid #ddd}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px}}</style>
+</head><body><h1>reenactfaces dataset report</h1>
+<p>Generated {html.escape(r['generated'])}. Videos: {c['videos']}, candidate clips: {c['clips']},
+accepted: {c['accepted']}, rejected clips: {c['rejected_clips']}, rejected spans: {c['rejected_spans']}.
+Quality scorer(s): {html.escape(', '.join(r.get('quality_scorers', [])) or 'n/a')}.</p>
+<h2>Statistics (supplementary §5)</h2><table><tr><th>quantity</th><th>n</th><th>mean</th><th>sd</th>
+<th>paper mean</th><th>paper sd</th></tr>{rows}</table>
+<h2>Rejections</h2><table><tr><th>reason</th><th>count</th></tr>{reasons}</table>
+<p>t-SNE (CLIP): {html.escape(r['tsne_clip']['status'])}. t-SNE (ArcFace): {html.escape(r['tsne_arcface']['status'])}.</p>
+<h2>Figures</h2>{figs}</body></html>"""
+
+
+def _fmt(x) -> str:
+    return "–" if x is None else f"{x:.3g}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.report", description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="data", help="data root (default: data)")
+    args = ap.parse_args(argv)
+    try:
+        r = build_report(args.data)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        print(f"report: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.data) / "report"
+    print(f"report: {r['counts']['accepted']} accepted clips, {len(r['figures'])} figures -> {out / 'index.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
