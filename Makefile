@@ -10,7 +10,7 @@ OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint demo corpus serve curate shards verify-optout train reenact eval bench report clean
+.PHONY: help install browser test lint demo corpus serve curate shards verify-optout train reenact eval bench report clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -23,7 +23,13 @@ $(STAMP): pyproject.toml .ci/constraints.txt
 
 install: $(STAMP) ## create .venv with every dependency (seconds when already done)
 
-test: install ## run the test suite (fast + slow end-to-end tests)
+# Headless Chromium (Debian package) renders the HTML report in one test.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq chromium >/dev/null; }
+
+test: install browser ## run the test suite (fast + slow end-to-end tests)
 	$(OFFLINE) $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install ## ruff

@@ -1,0 +1,109 @@
+"""`make report`: figures exist and are valid PNGs, the HTML references them, the JSON matches the manifest,
+and the page really renders in headless Chromium."""
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline.ids import clip_id
+from pipeline.report import build_report, main
+from pipeline.schema import CLIPS
+from pipeline.video_io import write_mp4
+
+
+def _video(path, n=20, seed=0):
+    from skimage import data
+
+    face = data.astronaut()[::2, ::2]  # 256x256
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(n):
+        canvas = np.full((240, 320, 3), 40 + 10 * seed, np.uint8)
+        x = 20 + i * 2
+        canvas[:, :] += rng.integers(0, 5, 3, dtype=np.uint8)
+        canvas[0:240, x:x + 200] = face[8:248, 28:228]
+        frames.append(canvas)
+    write_mp4(path, frames, fps=25)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    (root / "media").mkdir()
+    (root / "curate").mkdir()
+    rng = np.random.default_rng(1)
+    rows = []
+    for v in range(3):
+        vid = f"vid{v}"
+        _video(root / "media" / f"{vid}.mp4", seed=v)
+        for k in range(3):
+            s, e = k * 6, k * 6 + 6
+            rejected = (v == 2 and k == 2)
+            rows.append(dict(clip_id=clip_id(vid, s, e), video_id=vid, url=f"http://127.0.0.1/{vid}.mp4",
+                             media_path=f"media/{vid}.mp4", start_frame=s, end_frame=e, start_s=s / 25, end_s=e / 25,
+                             duration_s=(e - s) / 25 + rng.uniform(0, 3), fps=25.0, crop_x0=30, crop_y0=10,
+                             crop_size=200, face_w_ratio=rng.normal(0.45, 0.03), face_h_ratio=rng.normal(0.53, 0.03),
+                             quality=rng.uniform(30, 80), quality_scorer="sharpness-v1", resolution=200,
+                             status="rejected" if rejected else "accepted", reason="quality" if rejected else ""))
+    pq.write_table(pa.Table.from_pylist(rows, schema=CLIPS), root / "curate" / "clips.parquet")
+    pd.DataFrame([{"video_id": "vid9", "start_frame": 0, "end_frame": 10, "reason": "no_face"},
+                  {"video_id": "vid9", "start_frame": 10, "end_frame": 30, "reason": "multi_face"},
+                  {"video_id": "vid8", "start_frame": 0, "end_frame": 30, "reason": "no_face"}]
+                 ).to_parquet(root / "curate" / "rejections.parquet")
+    pd.DataFrame([{"video_id": f"vid{v}", "status": "ok"} for v in range(3)] +
+                 [{"video_id": "gone", "status": "failed"}]).to_parquet(root / "curate" / "videos.parquet")
+    return root
+
+
+def test_report_figures_html_and_json_match_manifest(data_root):
+    r = build_report(data_root)
+    out = data_root / "report"
+    html = (out / "index.html").read_text()
+    for key in ["duration_s", "quality", "resolution", "face_w_ratio", "face_h_ratio", "rejections", "accepted",
+                "rejected"]:
+        f = out / r["figures"][key]
+        with Image.open(f) as im:
+            im.verify()
+            assert im.format == "PNG"
+        assert f'src="{f.name}"' in html
+    clips = pd.read_parquet(data_root / "curate" / "clips.parquet")
+    acc = clips[clips.status == "accepted"]
+    j = json.loads((out / "report.json").read_text())
+    assert j["counts"]["accepted"] == len(acc) == 8
+    for col in ["duration_s", "quality", "face_w_ratio", "face_h_ratio", "resolution"]:
+        assert j["stats"][col]["mean"] == pytest.approx(acc[col].mean())
+        assert j["stats"][col]["std"] == pytest.approx(acc[col].std(ddof=0))
+    assert j["rejection_reasons"] == {"quality": 1, "no_face": 2, "multi_face": 1, "video: failed": 1}
+    assert j["contact_sheet_clips"] == 8
+    assert j["tsne_clip"]["status"].startswith("unavailable")
+
+
+def test_report_cli_errors_cleanly_without_manifest(tmp_path, capsys):
+    assert main(["--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("report: error: no clips manifest") and "\n" not in err
+
+
+def test_report_renders_in_headless_chromium(data_root, tmp_path):
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert exe, "chromium is installed by `make test` (apt package chromium)"
+    build_report(data_root)
+    shot = tmp_path / "shot.png"
+    subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600",
+                    f"--screenshot={shot}", (data_root / "report" / "index.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(float)
+    # A blank page is one flat colour; rendered histograms put many distinct colours and dark text on it.
+    assert img.std() > 20
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50
+    # The histogram bars' blue (#4a78b0) must be on screen, i.e. the <img> figures loaded.
+    blue = (np.abs(img - [0x4a, 0x78, 0xb0]).sum(axis=2) < 30).mean()
+    assert blue > 0.001
