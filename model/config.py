@@ -1,0 +1,211 @@
+"""One typed config for the sDiT trainer, with the paper's defaults (supplementary §7).
+
+Sources of values, applied in order: dataclass defaults (the paper) -> a preset (`preset: tiny`)
+-> the YAML sections (dags/train.yaml) -> command-line overrides `section.key=value`.
+Unknown keys are rejected with a clear error, so a typo never silently trains the default.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# DiT's registry (Peebles & Xie, Table 1): name -> depth, hidden width, heads; "/p" = patch size.
+_BASE = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
+SIZES: dict[str, dict[str, int]] = {
+    f"{n}/{p}": dict(depth=d, hidden=h, heads=k, patch=p) for n, (d, h, k) in _BASE.items() for p in (2, 4, 8)
+}
+SIZES["tiny"] = dict(depth=2, hidden=64, heads=4, patch=4)  # trains on a laptop CPU in seconds
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    size: str = "XL/2"            # paper: sDiT-XL, patch 2x2
+    frames: int = 8               # paper trains F = 4 and F = 8
+    latent_size: int = 32         # 256 px / VAE factor 8
+    latent_channels: int = 4      # SD VAE
+    clip_dim: int = 512           # CLIP ViT-B/32 image embedding; checked against the shards' meta.json
+    num_landmarks: int = 478      # MediaPipe mesh with irises
+    mapping_blocks: int = 4       # paper: mapping network of 4 residual blocks
+    mlp_ratio: float = 4.0        # DiT
+    learn_sigma: bool = True      # DiT/IDDPM learned variance: 2x output channels
+    offset_scale: float = 100.0   # seconds -> sinusoid input; 100 resolves 10 ms with DiT's 10000 max period
+    grad_checkpoint: bool = False  # recompute block activations in backward (memory for compute)
+
+    def arch(self) -> dict[str, int]:
+        if self.size not in SIZES:
+            raise ConfigError(f"unknown model.size {self.size!r}; known: {', '.join(SIZES)}")
+        a = SIZES[self.size]
+        if self.latent_size % a["patch"]:
+            raise ConfigError(f"latent_size {self.latent_size} not divisible by patch {a['patch']}")
+        return a
+
+
+@dataclass
+class DiffusionConfig:
+    steps: int = 1000             # t_max (DiT)
+    schedule: str = "linear"      # DiT's linear beta schedule
+    lambda_ex: float = 1.0        # paper: expressive (mouth, eyes) latent pixels weighted 1 + lambda_ex
+    sample_steps: int = 250       # respaced steps for sample grids during training (DiT samples with 250)
+
+
+@dataclass
+class DataConfig:
+    shards: str = ""              # dir / glob / brace pattern / .txt list of URLs; "" = <data>/shards
+    cond_dropout: float = 0.1     # paper: 10% conditioning dropout for classifier-free guidance
+    dropout_mode: str = "independent"  # "independent": landmarks and CLIP dropped separately; "joint": together
+    shuffle_buffer: int = 64      # sequences mixed across clips/shards before batching
+    num_workers: int = 4          # DataLoader worker processes per rank
+    overfit_batches: int = 0      # >0: cycle this many fixed batches (data, t, noise) - a memorisation check
+
+
+@dataclass
+class TrainConfig:
+    global_batch: int = 16        # paper: global batch 16 (4 x A100)
+    max_steps: int = 1_000_000    # paper: 1M steps
+    lr: float = 6.4e-5            # paper: denoiser
+    lr_mapping: float = 6.4e-6    # paper: mapping network
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW defaults (paper: "default parameter values")
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    warmup_steps: int = 1000      # not in the paper; a short linear warmup before the cosine
+    min_lr_ratio: float = 0.0     # cosine ends at lr * min_lr_ratio
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999     # DiT
+    seed: int = 0
+    log_every: int = 100
+    ckpt_every: int = 10_000
+    keep_last: int = 2            # older step checkpoints are deleted
+    sample_every: int = 0         # >0: save a sample grid every K steps (needs a local VAE to decode)
+    vae_path: str = ""            # "" = <data>/models/vae if it exists
+    precision: str = "auto"       # "auto": bf16 autocast on GPU, fp32 on CPU; or "fp32" / "bf16"
+    peak_flops: float = 0.0       # per-device peak for MFU; 0 = look up the device table
+    run: str = "sdit"             # run directory name under <data>/train/
+    cpu_preset: str = "tiny"      # applied when no GPU is present ("" = train the YAML's model on CPU anyway)
+
+
+@dataclass
+class Config:
+    preset: str = "paper"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["train"]["betas"] = list(d["train"]["betas"])  # plain types only (weights_only checkpoints)
+        return d
+
+
+PRESETS: dict[str, dict] = {
+    "paper": {},
+    "tiny": {
+        "model": {"size": "tiny", "frames": 4},
+        "diffusion": {"sample_steps": 10},
+        "data": {"num_workers": 0, "shuffle_buffer": 8},
+        "train": {"global_batch": 4, "max_steps": 200, "lr": 1e-3, "lr_mapping": 1e-4, "warmup_steps": 10,
+                  "ema_decay": 0.99, "log_every": 10, "ckpt_every": 100},
+    },
+}
+
+_SECTIONS = ("model", "diffusion", "data", "train")
+
+
+def _coerce(name: str, value, current):
+    """Cast a YAML/CLI value to the type of the default it replaces; refuse nonsense."""
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true/false, got {value!r}")
+    if isinstance(current, tuple):
+        if not isinstance(value, (list, tuple)) or len(value) != len(current):
+            raise ConfigError(f"{name}: expected a list of {len(current)} numbers, got {value!r}")
+        return tuple(float(v) for v in value)
+    try:
+        return type(current)(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected {type(current).__name__}, got {value!r}") from None
+
+
+def apply(cfg: Config, updates: dict, origin: str) -> Config:
+    for sec, vals in updates.items():
+        if sec == "preset":
+            continue
+        if sec not in _SECTIONS:
+            raise ConfigError(f"{origin}: unknown config section {sec!r} (known: preset, {', '.join(_SECTIONS)})")
+        if not isinstance(vals, dict):
+            raise ConfigError(f"{origin}: section {sec!r} must be a mapping")
+        obj = getattr(cfg, sec)
+        known = {f.name for f in dataclasses.fields(obj)}
+        for k, v in vals.items():
+            if k not in known:
+                raise ConfigError(f"{origin}: unknown config key '{sec}.{k}' (known: {', '.join(sorted(known))})")
+            setattr(obj, k, _coerce(f"{sec}.{k}", v, getattr(obj, k)))
+    return cfg
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """['train.lr=1e-4', 'model.size=S/2'] -> {'train': {'lr': 1e-4}, 'model': {'size': 'S/2'}}."""
+    import yaml
+
+    out: dict = {}
+    for it in items:
+        key, sep, val = it.partition("=")
+        if not sep or key.count(".") != 1:
+            raise ConfigError(f"override {it!r}: expected section.key=value")
+        sec, k = key.split(".")
+        out.setdefault(sec, {})[k] = yaml.safe_load(val)
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
+                preset: str | None = None) -> Config:
+    """Defaults -> preset -> YAML -> overrides. `preset` forces a preset after the YAML (CPU fallback)."""
+    import yaml
+
+    doc = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        doc = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+    cfg = Config()
+    cfg.preset = str(doc.get("preset", "paper"))
+    if cfg.preset not in PRESETS:
+        raise ConfigError(f"unknown preset {cfg.preset!r}; known: {', '.join(PRESETS)}")
+    apply(cfg, PRESETS[cfg.preset], f"preset {cfg.preset}")
+    apply(cfg, doc, str(path))
+    if preset and preset != cfg.preset:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        cfg.preset = preset
+        apply(cfg, PRESETS[preset], f"preset {preset}")
+    if overrides:
+        apply(cfg, overrides if isinstance(overrides, dict) else parse_overrides(overrides), "override")
+    validate(cfg)
+    return cfg
+
+
+def from_dict(d: dict) -> Config:
+    """Rebuild a Config from `Config.to_dict()` (what checkpoints store)."""
+    cfg = Config(preset=d.get("preset", "paper"))
+    return apply(cfg, {k: v for k, v in d.items() if k in _SECTIONS}, "checkpoint config")
+
+
+def validate(cfg: Config) -> None:
+    cfg.model.arch()
+    if cfg.data.dropout_mode not in ("independent", "joint"):
+        raise ConfigError(f"data.dropout_mode must be independent|joint, got {cfg.data.dropout_mode!r}")
+    if cfg.diffusion.schedule != "linear":
+        raise ConfigError(f"diffusion.schedule {cfg.diffusion.schedule!r}: only 'linear' (DiT) is implemented")
+    if cfg.train.precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"train.precision must be auto|fp32|bf16, got {cfg.train.precision!r}")
+    if not 0.0 <= cfg.data.cond_dropout < 1.0:
+        raise ConfigError("data.cond_dropout must be in [0, 1)")
