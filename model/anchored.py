@@ -1,0 +1,249 @@
+"""Anchored Diffusion sampling (and the naive chunked baseline) for the sDiT.
+
+A video of N frames is generated as ONE batch of S sequences of F frames.
+
+Sequence plan (`plan_anchored`): every sequence holds the anchor frame in slot 0 and F-1 other
+frames. The N-1 non-anchor frames are sorted in time and cut into F-1 consecutive strata of S
+frames; each sequence receives one frame of every stratum, chosen by a seeded permutation. So every
+sequence spans the whole video at random, non-uniform spacing (as the training sequences are
+sampled), and time offsets are seconds relative to the anchor. S = ceil((N-1)/(F-1)); when the
+slots outnumber the frames, the spare slots re-use frames (evenly spread) as *context only*: their
+outputs are discarded, so every non-anchor frame is written by exactly one sequence (its owner).
+
+Synchronisation rule (the anchor is identical in every sequence at every step):
+  1. x_T: the anchor slot gets ONE noise draw, copied into all S sequences.
+  2. At step t the model is run on all sequences (in chunks of `max_batch` rows if needed; the
+     rule below is applied only after every chunk of the step has been evaluated).
+  3. The anchor's model output (eps and learned-variance channels, after classifier-free guidance)
+     is replaced in every sequence by its MEAN over the S sequences.
+  4. p(x_{t-1} | x_t) is computed from that averaged output, and the step's noise for the anchor
+     is ONE draw z_a shared by all sequences:  x_{t-1}^a = mean_a + sigma_a * z_a.
+  5. That single x_{t-1}^a is written into slot 0 of every sequence (exactly equal tensors).
+  All noise of a step is drawn for the whole batch from one seeded generator before any chunking,
+  so chunking changes which rows a forward call sees, never the numbers drawn.
+
+The naive baseline (`plan_naive`, sync=False) samples consecutive chunks of F frames
+independently (offsets relative to each chunk's first frame); a last partial chunk is filled with
+the preceding frames as context.
+
+Guidance modes (supplementary Table 1) set the model's drop flags: none = drop landmarks and CLIP,
+landmarks = drop CLIP, clip = drop landmarks, clip+landmarks = drop nothing. Classifier-free
+guidance with scale w: out_eps = uncond + w (cond - uncond), the unconditional pass dropping both;
+the variance channels come from the conditional pass (as DiT does). w = 1 runs no extra pass.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+GUIDANCE = {  # mode -> (drop_landmarks, drop_clip)
+    "none": (True, True),
+    "landmarks": (False, True),
+    "clip": (True, False),
+    "clip+landmarks": (False, False),
+}
+
+
+@dataclass
+class SequencePlan:
+    frames: np.ndarray        # (S, F) int: driving-frame index in each slot; slot 0 is the offset reference
+    owner: np.ndarray         # (S, F) bool: this slot's result is the one written to the output video
+    anchor: int | None        # the frame shared by all sequences (None: naive chunks)
+    n_frames: int
+
+    @property
+    def num_sequences(self) -> int:
+        return int(self.frames.shape[0])
+
+
+def _check(n_frames: int, F: int) -> None:
+    if F < 2:
+        raise ValueError(f"sequence length F={F} must be at least 2")
+    if n_frames < F:
+        raise ValueError(f"the driving video has {n_frames} frames, fewer than the sequence length F={F}")
+
+
+def plan_anchored(n_frames: int, F: int, anchor: int = 0, seed: int = 0) -> SequencePlan:
+    _check(n_frames, F)
+    if not 0 <= anchor < n_frames:
+        raise ValueError(f"anchor frame {anchor} outside the video (0..{n_frames - 1})")
+    others = [i for i in range(n_frames) if i != anchor]
+    S = math.ceil(len(others) / (F - 1))
+    pad = S * (F - 1) - len(others)
+    spare = [others[int(round(j))] for j in np.linspace(0, len(others) - 1, pad)] if pad else []
+    strata = np.array(sorted(others + spare)).reshape(F - 1, S)
+    rng = np.random.default_rng(seed)
+    frames = np.full((S, F), anchor, dtype=np.int64)
+    for k in range(F - 1):
+        for _ in range(100):  # re-draw when a spare copy would land in a sequence holding its original
+            perm = rng.permutation(S)
+            col = strata[k, perm]
+            if not any(col[s] in frames[s, 1:k + 1] for s in range(S)):
+                break
+        frames[:, k + 1] = col
+    owner = np.zeros((S, F), dtype=bool)
+    owner[0, 0] = True  # the anchor: identical everywhere, taken from sequence 0
+    seen: set[int] = set()
+    for s in range(S):
+        for f in range(1, F):
+            if frames[s, f] not in seen:
+                seen.add(int(frames[s, f]))
+                owner[s, f] = True
+    return SequencePlan(frames, owner, anchor, n_frames)
+
+
+def plan_naive(n_frames: int, F: int) -> SequencePlan:
+    _check(n_frames, F)
+    starts = list(range(0, n_frames - F + 1, F))
+    if starts[-1] + F < n_frames:
+        starts.append(n_frames - F)  # last chunk ends at the last frame; its earlier frames are context
+    frames = np.array([np.arange(s, s + F) for s in starts], dtype=np.int64)
+    owner = np.zeros_like(frames, dtype=bool)
+    seen: set[int] = set()
+    for s in range(len(starts)):
+        for f in range(F):
+            if frames[s, f] not in seen:
+                seen.add(int(frames[s, f]))
+                owner[s, f] = True
+    return SequencePlan(frames, owner, None, n_frames)
+
+
+@dataclass
+class SampleConfig:
+    steps: int = 1000                 # respaced DDPM steps (1000 = the full schedule)
+    cfg: float = 1.0                  # classifier-free guidance scale (paper: 1 best); 1 = no extra pass
+    guidance: str = "clip+landmarks"  # none | landmarks | clip | clip+landmarks
+    max_batch: int = 0                # rows per model call (CFG doubles the rows); 0 = the whole batch
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.guidance not in GUIDANCE:
+            raise ValueError(f"unknown guidance mode {self.guidance!r}; known: {', '.join(GUIDANCE)}")
+
+
+@dataclass
+class Conditioning:
+    landmarks: torch.Tensor   # (N, 478, 3) float, driving landmarks of every output frame (no NaN)
+    times: torch.Tensor       # (N,) float seconds of every output frame
+    clip_emb: torch.Tensor    # (D,) CLIP embedding of the source
+
+
+def _batch_inputs(plan: SequencePlan, cond: Conditioning):
+    fr = torch.as_tensor(plan.frames)
+    lm = torch.nan_to_num(cond.landmarks.float()[fr])                        # (S, F, 478, 3)
+    t = cond.times.float()
+    offsets = t[fr] - t[fr[:, :1]]                                           # (S, F) seconds vs slot 0
+    clip = cond.clip_emb.float()[None].expand(plan.num_sequences, -1)        # (S, D)
+    return lm, offsets, clip
+
+
+def model_rows(model, x, t_model, lm, offsets, clip, drop_lm: bool, drop_clip: bool, cfg: float,
+               max_batch: int) -> torch.Tensor:
+    """Model output for every sequence (S, F, 2C, h, w), guidance applied, evaluated in chunks.
+
+    Rows = sequences (x conditional pass, + the unconditional pass when cfg != 1 and the mode
+    conditions on something); at most `max_batch` rows go into one forward call.
+    """
+    S = x.shape[0]
+    extra = cfg != 1.0 and not (drop_lm and drop_clip)
+    # each row: (sequence index, drop_landmarks, drop_clip)
+    rows = [(s, drop_lm, drop_clip) for s in range(S)]
+    if extra:
+        rows += [(s, True, True) for s in range(S)]
+    outs = []
+    step = max_batch if max_batch and max_batch > 0 else len(rows)
+    for i in range(0, len(rows), step):
+        chunk = rows[i:i + step]
+        idx = torch.tensor([r[0] for r in chunk])
+        dl = torch.tensor([r[1] for r in chunk])
+        dc = torch.tensor([r[2] for r in chunk])
+        tt = torch.full((len(chunk),), int(t_model), dtype=torch.long)
+        outs.append(model(x[idx], tt, lm[idx], offsets[idx], clip[idx], drop_landmarks=dl, drop_clip=dc))
+    out = torch.cat(outs)
+    if not extra:
+        return out
+    cond, unc = out[:S], out[S:]
+    C = x.shape[2]
+    eps = unc[:, :, :C] + cfg * (cond[:, :, :C] - unc[:, :, :C])
+    return torch.cat([eps, cond[:, :, C:]], dim=2)
+
+
+def _p_step(diffusion, out, x, i: int):
+    """p_mean_variance on frames flattened into the batch: (S, F, ...) -> mean, log_variance."""
+    S, F = x.shape[:2]
+    tt = torch.full((S * F,), i, dtype=torch.long)
+    r = diffusion.p_mean_variance(out.reshape(S * F, *out.shape[2:]), x.reshape(S * F, *x.shape[2:]), tt)
+    return r["mean"].reshape(x.shape), r["log_variance"].reshape(x.shape).expand_as(x)
+
+
+@torch.no_grad()
+def sample(model, diffusion, plan: SequencePlan, cond: Conditioning, latent_shape: tuple[int, int, int],
+           sc: SampleConfig, callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Run the reverse process for the whole plan; returns (N, C, h, w) latents (scaled space).
+
+    `diffusion` is the full GaussianDiffusion; it is respaced here (`sc.steps`) and the model is fed
+    the original timesteps through `timestep_map`. `callback(step_index, x)` sees the batch after
+    every step (progress, tests). Anchored synchronisation applies when `plan.anchor` is set.
+    """
+    from model.diffusion import respace
+
+    sp = respace(diffusion, sc.steps)
+    tmap = torch.as_tensor(sp.timestep_map).long()
+    sync = plan.anchor is not None
+    drop_lm, drop_clip = GUIDANCE[sc.guidance]
+    lm, offsets, clip = _batch_inputs(plan, cond)
+    S, F = plan.frames.shape
+    g = torch.Generator().manual_seed(int(sc.seed))
+    x = torch.randn((S, F, *latent_shape), generator=g)
+    if sync:
+        x[:, 0] = x[0, 0]                                        # rule 1
+    n_steps = len(tmap)
+    for k, i in enumerate(range(n_steps - 1, -1, -1)):
+        out = model_rows(model, x, tmap[i], lm, offsets, clip, drop_lm, drop_clip, sc.cfg, sc.max_batch)
+        noise = torch.randn(x.shape, generator=g)                # drawn for the whole batch, before any use
+        if sync:
+            out[:, 0] = out[:, 0].mean(dim=0)                    # rule 3
+            noise[:, 0] = noise[0, 0]                            # rule 4
+        mean, log_var = _p_step(sp, out, x, i)
+        x = mean + (torch.exp(0.5 * log_var) * noise if i > 0 else 0.0)
+        if sync:
+            x[:, 0] = x[0, 0]                                    # rule 5 (already equal; makes it explicit)
+        if callback is not None:
+            callback(k, x)
+    return assemble(plan, x)
+
+
+def assemble(plan: SequencePlan, x: torch.Tensor) -> torch.Tensor:
+    """(S, F, C, h, w) -> (N, C, h, w) from the owner slots; every frame exactly once."""
+    out = torch.empty((plan.n_frames, *x.shape[2:]), dtype=x.dtype)
+    count = np.zeros(plan.n_frames, dtype=int)
+    for s, f in zip(*np.nonzero(plan.owner)):
+        out[plan.frames[s, f]] = x[s, f]
+        count[plan.frames[s, f]] += 1
+    if not (count == 1).all():
+        raise AssertionError(f"plan does not cover every frame exactly once: counts {np.bincount(count)}")
+    return out
+
+
+class AnchoredSampler:
+    """Anchored Diffusion: one batch of sequences sharing frame `anchor` (see the module doc)."""
+
+    def __init__(self, model, diffusion, frames: int, anchor: int = 0, plan_seed: int = 0):
+        self.model, self.diffusion, self.F, self.anchor, self.plan_seed = model, diffusion, frames, anchor, plan_seed
+
+    def plan(self, n_frames: int) -> SequencePlan:
+        return plan_anchored(n_frames, self.F, self.anchor, self.plan_seed)
+
+    def __call__(self, cond: Conditioning, latent_shape, sc: SampleConfig, callback=None) -> torch.Tensor:
+        return sample(self.model, self.diffusion, self.plan(len(cond.times)), cond, latent_shape, sc, callback)
+
+
+class NaiveChunkSampler(AnchoredSampler):
+    """Baseline: consecutive chunks of F frames sampled independently (no shared frame)."""
+
+    def plan(self, n_frames: int) -> SequencePlan:
+        return plan_naive(n_frames, self.F)
