@@ -200,18 +200,18 @@ def sample(model, diffusion, plan: SequencePlan, cond: Conditioning, latent_shap
     g = torch.Generator().manual_seed(int(sc.seed))
     x = torch.randn((S, F, *latent_shape), generator=g)
     if sync:
-        x[:, 0] = x[0, 0]                                        # rule 1
+        x[:, 0] = x[0, 0].clone()                                     # rule 1
     n_steps = len(tmap)
     for k, i in enumerate(range(n_steps - 1, -1, -1)):
         out = model_rows(model, x, tmap[i], lm, offsets, clip, drop_lm, drop_clip, sc.cfg, sc.max_batch)
         noise = torch.randn(x.shape, generator=g)                # drawn for the whole batch, before any use
         if sync:
             out[:, 0] = out[:, 0].mean(dim=0)                    # rule 3
-            noise[:, 0] = noise[0, 0]                            # rule 4
+            noise[:, 0] = noise[0, 0].clone()                         # rule 4
         mean, log_var = _p_step(sp, out, x, i)
         x = mean + (torch.exp(0.5 * log_var) * noise if i > 0 else 0.0)
         if sync:
-            x[:, 0] = x[0, 0]                                    # rule 5 (already equal; makes it explicit)
+            x[:, 0] = x[0, 0].clone()                                 # rule 5 (already equal; makes it explicit)
         if callback is not None:
             callback(k, x)
     return assemble(plan, x)

@@ -101,7 +101,7 @@ def test_anchor_identical_every_step_and_chunked_equals_unchunked(tiny):
         states = []
         spy = Spy(model)
         sc = A.SampleConfig(steps=8, seed=5, max_batch=mb)
-        out = A.sample(spy, diff, plan, cond, LATENT, sc, callback=lambda k, x: states.append(x.clone()))
+        out = A.sample(spy, diff, plan, cond, LATENT, sc, callback=lambda k, x, st=states: st.append(x.clone()))
         assert len(states) == 8
         for x in states:                     # after every step, the anchor is one tensor in all sequences
             assert all(torch.equal(x[s, 0], x[0, 0]) for s in range(plan.num_sequences))
@@ -116,10 +116,13 @@ def test_anchor_identical_every_step_and_chunked_equals_unchunked(tiny):
             assert max(len(c["x"]) for c in spy.calls) <= mb
         runs[mb] = (out, states)
     ref_out, ref_states = runs[0]
+    # chunked == unchunked: same noise, same rule; only float32 rounding of batched GEMMs may differ
+    # (CPU kernels block differently by batch size: ~1e-7 relative on one forward)
     for mb in (3, 1):
         out, states = runs[mb]
-        assert torch.allclose(out, ref_out, atol=1e-5, rtol=0)
-        assert all(torch.allclose(a[:, 0], b[:, 0], atol=1e-5, rtol=0) for a, b in zip(states, ref_states))
+        assert (out - ref_out).abs().max() <= 1e-5 * ref_out.abs().max()
+        for a, b in zip(states, ref_states):
+            assert (a - b).abs().max() <= 1e-5 * b.abs().max()
     assert ref_out.shape == (n, *LATENT) and torch.isfinite(ref_out).all()
     # same seed -> same video; another seed -> another video
     again = A.sample(model, diff, plan, cond, LATENT, A.SampleConfig(steps=8, seed=5))
@@ -129,7 +132,7 @@ def test_anchor_identical_every_step_and_chunked_equals_unchunked(tiny):
 
 
 def test_anchor_update_uses_mean_model_output_over_sequences(tiny):
-    """One respaced step (t=0, no noise): the anchor equals p_mean of the sequence-averaged output."""
+    """Last step (t=0, no noise added): the anchor equals p_mean of the sequence-averaged output."""
     from model.diffusion import respace
 
     model, diff = tiny
@@ -137,16 +140,15 @@ def test_anchor_update_uses_mean_model_output_over_sequences(tiny):
     plan = A.plan_anchored(n, 4, seed=0)
     cond = _cond(n)
     spy = Spy(model)
-    out = A.sample(spy, diff, plan, cond, LATENT, A.SampleConfig(steps=1, seed=2))
-    (call,) = spy.calls
+    out = A.sample(spy, diff, plan, cond, LATENT, A.SampleConfig(steps=2, seed=2))
+    call = spy.calls[-1]
     with torch.no_grad():
         eps = model(call["x"], call["t"], call["lm"], call["offsets"], call["clip"], call["dl"], call["dc"])
-    sp = respace(diff, 1)
+    sp = respace(diff, 2)
     avg = eps[:, 0].mean(0, keepdim=True)
     want = sp.p_mean_variance(avg, call["x"][:1, 0], torch.zeros(1, dtype=torch.long))["mean"][0]
     assert torch.allclose(out[plan.anchor], want, atol=1e-6)
-    per_seq = sp.p_mean_variance(eps[:, 0], call["x"][:, 0], torch.zeros(len(eps), dtype=torch.long))["mean"]
-    assert not torch.allclose(per_seq[0], per_seq[1])      # the sequences disagree; the rule reconciles them
+    assert not torch.allclose(eps[0, 0], eps[1, 0])      # the sequences disagree; the rule reconciles them
     # non-anchor frames come from their own sequence, unaveraged
     s, f = [(s, f) for s, f in zip(*np.nonzero(plan.owner)) if f > 0][0]
     own = sp.p_mean_variance(eps[s:s + 1, f], call["x"][s:s + 1, f], torch.zeros(1, dtype=torch.long))["mean"][0]
@@ -200,7 +202,7 @@ def test_respaced_1000_is_the_full_schedule_and_model_gets_original_timesteps(ti
 
     model, diff = tiny
     full = respace(diff, 1000)
-    assert list(full.timestep_map) == list(range(1000))
+    assert full.timestep_map.tolist() == list(range(1000))
     for name in ("betas", "alphas_cumprod", "posterior_variance"):
         a, b = getattr(full, name, None), getattr(diff, name, None)
         if a is not None:
@@ -211,7 +213,7 @@ def test_respaced_1000_is_the_full_schedule_and_model_gets_original_timesteps(ti
     plan = A.plan_anchored(4, 4)
     A.sample(spy, diff, plan, _cond(4), LATENT, A.SampleConfig(steps=50))
     seen = [int(c["t"][0]) for c in spy.calls]
-    assert seen == [int(v) for v in list(sp.timestep_map)[::-1]]      # original t, from high to low
+    assert seen == sp.timestep_map.tolist()[::-1]      # original t, from high to low
 
 
 def test_naive_sampler_shares_nothing(tiny):
