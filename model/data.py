@@ -1,0 +1,198 @@
+"""Shard loader: an infinite, resampled WebDataset stream of F-frame training sequences.
+
+Sharding: each rank takes shards[rank::world] and each DataLoader worker a slice of those (all shards
+when there are fewer shards than ranks/workers, since a rank with no shard would hang DDP), then
+resamples its shards forever with an RNG seeded from (seed, rank, worker, start_step): a resumed run
+starts a fresh stream instead of replaying the first one (webdataset has no mid-epoch state).
+
+Safety: only .npy (allow_pickle=False) and .json members are decoded; anything else is ignored.
+Robustness: a missing, truncated or corrupt shard is logged, counted and never resampled again by that
+worker; a sample that fails to decode is logged, counted and skipped; training goes on. A schema
+mismatch is caught before training (`check_schema`) with an error naming what differs.
+
+Conditioning dropout: `independent` drops landmarks and CLIP each with probability p (both with p^2),
+so every guidance mode (none / landmarks / CLIP / both) has its unconditional branch trained;
+`joint` drops both together with probability p (DiT-style single null).
+"""
+from __future__ import annotations
+
+import glob
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pipeline.schema import SCHEMA_VERSION, SHARD_MEMBERS
+
+log = logging.getLogger("reenactfaces.data")
+
+
+class SchemaError(ValueError):
+    pass
+
+
+def resolve_shards(spec: str, data_root: Path | None = None) -> list[str]:
+    """Shard URLs from: "" (= <data>/shards), a directory (index.json or *.tar), a .txt list of URLs,
+    a brace pattern (train-{000000..000009}.tar), a glob, or a comma-separated list."""
+    if not spec:
+        if data_root is None:
+            raise SchemaError("no shards given (data.shards is empty and no data root)")
+        spec = str(Path(data_root) / "shards")
+    p = Path(spec)
+    if p.is_dir():
+        idx = p / "index.json"
+        if idx.is_file():
+            names = [s["name"] for s in json.loads(idx.read_text())["shards"]]
+            bad = [n for n in names if "/" in n or "\\" in n or n.startswith(".")]
+            if bad:
+                raise SchemaError(f"{idx}: shard names must be plain file names, got {bad[:3]}")
+            return [str(p / n) for n in names]
+        return sorted(str(x) for x in p.glob("*.tar"))
+    if p.suffix == ".txt" and p.is_file():
+        return [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    if "{" in spec:
+        import webdataset as wds
+        return list(wds.shardlists.expand_urls(spec))
+    if any(ch in spec for ch in "*?["):
+        return sorted(glob.glob(spec))
+    return [s for s in spec.split(",") if s]
+
+
+def decode(raw: dict) -> dict:
+    """Raw tar members -> arrays. Never unpickles: np.load(allow_pickle=False) and json only."""
+    out = {"__key__": raw["__key__"]}
+    for k, v in raw.items():
+        if k.endswith(".npy"):
+            out[k] = np.load(io.BytesIO(v), allow_pickle=False)
+        elif k.endswith(".json"):
+            out[k] = json.loads(v)
+    return out
+
+
+def make_sequence(s: dict, frames: int, rng: np.random.Generator, cond_dropout: float, dropout_mode: str) -> dict:
+    """One training sequence from one decoded clip: F stored frames at random (non-uniform spacing).
+    Frame 0 is a random reference frame; offsets are seconds relative to it (negative = earlier)."""
+    T = len(s["time_s.npy"])
+    idx = rng.choice(T, size=frames, replace=T < frames)                  # (F,) stored-frame positions
+    idx = np.r_[idx[0], np.sort(idx[1:])]                                  # reference first, rest in time order
+    time_s = s["time_s.npy"].astype(np.float32)
+    mean = s["latent_mean.npy"][idx].astype(np.float32)                    # (F, 4, h, w)
+    std = s["latent_std.npy"][idx].astype(np.float32)
+    eps = rng.standard_normal(mean.shape, dtype=np.float32)
+    lm = np.nan_to_num(s["landmarks.npy"][idx].astype(np.float32), nan=0.0)  # (F, 478, 3)
+    src = int(rng.integers(T))                                             # source frame for CLIP
+    if dropout_mode == "joint":
+        drop_lm = drop_clip = bool(rng.random() < cond_dropout)
+    else:
+        drop_lm, drop_clip = bool(rng.random() < cond_dropout), bool(rng.random() < cond_dropout)
+    return {
+        "latents": (mean + std * eps) * np.float32(s["meta.json"]["vae_scaling_factor"]),
+        "landmarks": lm,
+        "landmarks_ok": s["landmarks_ok.npy"][idx].astype(bool),
+        "offsets": time_s[idx] - time_s[idx[0]],
+        "clip_emb": s["clip_emb.npy"][src].astype(np.float32),
+        "drop_landmarks": drop_lm,
+        "drop_clip": drop_clip,
+        "frames": idx.astype(np.int64),
+        "key": s["__key__"],
+    }
+
+
+def _read_shard(url: str, errors: list):
+    import webdataset as wds
+    return wds.tarfile_samples([{"url": url}], handler=lambda exn: errors.append(exn) or True)
+
+
+def check_schema(urls: list[str], cfg) -> dict:
+    """Read the first sample of the first readable shard; raise SchemaError on any contract mismatch."""
+    if not urls:
+        raise SchemaError("no shards found")
+    for url in urls:
+        errors: list = []
+        first = next(iter(_read_shard(url, errors)), None)
+        if first is None:
+            log.warning("schema check: skipping unreadable shard %s (%s)", url, errors[:1])
+            continue
+        missing = sorted(set(SHARD_MEMBERS) - set(first))
+        if missing:
+            raise SchemaError(f"{url}: sample {first['__key__']} lacks members {missing} (shard contract v{SCHEMA_VERSION})")
+        s = decode(first)
+        meta = s["meta.json"]
+        if meta.get("schema_version") != SCHEMA_VERSION:
+            raise SchemaError(f"{url}: schema_version {meta.get('schema_version')!r}, trainer expects {SCHEMA_VERSION}")
+        want = (cfg.model.latent_channels, cfg.model.latent_size, cfg.model.latent_size)
+        got = tuple(s["latent_mean.npy"].shape[1:])
+        if got != want:
+            raise SchemaError(f"{url}: latents are {got} per frame, config model expects {want} "
+                              f"(set model.latent_size / latent_channels)")
+        if int(meta.get("clip_dim", s["clip_emb.npy"].shape[-1])) != cfg.model.clip_dim:
+            raise SchemaError(f"{url}: clip_dim {meta.get('clip_dim')} != model.clip_dim {cfg.model.clip_dim}")
+        return meta
+    raise SchemaError(f"none of the {len(urls)} shards is readable (first: {urls[0]})")
+
+
+class SequenceStream(IterableDataset):
+    def __init__(self, urls: list[str], cfg, rank: int = 0, world: int = 1, start_step: int = 0):
+        self.urls, self.cfg, self.rank, self.world, self.start_step = urls, cfg, rank, world, start_step
+
+    def __iter__(self):
+        wi = get_worker_info()
+        wid, nw = (wi.id, wi.num_workers) if wi else (0, 1)
+        mine = self.urls[self.rank::self.world] if len(self.urls) >= self.world else list(self.urls)
+        mine = mine[wid::nw] if len(mine) >= nw else mine
+        rng = np.random.default_rng([self.cfg.train.seed, self.rank, wid, self.start_step])
+        d, F = self.cfg.data, self.cfg.model.frames
+        bad_shards: set[str] = set()
+        bad_samples = 0
+        buf: list[dict] = []
+        while True:
+            live = [u for u in mine if u not in bad_shards]
+            if not live:
+                raise RuntimeError(f"rank {self.rank} worker {wid}: every shard is unreadable: {mine[:3]}")
+            url = live[int(rng.integers(len(live)))]
+            errors: list = []
+            for raw in _read_shard(url, errors):
+                try:
+                    seq = make_sequence(decode(raw), F, rng, d.cond_dropout, d.dropout_mode)
+                except Exception as exn:  # corrupt/incomplete sample: skip it, keep training
+                    bad_samples += 1
+                    log.warning("skipping sample %s in %s: %r", raw.get("__key__"), url, exn)
+                    continue
+                seq.update(worker=wid, bad_shards=len(bad_shards), bad_samples=bad_samples)
+                buf.append(seq)
+                if len(buf) >= max(1, d.shuffle_buffer):
+                    yield buf.pop(int(rng.integers(len(buf))))
+            if errors:
+                bad_shards.add(url)
+                log.warning("skipping shard %s (%d/%d bad in this worker): %s", url, len(bad_shards), len(mine),
+                            errors[0])
+
+
+def make_batches(urls: list[str], cfg, rank: int = 0, world: int = 1, start_step: int = 0):
+    """Iterator of local batches (dicts of tensors, plus "key" lists) for this rank.
+
+    With data.overfit_batches = K > 0, K global batches are drawn once from a fixed stream and cycled
+    (each rank slicing its part), so the run is identical for any world size and across resumes."""
+    B = cfg.train.global_batch
+    if B % world:
+        raise ValueError(f"train.global_batch {B} not divisible by world size {world}")
+    local = B // world
+    K = cfg.data.overfit_batches
+    if K > 0:
+        stream = iter(SequenceStream(urls, cfg, 0, 1, 0))
+        fixed = [torch.utils.data.default_collate([next(stream) for _ in range(B)]) for _ in range(K)]
+        fixed = [{k: v[rank * local:(rank + 1) * local] for k, v in b.items()} for b in fixed]
+
+        def cycle():
+            step = start_step
+            while True:
+                yield fixed[step % K]
+                step += 1
+        return cycle()
+    nw = cfg.data.num_workers
+    return iter(DataLoader(SequenceStream(urls, cfg, rank, world, start_step), batch_size=local,
+                           num_workers=nw, persistent_workers=nw > 0, pin_memory=torch.cuda.is_available()))
