@@ -1,0 +1,250 @@
+"""Per-clip features for the shards: VAE posterior, CLIP image embedding, 478x3 landmarks.
+
+A clip's crop is decoded once at `size` x `size`; the three models then see the same frames.
+Real weights load by their usual names for users online (diffusers / open_clip hub ids) or from
+local directories offline. `build_tiny_models` makes small models of the same classes (used by
+tests and the offline demo) and `fit_vae` teaches the tiny VAE just enough to reconstruct faces.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.video_io import VideoError, crop_square, frame_time, iter_frames
+
+DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"   # paper: Stable Diffusion's VAE (8x down, 4 channels)
+DEFAULT_CLIP = ("ViT-B-32", "laion2b_s34b_b79k")
+
+
+@dataclass
+class EncoderConfig:
+    size: int = 256                 # crop side fed to every model (paper: 256)
+    stride: int = 1                 # keep every stride-th frame of the clip
+    max_frames: int = 0             # 0 = keep all; else evenly spaced subset of at most this many
+    vae: str = DEFAULT_VAE          # hub id or local diffusers dir
+    clip_model: str = DEFAULT_CLIP[0]      # open_clip name, or a local dir (open_clip_config.json)
+    clip_pretrained: str = DEFAULT_CLIP[1]  # tag or checkpoint file; ignored for a local dir
+    batch_frames: int = 16          # frames per model forward
+    device: str = "auto"            # auto | cpu | cuda
+
+    def fingerprint(self) -> str:
+        """What makes cached features comparable: same models, same frames."""
+        keys = ("size", "stride", "max_frames", "vae", "clip_model", "clip_pretrained")
+        return hashlib.sha1(json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------- frames
+
+def pick_indices(start: int, end: int, stride: int, max_frames: int) -> np.ndarray:
+    idx = np.arange(start, end, max(1, stride), dtype=np.int64)
+    if max_frames and len(idx) > max_frames:
+        # evenly spaced, always keeping the first and last kept frame
+        idx = idx[np.unique(np.round(np.linspace(0, len(idx) - 1, max_frames)).astype(np.int64))]
+    return idx
+
+
+def decode_clip(row: dict, media: Path, cfg: EncoderConfig):
+    """(frames uint8 (T,S,S,3), frame_index int64 (T,), time_s float32 (T,)) for one clips.parquet row."""
+    start, end = int(row["start_frame"]), int(row["end_frame"])
+    want = pick_indices(start, end, cfg.stride, cfg.max_frames)
+    wanted = set(want.tolist())
+    x0, y0, cs = int(row["crop_x0"]), int(row["crop_y0"]), int(row["crop_size"])
+    got, frames = [], []
+    for i, img in iter_frames(media, start, end):
+        if i in wanted:
+            frames.append(crop_square(img, x0, y0, cs, cfg.size))
+            got.append(i)
+    if not frames:
+        raise VideoError(f"no frames in span {start}:{end} of {media.name}")
+    idx = np.asarray(got, dtype=np.int64)
+    fps = float(row["fps"])
+    t = np.array([frame_time(i - start, fps) for i in idx], dtype=np.float32)
+    return np.stack(frames), idx, t
+
+
+# ---------------------------------------------------------------- models
+
+@dataclass
+class ModelSet:
+    vae: str               # what to load (hub id or dir)
+    clip_model: str
+    clip_pretrained: str | None
+    vae_label: str         # what meta.json records
+    clip_label: str
+
+
+def resolve_models(spec: str, cfg: EncoderConfig) -> ModelSet:
+    """'default' -> the config's names; a directory -> <dir>/vae and <dir>/clip (build_tiny_models layout)."""
+    if spec in ("", "default"):
+        clip_label = cfg.clip_model if Path(cfg.clip_model).is_dir() else f"{cfg.clip_model}/{cfg.clip_pretrained}"
+        return ModelSet(cfg.vae, cfg.clip_model, cfg.clip_pretrained, cfg.vae, clip_label)
+    d = Path(spec)
+    if not (d / "vae").is_dir() or not (d / "clip").is_dir():
+        raise FileNotFoundError(f"model dir {d} needs vae/ and clip/ subdirectories")
+    info = json.loads((d / "models.json").read_text()) if (d / "models.json").exists() else {}
+    return ModelSet(str(d / "vae"), str(d / "clip"), None,
+                    info.get("vae", f"local:{d.name}/vae"), info.get("clip", f"local:{d.name}/clip"))
+
+
+def load_vae(name_or_dir: str, device="cpu"):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(name_or_dir).to(device).eval()
+
+
+def load_clip(name_or_dir: str, pretrained: str | None, device="cpu"):
+    import open_clip
+
+    if Path(name_or_dir).is_dir():
+        model = open_clip.create_model("local-dir:" + str(Path(name_or_dir).resolve()))
+    else:
+        model = open_clip.create_model(name_or_dir, pretrained=pretrained)
+    return model.to(device).eval()
+
+
+def pick_device(want: str) -> str:
+    import torch
+
+    if want == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return want
+
+
+class Encoders:
+    """The three models; `encode(frames)` returns the per-frame feature arrays of one clip."""
+
+    def __init__(self, models: ModelSet, cfg: EncoderConfig, with_landmarks: bool = True):
+        import torch
+
+        from pipeline.landmarks import FaceMesh478
+
+        self.cfg, self.models = cfg, models
+        self.device = pick_device(cfg.device)
+        torch.manual_seed(0)
+        self.vae = load_vae(models.vae, self.device)
+        self.clip = load_clip(models.clip_model, models.clip_pretrained, self.device)
+        pp = getattr(self.clip.visual, "preprocess_cfg", {}) or {}
+        isz = getattr(self.clip.visual, "image_size", 224)
+        self.clip_size = int(isz[0] if isinstance(isz, (tuple, list)) else isz)
+        self.clip_mean = torch.tensor(pp.get("mean", (0.48145466, 0.4578275, 0.40821073))).view(1, 3, 1, 1)
+        self.clip_std = torch.tensor(pp.get("std", (0.26862954, 0.26130258, 0.27577711))).view(1, 3, 1, 1)
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+        # static mode: every frame on its own, so a frame's landmarks never depend on its neighbours
+        self.mesh = FaceMesh478(static=True) if with_landmarks else None
+
+    def meta(self) -> dict:
+        return {"vae": self.models.vae_label, "vae_scaling_factor": self.scaling_factor,
+                "clip_model": self.models.clip_label, "size": self.cfg.size}
+
+    def forward_models(self, frames: np.ndarray) -> dict:
+        """VAE + CLIP on uint8 frames (T,S,S,3), in batches of cfg.batch_frames."""
+        import torch
+        import torch.nn.functional as F
+
+        means, stds, embs = [], [], []
+        with torch.inference_mode():
+            for s in range(0, len(frames), self.cfg.batch_frames):
+                x = torch.from_numpy(frames[s:s + self.cfg.batch_frames]).to(self.device)
+                x = x.permute(0, 3, 1, 2).float() / 255.0
+                post = self.vae.encode(x * 2 - 1).latent_dist
+                means.append(post.mean.half().cpu())
+                stds.append(post.std.half().cpu())
+                c = F.interpolate(x, size=(self.clip_size, self.clip_size), mode="bicubic",
+                                  align_corners=False, antialias=True).clamp(0, 1)
+                c = (c - self.clip_mean.to(c)) / self.clip_std.to(c)
+                e = self.clip.encode_image(c).float()
+                embs.append(F.normalize(e, dim=-1).half().cpu())
+        return {"latent_mean": torch.cat(means).numpy(), "latent_std": torch.cat(stds).numpy(),
+                "clip_emb": torch.cat(embs).numpy()}
+
+    def encode(self, frames: np.ndarray) -> dict:
+        out = self.forward_models(frames)
+        if self.mesh is not None:
+            out["landmarks"], out["landmarks_ok"] = self.mesh.batch(frames)
+        return out
+
+    def close(self):
+        if self.mesh is not None:
+            self.mesh.close()
+
+
+# ---------------------------------------------------------------- tiny models for tests and the demo
+
+TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                block_out_channels=(16, 32, 32, 32), norm_num_groups=8)  # 4 blocks -> 3 downsamples -> 8x
+TINY_CLIP = {"embed_dim": 32,
+             "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+             "text_cfg": {"context_length": 16, "vocab_size": 1000, "width": 32, "heads": 2, "layers": 1}}
+
+
+def build_tiny_models(out_dir: str | Path, seed: int = 0, sample_size: int = 64) -> Path:
+    """Save a small AutoencoderKL and a small open_clip CLIP (random weights) loadable by the real paths."""
+    import open_clip
+    import torch
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(sample_size=sample_size, **TINY_VAE)
+    vae.save_pretrained(out / "vae", safe_serialization=True)
+    clip = open_clip.CLIP(**TINY_CLIP)
+    (out / "clip").mkdir(parents=True, exist_ok=True)
+    cfg = {"model_cfg": TINY_CLIP,
+           "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}}
+    (out / "clip" / "open_clip_config.json").write_text(json.dumps(cfg, indent=1))
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(out / "clip" / "open_clip_model.safetensors"))
+    info = {"vae": f"tiny-AutoencoderKL{list(TINY_VAE['block_out_channels'])}-seed{seed}",
+            "clip": f"tiny-openclip-ViT(w64,l2,p8,d32)-seed{seed}", "seed": seed, "fitted": False}
+    (out / "models.json").write_text(json.dumps(info, indent=1))
+    return out
+
+
+def fit_vae(vae, frames: np.ndarray, steps: int = 300, lr: float = 2e-3, kl_weight: float = 1e-6,
+            batch: int = 16, seed: int = 0, log_every: int = 0) -> list[float]:
+    """A few hundred CPU steps of reconstruction + small KL on uint8 crops (N,S,S,3). Returns losses."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    data = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    opt = torch.optim.Adam(vae.parameters(), lr=lr)
+    vae.train()
+    losses = []
+    for step in range(steps):
+        x = data[torch.randint(len(data), (min(batch, len(data)),), generator=g)]
+        if torch.rand((), generator=g) < 0.5:   # mirror: cheap augmentation on a small corpus
+            x = x.flip(-1)
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
+        rec = vae.decode(z).sample
+        loss = torch.nn.functional.mse_loss(rec, x) + kl_weight * post.kl().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if log_every and step % log_every == 0:
+            print(f"  fit_vae step {step}/{steps} loss {loss.item():.4f}", flush=True)
+    vae.eval()
+    return losses
+
+
+def fit_tiny_models(model_dir: Path, frames: np.ndarray, steps: int = 300, seed: int = 0) -> dict:
+    """Fit the VAE of a build_tiny_models dir on crops and save it back; records the fit in models.json."""
+    vae = load_vae(str(model_dir / "vae"))
+    losses = fit_vae(vae, frames, steps=steps, seed=seed, log_every=max(1, steps // 5))
+    vae.save_pretrained(model_dir / "vae", safe_serialization=True)
+    info = json.loads((model_dir / "models.json").read_text())
+    info.update(fitted=True, fit_steps=steps, fit_frames=int(len(frames)),
+                fit_loss_first=losses[0], fit_loss_last=float(np.mean(losses[-10:])))
+    info["vae"] = info["vae"].split("+fit")[0] + f"+fit{steps}"
+    (model_dir / "models.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+def config_dict(cfg: EncoderConfig) -> dict:
+    return asdict(cfg)

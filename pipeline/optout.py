@@ -1,0 +1,249 @@
+"""Opt-out by manifest edit, and `python -m pipeline.optout verify --data DATA`.
+
+A video leaves the dataset when its id or URL is in manifests/optout.csv, or when its row is
+deleted from manifests/sources.csv. `apply` (called by every `python -m pipeline.shards` run,
+before any new work) then, per video:
+  1. rewrites only the shards that held its clips (other shards keep their exact bytes);
+  2. updates index.json and shards.parquet;
+  3. deletes its downloaded media, its rows in curate/clips.parquet (the cut clips), its curate
+     state and its cached features;
+  4. records it in shards/removed.json (so it is never sharded again, even if re-listed) and
+     appends an audit record to shards/optout_audit.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from pipeline.paths import DataRoot, atomic_write_text, safe_name
+
+
+class ManifestProblem(ValueError):
+    """optout.csv / sources.csv could not be parsed; nothing was removed."""
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def load_state(sdir: Path) -> dict:
+    p = sdir / "removed.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def read_manifests(optout_path, sources_path):
+    """(OptOut or None, list[Source] or None); a malformed file raises ManifestProblem naming the row."""
+    from pipeline.sources import ManifestError, load_optout, load_sources
+
+    try:
+        oo = load_optout(optout_path) if optout_path and Path(optout_path).exists() else None
+        srcs = load_sources(sources_path) if sources_path and Path(sources_path).exists() else None
+    except ManifestError as e:
+        raise ManifestProblem(str(e)) from None
+    return oo, srcs
+
+
+def _sourced(srcs) -> tuple[set, set]:
+    from pipeline.ids import video_id_from_url
+
+    ids, urls = set(), set()
+    for s in srcs:
+        urls.add(s.url)
+        ids.add(video_id_from_url(s.url))
+        if getattr(s, "video_id", None):
+            ids.add(s.video_id)
+    return ids, urls
+
+
+def _oo_entries(oo) -> list[str]:
+    return sorted(set(oo.ids) | set(oo.urls)) if oo is not None else []
+
+
+def apply(root: DataRoot, cfg, index: dict, table, items: list[dict], log=print) -> dict:
+    """Remove every opted-out / un-sourced video; returns a report with `blocked` (ids never to shard)."""
+    sdir = root.dir("shards")
+    oo, srcs = read_manifests(cfg.optout, cfg.sources)
+    state = load_state(sdir)
+    videos: dict[str, dict] = {}
+    for it in items:
+        videos.setdefault(it["video_id"], {"url": it.get("url", ""), "origin": it["origin"]})
+    for r in table.itertuples():
+        videos.setdefault(r.video_id, {"url": r.url or "", "origin": r.origin})
+
+    targets: dict[str, str] = {}
+    if oo is not None:
+        for vid, v in videos.items():
+            if oo.matches(vid, v["url"]):
+                targets[vid] = "optout.csv"
+    if srcs is not None:
+        ids, urls = _sourced(srcs)
+        for vid, v in videos.items():
+            if v["origin"] == "video" and vid not in ids and v["url"] not in urls:
+                targets.setdefault(vid, "sources.csv row deleted")
+    known = set(videos) | set(state) | {s.get("url") for s in state.values()}
+    from pipeline.ids import video_id_from_url
+
+    unknown = [e for e in _oo_entries(oo) if e not in known and video_id_from_url(e) not in known]
+    if unknown:
+        log(f"opt-out entries matching no known video (nothing to remove): {unknown}")
+
+    report = {"removed_videos": [], "clips_removed": 0, "shards_rewritten": [], "shards_deleted": [],
+              "files_deleted": [], "unknown": unknown}
+    for vid in sorted(targets):
+        rec = remove_video(root, sdir, vid, videos[vid]["url"], targets[vid], index, items, log)
+        if rec is None:
+            continue
+        state[vid] = {"url": videos[vid]["url"], "trigger": targets[vid], "time": rec["time"]}
+        atomic_write_text(sdir / "removed.json", json.dumps(state, indent=1, sort_keys=True) + "\n")
+        with open(sdir / "optout_audit.jsonl", "a") as f:
+            f.write(json.dumps(rec, sort_keys=True) + "\n")
+        report["removed_videos"].append(vid)
+        report["clips_removed"] += len(rec["clips_removed"])
+        report["shards_rewritten"] += rec["shards_rewritten"]
+        report["shards_deleted"] += rec["shards_deleted"]
+        report["files_deleted"] += rec["files_deleted"]
+        log(f"opt-out {vid} ({targets[vid]}): {len(rec['clips_removed'])} clips, "
+            f"{len(rec['shards_rewritten'])} shards rewritten, {len(rec['files_deleted'])} files deleted")
+    report["blocked"] = set(state) | set(targets)
+    return report
+
+
+def remove_video(root: DataRoot, sdir: Path, vid: str, url: str, trigger: str, index: dict, items, log):
+    """Do every removal step for one video; None when there was nothing left to remove."""
+    from pipeline import shardio
+
+    table = shardio.load_table(sdir)
+    mine = table[table["video_id"] == vid]
+    clip_ids = set(mine["clip_id"]) | {it["clip_id"] for it in items if it["video_id"] == vid}
+    rewritten, deleted_shards = [], []
+    by_name = {s["name"]: s for s in index["shards"]}
+    for name in sorted(set(mine["shard"])):
+        path = sdir / name
+        old = by_name.get(name)
+        kept = [s for s in shardio.read_samples(path) if s[0] not in clip_ids] if path.exists() else []
+        if kept:
+            entry = shardio.write_shard(path, kept)
+            rewritten.append({"name": name, "old_sha256": old and old["sha256"], "new_sha256": entry["sha256"],
+                              "nsamples": entry["nsamples"]})
+            index["shards"] = [entry if s["name"] == name else s for s in index["shards"]]
+        else:
+            path.unlink(missing_ok=True)
+            deleted_shards.append({"name": name, "old_sha256": old and old["sha256"]})
+            index["shards"] = [s for s in index["shards"] if s["name"] != name]
+    if len(mine):
+        shardio.save_index(sdir, index)
+        shardio.save_table(sdir, table[table["video_id"] != vid])
+
+    files = []
+    media = [it["media_path"] for it in items if it["video_id"] == vid and it["origin"] == "video"]
+    cands = [root.path(m) for m in media if m]
+    if root.path("media").is_dir():
+        cands += sorted(root.path("media").glob(f"{safe_name(vid)}.*"))
+    cache = root.path("shards", "cache")
+    cands += [p for c in sorted(clip_ids) for p in sorted(cache.glob(f"*/{safe_name(c)}.npz"))]
+    cands += [root.path("curate", "state", f"{safe_name(vid)}.json")]
+    for p in dict.fromkeys(cands):
+        if p.is_file():
+            p.unlink()
+            files.append(str(p.relative_to(root.root)))
+    clip_rows = _drop_clip_rows(root, vid)
+    if not (len(mine) or files or clip_rows):
+        return None
+    return {"time": _now(), "video_id": vid, "url": url, "trigger": trigger, "clips_removed": sorted(clip_ids),
+            "shards_rewritten": rewritten, "shards_deleted": deleted_shards, "files_deleted": files,
+            "manifest_rows_removed": clip_rows}
+
+
+def _drop_clip_rows(root: DataRoot, vid: str) -> int:
+    """Remove the video's rows from curate/clips.parquet (its cut clips), keeping that file's schema."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from pipeline.paths import atomic_write_bytes
+
+    p = root.path("curate", "clips.parquet")
+    if not p.exists():
+        return 0
+    t = pq.read_table(p)
+    keep = pc.invert(pc.equal(t["video_id"], vid))
+    n = t.num_rows - pc.sum(keep.cast("int64")).as_py() if t.num_rows else 0
+    if n:
+        import pyarrow as pa
+
+        buf = pa.BufferOutputStream()
+        pq.write_table(t.filter(keep), buf)
+        atomic_write_bytes(p, buf.getvalue().to_pybytes())
+    return int(n)
+
+
+# ---------------------------------------------------------------- verify
+
+def verify(data: str | Path, optout_path: str, log=print) -> list[str]:
+    """Scan every member of every shard; return one problem line per opted-out clip found."""
+    import pandas as pd
+
+    from pipeline import shardio
+    from pipeline.ids import video_id_from_url
+
+    root = DataRoot.of(data)
+    sdir = root.path("shards")
+    oo, _ = read_manifests(optout_path, None)
+    state = load_state(sdir) if sdir.is_dir() else {}
+    urls: dict[str, str] = {vid: s.get("url") or "" for vid, s in state.items()}
+    removed_clips: set[str] = set()
+    audit = sdir / "optout_audit.jsonl"
+    if audit.exists():
+        for line in audit.read_text().splitlines():
+            rec = json.loads(line)
+            urls.setdefault(rec["video_id"], rec.get("url") or "")
+            removed_clips |= set(rec["clips_removed"])
+    for p in (sdir / "shards.parquet", root.path("curate", "clips.parquet")):
+        if p.exists():
+            df = pd.read_parquet(p, columns=["video_id", "url"])
+            for vid, u in zip(df["video_id"], df["url"]):
+                urls.setdefault(vid, u or "")
+
+    def opted(vid: str) -> bool:
+        if vid in state:
+            return True
+        if oo is None:
+            return False
+        u = urls.get(vid, "")
+        return oo.matches(vid, u) or any(video_id_from_url(x) == vid for x in oo.urls)
+
+    problems, nshards, nsamples = [], 0, 0
+    for path in sorted(sdir.glob("*.tar")) if sdir.is_dir() else []:
+        nshards += 1
+        for key, members in shardio.read_samples(path):
+            nsamples += 1
+            meta = json.loads(dict(members).get("meta.json", b"{}"))
+            vid = meta.get("video_id", "")
+            if key in removed_clips or opted(vid):
+                problems.append(f"{path.name}: clip {key} of opted-out video {vid}")
+    log(f"verify: scanned {nshards} shards, {nsamples} samples; {len(problems)} opted-out clips found")
+    return problems
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.optout", description="opt-out checks")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    v = sub.add_parser("verify", help="fail if any clip of an opted-out video remains in a shard")
+    v.add_argument("--data", default="data")
+    v.add_argument("--optout", default="manifests/optout.csv")
+    a = ap.parse_args(argv)
+    try:
+        problems = verify(a.data, a.optout)
+    except ManifestProblem as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for p in problems:
+        print(f"FAIL {p}")
+    print("opt-out verify: " + ("FAILED" if problems else "ok"))
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,411 @@
+"""`python -m pipeline.shards`: accepted clips (+ still pseudo-clips) -> WebDataset shards.
+
+Order of a run: recover from a killed run -> apply opt-outs (rewrite only the shards that held
+removed clips) -> encode clips that have no cached features (Ray Data actor pool, or sequentially)
+-> pack not-yet-sharded clips into NEW shards -> index.json, shards.parquet, stats.json.
+Features are cached per clip under shards/cache/<encoder fingerprint>/ so a killed run resumes
+without recomputing, and a re-run with nothing new writes no shard, index or table.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.encoders import EncoderConfig
+from pipeline.paths import DataRoot, atomic_write_bytes, atomic_write_text, safe_name
+
+_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")   # a tar key: no dots (webdataset splits there), no slashes
+
+
+@dataclass
+class ShardsConfig:
+    name: str = "faces"                 # shard file prefix
+    samples_per_shard: int = 64
+    runner: str = "ray"                 # ray | sequential
+    models: str = "default"             # default | tiny | a dir with vae/ and clip/
+    clips: str = "curate/clips.parquet"  # relative to the data root
+    sources: str = "manifests/sources.csv"
+    optout: str = "manifests/optout.csv"
+    stills: str = ""                    # folder of portraits -> pseudo-clips ("" = none)
+    stills_frames: int = 16
+    stills_fps: float = 25.0
+    decode_cpus: float = 0.25           # Ray: fractional CPUs, or 2 cores deadlock (DESIGN.md)
+    encode_cpus: float = 0.5
+    encode_gpus: float = 1.0            # used only when CUDA is present
+    max_actors: int = 2
+    clips_per_batch: int = 4
+    tiny_seed: int = 0
+    tiny_fit_steps: int = 300
+    tiny_fit_frames: int = 512
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+
+def load_dag(path: str | Path | None) -> ShardsConfig:
+    """dags/shards.yaml -> ShardsConfig; unknown keys are an error (a typo must not be ignored)."""
+    import yaml
+
+    cfg = ShardsConfig()
+    if not path:
+        return cfg
+    doc = yaml.safe_load(Path(path).read_text()) or {}
+    flat = {}
+    for k, v in doc.items():
+        if k == "stages":
+            for stage, kv in (v or {}).items():
+                for kk, vv in (kv or {}).items():
+                    flat[(stage, kk)] = vv
+        elif k in ("inputs", "tiny"):
+            for kk, vv in (v or {}).items():
+                flat[(k, kk)] = vv
+        else:
+            flat[("", k)] = v
+    top = {f.name for f in cfg.__dataclass_fields__.values()} - {"encoder"}
+    enc = set(cfg.encoder.__dataclass_fields__)
+    rename = {("stills", "frames"): "stills_frames", ("stills", "fps"): "stills_fps",
+              ("decode", "num_cpus"): "decode_cpus", ("encode", "num_cpus"): "encode_cpus",
+              ("encode", "num_gpus"): "encode_gpus", ("tiny", "seed"): "tiny_seed",
+              ("tiny", "fit_steps"): "tiny_fit_steps", ("tiny", "fit_frames"): "tiny_fit_frames"}
+    for (stage, k), v in flat.items():
+        if (stage, k) in rename:
+            setattr(cfg, rename[(stage, k)], v)
+        elif stage in ("decode", "encode") and k in enc:
+            setattr(cfg.encoder, k, v)
+        elif stage in ("", "inputs", "encode", "write") and k in top:
+            setattr(cfg, k, v)
+        else:
+            raise ValueError(f"{path}: unknown key {stage + '.' if stage else ''}{k}")
+    return cfg
+
+
+# ---------------------------------------------------------------- work items
+
+def clip_items(root: DataRoot, cfg: ShardsConfig) -> tuple[list[dict], list[dict]]:
+    """Accepted clips as work items, plus per-row errors (bad ids)."""
+    import pandas as pd
+
+    p = root.path(cfg.clips)
+    if not p.exists():
+        return [], []
+    df = pd.read_parquet(p)
+    df = df[df["status"] == "accepted"]
+    items, bad = [], []
+    for r in df.to_dict("records"):
+        if not _KEY.match(str(r["clip_id"])):
+            bad.append({"clip_id": str(r["clip_id"])[:80], "video_id": r["video_id"], "reason": "clip_id not a safe key"})
+            continue
+        items.append({"clip_id": r["clip_id"], "video_id": r["video_id"], "url": r["url"] or "", "origin": "video",
+                      "media_path": r["media_path"], "start_frame": int(r["start_frame"]),
+                      "end_frame": int(r["end_frame"]), "fps": float(r["fps"]), "crop_x0": int(r["crop_x0"]),
+                      "crop_y0": int(r["crop_y0"]), "crop_size": int(r["crop_size"])})
+    return items, bad
+
+
+def load_frames(item: dict, root: str, cfg: ShardsConfig):
+    """Frames of one work item: decoded crop of a clip, or a still's pseudo-clip."""
+    if item["origin"] == "still":
+        from pipeline.stills import pseudo_clip
+
+        return pseudo_clip(Path(item["media_path"]), cfg.stills_frames, cfg.encoder.size, cfg.stills_fps,
+                           seed=int(item["clip_id"][:8], 16))
+    from pipeline.encoders import decode_clip
+
+    return decode_clip(item, DataRoot.of(root).path(item["media_path"]), cfg.encoder)
+
+
+def cache_path(cache_dir: Path, clip_id: str) -> Path:
+    return cache_dir / f"{safe_name(clip_id)}.npz"
+
+
+def save_cache(path: Path, feats: dict, meta: dict) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8), **feats)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_cache(path: Path) -> tuple[dict, dict]:
+    with np.load(path, allow_pickle=False) as z:
+        feats = {k: z[k] for k in z.files if k != "meta"}
+        meta = json.loads(z["meta"].tobytes().decode())
+    return feats, meta
+
+
+def encode_item(enc, item: dict, frames, idx, t, cache_dir: Path) -> int:
+    from pipeline.schema import SCHEMA_VERSION
+
+    feats = enc.encode(frames)
+    feats["frame_index"], feats["time_s"] = idx, t
+    meta = {"clip_id": item["clip_id"], "video_id": item["video_id"], "origin": item["origin"],
+            "fps": float(item["fps"]), "clip_dim": int(feats["clip_emb"].shape[1]),
+            "schema_version": SCHEMA_VERSION, **enc.meta()}
+    save_cache(cache_path(cache_dir, item["clip_id"]), feats, meta)
+    return len(frames)
+
+
+# ---------------------------------------------------------------- runners
+
+def encode_sequential(items, root: DataRoot, cfg: ShardsConfig, models, cache_dir: Path, log) -> list[dict]:
+    from pipeline.encoders import Encoders
+
+    enc = Encoders(models, cfg.encoder)
+    out = []
+    try:
+        for n, it in enumerate(items, 1):
+            t0 = time.perf_counter()
+            try:
+                frames, idx, t = load_frames(it, str(root.root), cfg)
+                k = encode_item(enc, it, frames, idx, t, cache_dir)
+                out.append({"clip_id": it["clip_id"], "status": "ok", "reason": "", "nframes": k})
+            except Exception as e:   # one bad clip never stops the run
+                out.append({"clip_id": it["clip_id"], "status": "error", "reason": f"{type(e).__name__}: {e}"[:300],
+                            "nframes": 0})
+            log(f"encoded {n}/{len(items)} {it['clip_id']} {out[-1]['status']} {time.perf_counter() - t0:.2f}s")
+    finally:
+        enc.close()
+    return out
+
+
+class _Decode:
+    def __init__(self, root: str, cfg: ShardsConfig):
+        self.root, self.cfg = root, cfg
+
+    def __call__(self, it: dict) -> dict:
+        try:
+            frames, idx, t = load_frames(it, self.root, self.cfg)
+            return {**it, "status": "ok", "reason": "", "frames": frames.tobytes(), "shape": list(frames.shape),
+                    "frame_index": idx.tolist(), "time_s": t.tolist()}
+        except Exception as e:
+            return {**it, "status": "error", "reason": f"{type(e).__name__}: {e}"[:300], "frames": b"",
+                    "shape": [0, 0, 0, 0], "frame_index": [], "time_s": []}
+
+
+class _EncodeActor:
+    """One per Ray actor: models loaded once, then batches of decoded clips."""
+
+    def __init__(self, models, cfg: ShardsConfig, cache_dir: str):
+        from pipeline.encoders import Encoders
+
+        self.enc, self.cache_dir = Encoders(models, cfg.encoder), Path(cache_dir)
+
+    def __call__(self, batch):
+        rows = []
+        for r in batch.to_dict("records"):
+            out = {"clip_id": r["clip_id"], "status": r["status"], "reason": r["reason"], "nframes": 0}
+            if r["status"] == "ok":
+                try:
+                    frames = np.frombuffer(r["frames"], dtype=np.uint8).reshape([int(s) for s in r["shape"]])
+                    out["nframes"] = encode_item(self.enc, r, frames, np.asarray(r["frame_index"], dtype=np.int64),
+                                                 np.asarray(r["time_s"], dtype=np.float32), self.cache_dir)
+                except Exception as e:
+                    out.update(status="error", reason=f"{type(e).__name__}: {e}"[:300])
+            rows.append(out)
+        import pandas as pd
+
+        return pd.DataFrame(rows, columns=["clip_id", "status", "reason", "nframes"])
+
+
+def encode_ray(items, root: DataRoot, cfg: ShardsConfig, models, cache_dir: Path, log) -> list[dict]:
+    import os
+
+    import ray
+    import torch
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False,
+                 ignore_reinit_error=True)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    gpus = cfg.encode_gpus if torch.cuda.is_available() else 0
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = ds.map(_Decode(str(root.root), cfg), num_cpus=cfg.decode_cpus)
+    ds = ds.map_batches(_EncodeActor, fn_constructor_args=(models, cfg, str(cache_dir)), batch_format="pandas",
+                        batch_size=cfg.clips_per_batch, concurrency=(1, max(1, cfg.max_actors)),
+                        num_cpus=cfg.encode_cpus, num_gpus=gpus)
+    out = []
+    for r in ds.iter_rows():
+        out.append({k: r[k] for k in ("clip_id", "status", "reason")} | {"nframes": int(r["nframes"])})
+        log(f"encoded {len(out)}/{len(items)} {r['clip_id']} {r['status']}")
+    return out
+
+
+# ---------------------------------------------------------------- models
+
+def prepare_models(spec: str, root: DataRoot, cfg: ShardsConfig, items: list[dict], log):
+    """'tiny' builds (once) small models under <data>/models/tiny and fits the VAE on the clips' crops."""
+    from pipeline.encoders import build_tiny_models, fit_tiny_models, resolve_models
+
+    if spec != "tiny":
+        return resolve_models(spec, cfg.encoder)
+    d = root.path("models", "tiny")
+    if not (d / "models.json").exists() or not json.loads((d / "models.json").read_text()).get("fitted"):
+        log(f"building tiny models in {d}")
+        build_tiny_models(d, cfg.tiny_seed, sample_size=cfg.encoder.size)
+        frames = []
+        for it in items:
+            if sum(len(f) for f in frames) >= cfg.tiny_fit_frames:
+                break
+            try:
+                frames.append(load_frames(it, str(root.root), cfg)[0])
+            except Exception:
+                continue
+        if frames and cfg.tiny_fit_steps > 0:
+            log(f"fitting tiny VAE: {cfg.tiny_fit_steps} steps on {sum(len(f) for f in frames)} crops")
+            fit_tiny_models(d, np.concatenate(frames)[: cfg.tiny_fit_frames], cfg.tiny_fit_steps, cfg.tiny_seed)
+    return resolve_models(str(d), cfg.encoder)
+
+
+def encoder_record(cfg: ShardsConfig, models) -> dict:
+    rec = {"vae": models.vae_label, "clip_model": models.clip_label, "size": cfg.encoder.size,
+           "stride": cfg.encoder.stride, "max_frames": cfg.encoder.max_frames, "stills_frames": cfg.stills_frames}
+    rec["fingerprint"] = hashlib.sha1(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:12]
+    return rec
+
+
+# ---------------------------------------------------------------- the run
+
+def run(data: str | Path, cfg: ShardsConfig, log=print) -> dict:
+    from pipeline import optout, shardio
+    from pipeline.stills import still_items
+
+    t_start = time.perf_counter()
+    root = DataRoot.of(data)
+    sdir = root.dir("shards")
+    index = shardio.load_index(sdir)
+    recovered = shardio.recover(sdir, index)
+    if recovered:
+        log(f"recovered from an interrupted run: removed {recovered}")
+    table = shardio.load_table(sdir)
+
+    items, bad = clip_items(root, cfg)
+    if cfg.stills:
+        items += still_items(Path(cfg.stills), cfg.stills_fps, cfg.stills_frames)
+    # opt-outs first: a malformed optout.csv raises here, before anything is touched
+    removal = optout.apply(root, cfg, index, table, items, log)
+    table = shardio.load_table(sdir)
+    blocked = removal["blocked"]
+    done = set(table["clip_id"])
+    pending = [it for it in items if it["clip_id"] not in done and it["video_id"] not in blocked]
+    pending.sort(key=lambda it: (it["origin"], it["video_id"], it.get("start_frame", 0), it["clip_id"]))
+
+    stats = {"data": str(root.root), "runner": cfg.runner, "clips_total": len(items), "clips_pending": len(pending),
+             "bad_rows": bad, "recovered": recovered, "optout": {k: v for k, v in removal.items() if k != "blocked"},
+             "encoded": 0, "cache_hits": 0, "failed": [], "shards_written": [], "encode_s": 0.0}
+    written = []
+    if pending:
+        models = prepare_models(cfg.models, root, cfg, pending, log)
+        enc_rec = encoder_record(cfg, models)
+        if index.get("encoder") and index["shards"] and index["encoder"]["fingerprint"] != enc_rec["fingerprint"]:
+            raise SystemExit(f"error: shards in {sdir} were built with {index['encoder']}; this run would use "
+                             f"{enc_rec}. Use the same models/size or a new data root.")
+        index["encoder"] = enc_rec
+        cache_dir = root.dir("shards", "cache", enc_rec["fingerprint"])
+        todo = [it for it in pending if not cache_path(cache_dir, it["clip_id"]).exists()]
+        stats["cache_hits"] = len(pending) - len(todo)
+        t0 = time.perf_counter()
+        if todo:
+            log(f"encoding {len(todo)} clips ({cfg.runner}, models {models.vae_label} / {models.clip_label})")
+            runner = encode_ray if cfg.runner == "ray" else encode_sequential
+            results = runner(todo, root, cfg, models, cache_dir, log)
+            stats["encoded"] = sum(r["status"] == "ok" for r in results)
+            stats["failed"] = [r for r in results if r["status"] != "ok"]
+        stats["encode_s"] = time.perf_counter() - t0
+        ready = [it for it in pending if cache_path(cache_dir, it["clip_id"]).exists()]
+        written = write_new_shards(sdir, cfg, index, table, ready, cache_dir, log)
+    stats["shards_written"] = written
+    stats["shards_total"] = len(index["shards"])
+    stats["samples_total"] = int(sum(s["nsamples"] for s in index["shards"]))
+    stats["seconds"] = time.perf_counter() - t_start
+    stats["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    atomic_write_text(sdir / "stats.json", json.dumps(stats, indent=1, default=str) + "\n")
+    return stats
+
+
+def write_new_shards(sdir: Path, cfg: ShardsConfig, index, table, ready, cache_dir: Path, log) -> list[dict]:
+    """Pack clips into new shards numbered after the last existing one; never touch an existing shard."""
+    import pandas as pd
+
+    from pipeline import shardio
+
+    nxt = max((shardio.shard_number(s["name"]) for s in index["shards"]), default=-1) + 1
+    written = []
+    for s in range(0, len(ready), cfg.samples_per_shard):
+        chunk = ready[s:s + cfg.samples_per_shard]
+        samples, rows = [], []
+        name = shardio.shard_name(cfg.name, nxt)
+        for it in chunk:
+            feats, meta = load_cache(cache_path(cache_dir, it["clip_id"]))
+            samples.append((it["clip_id"], shardio.sample_members(feats, meta)))
+            rows.append({"clip_id": it["clip_id"], "video_id": it["video_id"], "url": it.get("url", ""),
+                         "origin": it["origin"], "shard": name, "nframes": int(len(feats["frame_index"]))})
+        entry = shardio.write_shard(sdir / name, samples)
+        # the shard is visible and complete; now record it (a kill before this line -> recover() redoes it)
+        index["shards"].append(entry)
+        shardio.save_index(sdir, index)
+        table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True) if len(table) else pd.DataFrame(rows)
+        shardio.save_table(sdir, table)
+        written.append(entry)
+        log(f"wrote {name}: {entry['nsamples']} samples, {entry['bytes']} bytes")
+        nxt += 1
+    return written
+
+
+def summary(stats: dict) -> str:
+    o = stats["optout"]
+    lines = [f"shards: {stats['clips_total']} clips known, {stats['clips_pending']} pending, "
+             f"{stats['encoded']} encoded, {stats['cache_hits']} from cache, {len(stats['failed'])} failed",
+             f"        {len(stats['shards_written'])} new shards; total {stats['shards_total']} shards / "
+             f"{stats['samples_total']} samples; {stats['seconds']:.1f}s"]
+    if o.get("removed_videos") or o.get("unknown"):
+        lines.append(f"opt-out: removed {len(o.get('removed_videos', []))} videos, {o.get('clips_removed', 0)} clips, "
+                     f"rewrote {len(o.get('shards_rewritten', []))} shards; unknown ids: {o.get('unknown', [])}")
+    for f in stats["failed"][:10]:
+        lines.append(f"  failed {f['clip_id']}: {f['reason']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.shards", description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default="data")
+    ap.add_argument("--dag", default="dags/shards.yaml")
+    ap.add_argument("--models", help="tiny | DIR (vae/ + clip/) | default (hub names)")
+    ap.add_argument("--runner", choices=["ray", "sequential"])
+    ap.add_argument("--size", type=int, help="crop side in pixels (paper 256)")
+    ap.add_argument("--max-frames", type=int, help="frames kept per clip (0 = all)")
+    ap.add_argument("--stills", help="folder of portraits to add as pseudo-clips")
+    ap.add_argument("--sources", help="sources.csv (default from the DAG)")
+    ap.add_argument("--optout", help="optout.csv (default from the DAG)")
+    a = ap.parse_args(argv)
+    try:
+        cfg = load_dag(a.dag)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for k, attr in (("models", "models"), ("runner", "runner"), ("stills", "stills"), ("sources", "sources"),
+                    ("optout", "optout")):
+        if getattr(a, k) is not None:
+            setattr(cfg, attr, getattr(a, k))
+    if a.size:
+        cfg.encoder.size = a.size
+    if a.max_frames is not None:
+        cfg.encoder.max_frames = a.max_frames
+    from pipeline.optout import ManifestProblem
+
+    try:
+        stats = run(a.data, cfg, log=lambda m: print(f"[shards] {m}", flush=True))
+    except ManifestProblem as e:
+        print(f"error: {e} (nothing removed)", file=sys.stderr)
+        return 2
+    print(summary(stats))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
