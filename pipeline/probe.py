@@ -1,0 +1,128 @@
+"""probe, and the one decode pass per video that feeds scenes, faces and quality.
+
+Decode is the CPU budget (target: all of curation <= 3x a plain PyAV decode of the same
+video), so no stage decodes on its own. `scan` decodes every frame once, asks PyAV's scaler
+once for a small RGB image (scenes and face detection work on it), and hands out the
+full-size picture only on demand: the quality sampler reads the luma plane of a few frames.
+Decoding is single-threaded on purpose: Ray parallelises across videos, and per-stage CPU
+accounting stays honest.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pipeline.video_io import VideoError, VideoInfo, _rotation_of, _to_display
+from pipeline.video_io import probe as _probe
+
+
+@dataclass
+class ProbeConfig:
+    max_duration_s: float = 3600.0   # longer videos are recorded as "too_long", not decoded
+    max_pixels: int = 4096 * 4096    # bigger frames are recorded as "too_large" (4K passes)
+    min_side: int = 64               # smaller frames cannot hold a usable face crop
+    small_side: int = 256            # side of the small frames scenes and faces see (paper: 150 px)
+
+
+def probe_video(path: str | Path, cfg: ProbeConfig) -> VideoInfo:
+    """Metadata of a downloaded file; VideoError with a one-line reason if it cannot be curated."""
+    info = _probe(path)
+    if info.width * info.height > cfg.max_pixels:
+        raise VideoError(f"frame {info.width}x{info.height} exceeds probe.max_pixels={cfg.max_pixels}")
+    if min(info.width, info.height) < cfg.min_side:
+        raise VideoError(f"frame {info.width}x{info.height} is smaller than probe.min_side={cfg.min_side}")
+    if info.duration_s > cfg.max_duration_s:
+        raise VideoError(f"duration {info.duration_s:.0f}s exceeds probe.max_duration_s={cfg.max_duration_s:.0f}")
+    return info
+
+
+class Frame:
+    """One decoded frame: `small` RGB (display orientation) always; full-size planes on demand."""
+
+    __slots__ = ("index", "small", "_av", "_rot")
+
+    def __init__(self, index: int, small: np.ndarray, av_frame, rot: int):
+        self.index, self.small, self._av, self._rot = index, small, av_frame, rot
+
+    def gray(self) -> np.ndarray:
+        """Full-size luma in display orientation (the Y plane: no colour conversion)."""
+        f = self._av
+        if f.format.name.startswith(("yuv", "yuvj", "nv12", "gray")):
+            p = f.planes[0]
+            y = np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[: f.height, : f.width]
+        else:
+            y = f.to_ndarray(format="gray")
+        return _to_display(np.ascontiguousarray(y), self._rot)
+
+    def rgb(self) -> np.ndarray:
+        return _to_display(self._av.to_ndarray(format="rgb24"), self._rot)
+
+
+def small_size(w: int, h: int, max_side: int) -> tuple[int, int]:
+    s = min(1.0, max_side / max(w, h))
+    return max(2, int(round(w * s)) // 2 * 2), max(2, int(round(h * s)) // 2 * 2)
+
+
+def scan(path: str | Path, max_side: int, consumers: dict[str, Callable[[Frame], None]],
+         timings: dict[str, float] | None = None, max_frames: int | None = None) -> int:
+    """Decode `path` once; call every consumer on every frame, in order. Returns frames decoded.
+
+    `timings` accumulates CPU seconds per consumer name and under "decode" for decoding plus the
+    small-frame conversion.
+    """
+    from av.video.reformatter import VideoReformatter
+
+    from pipeline.video_io import _open
+
+    t = timings if timings is not None else {}
+    for k in ["decode", *consumers]:
+        t.setdefault(k, 0.0)
+    c = _open(path)
+    n = 0
+    try:
+        s = c.streams.video[0]
+        frames = c.decode(s)
+        size = None
+        # One reformatter for the whole video: it keeps its scaler context (frame.to_ndarray(width=...)
+        # builds a new one per frame, which costs more than decoding a small frame).
+        scaler = VideoReformatter()
+        clock = time.process_time()
+        while max_frames is None or n < max_frames:
+            try:  # only decoder errors are caught here; a consumer's bug must surface
+                av_frame = next(frames)
+            except StopIteration:
+                break
+            except Exception as e:  # a corrupt stream: keep what was decoded, say where it broke
+                if n == 0:
+                    raise VideoError(f"decode failed ({type(e).__name__}: {e})") from None
+                raise TruncatedDecode(n, f"decode stopped after frame {n} ({type(e).__name__})") from None
+            if size is None:
+                size = small_size(av_frame.width, av_frame.height, max_side)
+            rot = _rotation_of(s, av_frame)
+            small = scaler.reformat(av_frame, width=size[0], height=size[1], format="rgb24",
+                                    interpolation="AREA").to_ndarray()
+            frame = Frame(n, _to_display(small, rot), av_frame, rot)
+            now = time.process_time()
+            t["decode"] += now - clock
+            clock = now
+            for name, fn in consumers.items():
+                fn(frame)
+                now = time.process_time()
+                t[name] += now - clock
+                clock = now
+            n += 1
+    finally:
+        c.close()
+    return n
+
+
+class TruncatedDecode(VideoError):
+    """Decoding broke after `frames` good frames; the caller may keep results before that."""
+
+    def __init__(self, frames: int, msg: str):
+        super().__init__(msg)
+        self.frames = frames

@@ -1,0 +1,184 @@
+"""The curation DAG: typed stage configs, their resources, and the per-video analysis.
+
+dags/curate.yaml names the stages in order with their parameters and Ray resources:
+download -> probe -> scenes -> faces -> quality -> filters -> manifest. The runner maps two
+Ray Data steps over the sources: `download` (I/O-bound tasks) and `analyse` (one actor per
+worker holding the face detector and quality scorer) which runs probe, then the single decode
+pass feeding scenes + faces + quality, then filters, and returns manifest rows. `analyse_video`
+below is that step as a plain function: the sequential runner and the unit tests call it directly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.faces import FacesConfig, FaceScanner, make_detector, place_crop, segment
+from pipeline.filters import FiltersConfig, judge, split_long
+from pipeline.probe import ProbeConfig, TruncatedDecode, probe_video, scan
+from pipeline.quality import QualityConfig, QualitySampler, make_scorer
+from pipeline.scenes import ScenesConfig, SceneCutter
+
+STAGES = ["download", "probe", "scenes", "faces", "quality", "filters", "manifest"]
+
+
+@dataclass
+class DownloadConfig:
+    """Handed to pipeline.download as keyword arguments (it owns their meaning)."""
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class Resources:
+    num_cpus: float = 1.0        # Ray CPUs per task/actor; fractional so 2 cores never deadlock
+    concurrency: int = 1         # tasks in flight (download) or actors in the pool (analyse)
+    batch_size: int = 1          # videos per Ray call
+
+
+@dataclass
+class EngineConfig:
+    num_cpus: int = 0            # embedded Ray: 0 = all cores of this machine
+    object_store_mb: int = 256
+    log_every_s: float = 5.0     # progress line period
+
+
+@dataclass
+class CurateConfig:
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    scenes: ScenesConfig = field(default_factory=ScenesConfig)
+    faces: FacesConfig = field(default_factory=FacesConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    filters: FiltersConfig = field(default_factory=FiltersConfig)
+    resources: dict[str, Resources] = field(default_factory=lambda: {
+        "download": Resources(0.25, 2), "analyse": Resources(0.5, 2)})
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def fingerprint(self) -> str:
+        """Hash of every parameter that changes results (not resources): resume reuses only matching work."""
+        d = {k: dataclasses.asdict(getattr(self, k)) for k in ("download", "probe", "scenes", "faces",
+                                                                "quality", "filters")}
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _fill(dc_type, raw: dict, where: str):
+    names = {f.name for f in dataclasses.fields(dc_type)}
+    unknown = set(raw) - names
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}")
+    return dc_type(**raw)
+
+
+def load_dag(path: str | Path | None) -> CurateConfig:
+    """Read dags/curate.yaml: {engine: {...}, stages: [{name, params: {...}, resources: {...}}]}."""
+    import yaml
+
+    cfg = CurateConfig()
+    if path is None:
+        return cfg
+    doc = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(doc, dict) or not isinstance(doc.get("stages", []), list):
+        raise ValueError(f"{path}: expected a mapping with a 'stages' list")
+    cfg.engine = _fill(EngineConfig, doc.get("engine") or {}, f"{path}: engine")
+    seen = []
+    for st in doc.get("stages", []):
+        name = st.get("name")
+        if name not in STAGES:
+            raise ValueError(f"{path}: unknown stage {name!r}; stages are {', '.join(STAGES)}")
+        seen.append(name)
+        params = st.get("params") or {}
+        if name == "download":
+            cfg.download = DownloadConfig(dict(params))
+        elif name != "manifest":
+            setattr(cfg, name, _fill(type(getattr(cfg, name)), params, f"{path}: {name}.params"))
+        if st.get("resources"):
+            step = "download" if name == "download" else "analyse"
+            cfg.resources[step] = _fill(Resources, st["resources"], f"{path}: {name}.resources")
+    if seen and seen != [s for s in STAGES if s in seen]:
+        raise ValueError(f"{path}: stages out of order: {seen}; the order is {' -> '.join(STAGES)}")
+    return cfg
+
+
+class Models:
+    """Per-worker heavy objects (face detector, quality scorer), built once on first use."""
+
+    def __init__(self, cfg: CurateConfig):
+        self.cfg = cfg
+        self._det = self._scorer = None
+
+    @property
+    def detector(self):
+        if self._det is None:
+            self._det = make_detector(self.cfg.faces)
+        return self._det
+
+    @property
+    def scorer(self):
+        if self._scorer is None:
+            self._scorer = make_scorer(self.cfg.quality)
+        return self._scorer
+
+
+def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: CurateConfig,
+                  models: Models) -> dict:
+    """probe -> (scenes + faces + quality in one decode) -> crop -> filters, for one downloaded file.
+
+    Returns {"probe": {...}, "clips": [CLIPS rows], "rejections": [...], "times": {stage: cpu s},
+    "cuts": [...], "num_frames": n, "message": str}. Raises VideoError for a file that cannot be
+    curated (the caller records it as the video's status).
+    """
+    from pipeline.ids import clip_id
+
+    times = {k: 0.0 for k in ("probe", "scenes", "faces", "quality", "filters")}
+    t0 = time.process_time()
+    info = probe_video(media, cfg.probe)
+    times["probe"] = time.process_time() - t0
+    fps = info.fps
+    cutter = SceneCutter(cfg.scenes, fps)
+    faces = FaceScanner(cfg.faces, models.detector, info.width)
+    sampler = QualitySampler(cfg.quality, models.scorer, faces, cfg.faces.face_w_ratio, cfg.faces.face_h_ratio)
+    scan_t: dict[str, float] = {}
+    message = ""
+    try:
+        n = scan(media, cfg.probe.small_side, {"scenes": lambda f: cutter.update(f.index, f.small),
+                                               "faces": faces.update, "quality": sampler.update}, scan_t)
+    except TruncatedDecode as e:  # keep the frames before the damage
+        n, message = e.frames, str(e)
+    t0 = time.process_time()
+    cuts = cutter.finish()
+    t1 = time.process_time()
+    dets = faces.finish(n)
+    spans, bad = segment(dets, cuts, cfg.faces)
+    t2 = time.process_time()
+    times["scenes"] = scan_t.get("scenes", 0.0) + t1 - t0
+    times["faces"] = scan_t.get("faces", 0.0) + t2 - t1
+    times["quality"] = scan_t.get("quality", 0.0)
+    times["decode"] = scan_t.get("decode", 0.0)
+
+    def span_row(s, e):
+        return {"video_id": video_id, "url": url, "start_frame": int(s), "end_frame": int(e),
+                "start_s": s / fps, "end_s": e / fps}
+
+    rejections = [{**span_row(s, e), "stage": "faces", "reason": r} for s, e, r in bad]
+    clips = []
+    f = cfg.filters
+    for s, e, det_frames in spans:
+        for a, b in split_long(s, e, fps, f.max_duration_s):
+            boxes = [dets[k].box for k in det_frames if a <= k < b] or [dets[det_frames[-1]].box]
+            crop = place_crop(boxes, info.width, info.height, cfg.faces)
+            q = sampler.clip_score(a, b)
+            reason = judge((b - a) / fps, crop.size, q, crop.face_w_ratio, crop.face_h_ratio, crop.outside, f)
+            row = {"clip_id": clip_id(video_id, a, b), **span_row(a, b), "media_path": media_rel,
+                   "duration_s": (b - a) / fps, "fps": fps, "crop_x0": crop.x0, "crop_y0": crop.y0,
+                   "crop_size": crop.size, "face_w_ratio": crop.face_w_ratio, "face_h_ratio": crop.face_h_ratio,
+                   "quality": q, "quality_scorer": models.scorer.name, "resolution": crop.size,
+                   "status": "rejected" if reason else "accepted", "reason": reason}
+            clips.append(row)
+            if reason:
+                rejections.append({**span_row(a, b), "stage": "filters", "reason": reason})
+    times["filters"] = time.process_time() - t2
+    return {"probe": info.to_dict(), "clips": clips, "rejections": rejections, "times": times,
+            "cuts": cuts, "num_frames": n, "detections": faces.calls, "message": message}
