@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.faces import FacesConfig, FaceScanner, make_detector, place_crop, segment
+from pipeline.faces import FaceScanner, FacesConfig, make_detector, place_crop, segment
 from pipeline.filters import FiltersConfig, judge, split_long
 from pipeline.probe import ProbeConfig, TruncatedDecode, probe_video, scan
 from pipeline.quality import QualityConfig, QualitySampler, make_scorer
-from pipeline.scenes import ScenesConfig, SceneCutter
+from pipeline.scenes import SceneCutter, ScenesConfig
 
 STAGES = ["download", "probe", "scenes", "faces", "quality", "filters", "manifest"]
 
@@ -34,15 +34,13 @@ class DownloadConfig:
 @dataclass
 class Resources:
     num_cpus: float = 1.0        # Ray CPUs per task/actor; fractional so 2 cores never deadlock
-    concurrency: int = 1         # tasks in flight (download) or actors in the pool (analyse)
-    batch_size: int = 1          # videos per Ray call
+    concurrency: int = 1         # tasks in flight (download) or most actors in the pool (analyse)
 
 
 @dataclass
 class EngineConfig:
     num_cpus: int = 0            # embedded Ray: 0 = all cores of this machine
     object_store_mb: int = 256
-    log_every_s: float = 5.0     # progress line period
 
 
 @dataclass
@@ -69,6 +67,9 @@ def _fill(dc_type, raw: dict, where: str):
     unknown = set(raw) - names
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}")
+    defaults = {f.name: getattr(dc_type(), f.name) for f in dataclasses.fields(dc_type)}
+    # YAML says 3600 for 3600.0: coerce to the default's type so the fingerprint does not change
+    raw = {k: float(v) if isinstance(defaults[k], float) and isinstance(v, int) else v for k, v in raw.items()}
     return dc_type(**raw)
 
 

@@ -1,0 +1,142 @@
+"""Curation outputs: per-video state files (resume) and the tables built from them.
+
+<data>/curate/state/<safe video id>.json   one per finished video, written atomically when it
+                                           finishes; a re-run skips videos whose state is final
+                                           and was made with the same stage parameters
+<data>/curate/clips.parquet                pipeline.schema.CLIPS, sorted by (video_id, start_frame)
+<data>/curate/videos.parquet               VIDEOS: download status, error class, message, probe metadata
+<data>/curate/rejections.parquet           REJECTIONS: every rejected span with its stage and reason
+<data>/curate/stats.json, summary.txt      counts per status and reason, CPU time per stage
+
+The tables are always rebuilt from the state files of the current sources, so an interrupted
+and resumed run writes exactly what an uninterrupted run writes.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.paths import DataRoot, atomic_write_bytes, atomic_write_text, safe_name
+from pipeline.schema import CLIPS
+
+STATE_VERSION = 1
+
+VIDEOS = pa.schema([
+    ("video_id", pa.string()), ("url", pa.string()),
+    ("status", pa.string()),          # "ok" | "no_clips" | a download status | "bad_media" | "error"
+    ("error_class", pa.string()),     # e.g. "http_404", "VideoError"; empty when ok
+    ("message", pa.string()),
+    ("media_path", pa.string()),      # relative to the data root
+    ("bytes", pa.int64()), ("attempts", pa.int64()),
+    ("width", pa.int64()), ("height", pa.int64()), ("fps", pa.float64()), ("num_frames", pa.int64()),
+    ("duration_s", pa.float64()), ("rotation", pa.int64()), ("codec", pa.string()), ("has_audio", pa.bool_()),
+    ("cuts", pa.int64()), ("clips", pa.int64()), ("accepted", pa.int64()), ("accepted_s", pa.float64()),
+    ("config", pa.string()),          # fingerprint of the stage parameters that produced the row
+])
+
+REJECTIONS = pa.schema([
+    ("video_id", pa.string()), ("url", pa.string()),
+    ("start_frame", pa.int64()), ("end_frame", pa.int64()), ("start_s", pa.float64()), ("end_s", pa.float64()),
+    ("stage", pa.string()),           # "faces" (no / multi / small face) | "filters"
+    ("reason", pa.string()),
+])
+
+
+def state_path(root: DataRoot, video_id: str) -> Path:
+    return root.path("curate", "state", safe_name(video_id) + ".json")
+
+
+def write_state(root: DataRoot, state: dict) -> Path:
+    p = state_path(root, state["video_id"])
+    atomic_write_text(p, json.dumps({"version": STATE_VERSION, **state}, sort_keys=True, allow_nan=True))
+    return p
+
+
+def read_state(root: DataRoot, video_id: str, fingerprint: str | None = None) -> dict | None:
+    """The finished state of a video, or None if absent, unreadable, not final, or made with other params."""
+    p = state_path(root, video_id)
+    try:
+        st = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    if st.get("version") != STATE_VERSION or st.get("video_id") != video_id or not st.get("final"):
+        return None
+    if fingerprint is not None and st.get("fingerprint") != fingerprint:
+        return None
+    return st
+
+
+def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    cols = {f.name: [r.get(f.name) for r in rows] for f in schema}
+    return pa.Table.from_pydict(cols, schema=schema)
+
+
+def _write_parquet(path: Path, table: pa.Table) -> None:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def build_tables(states: list[dict]) -> tuple[pa.Table, pa.Table, pa.Table]:
+    clips, videos, rejections = [], [], []
+    for st in sorted(states, key=lambda s: s["video_id"]):
+        videos.append(st["video"])
+        clips += sorted(st.get("clips", []), key=lambda r: (r["start_frame"], r["end_frame"]))
+        rejections += sorted(st.get("rejections", []), key=lambda r: (r["start_frame"], r["end_frame"], r["reason"]))
+    return _table(clips, CLIPS), _table(videos, VIDEOS), _table(rejections, REJECTIONS)
+
+
+def write_outputs(root: DataRoot, states: list[dict], run_info: dict) -> dict:
+    """Write the three tables, stats.json and summary.txt; returns the stats."""
+    out = root.dir("curate")
+    clips, videos, rejections = build_tables(states)
+    _write_parquet(out / "clips.parquet", clips)
+    _write_parquet(out / "videos.parquet", videos)
+    _write_parquet(out / "rejections.parquet", rejections)
+    stats = make_stats(states, clips, videos, rejections, run_info)
+    atomic_write_text(out / "stats.json", json.dumps(stats, indent=2, sort_keys=True))
+    atomic_write_text(out / "summary.txt", summary_text(stats))
+    return stats
+
+
+def make_stats(states, clips: pa.Table, videos: pa.Table, rejections: pa.Table, run_info: dict) -> dict:
+    c = clips.to_pydict()
+    acc = [i for i, s in enumerate(c["status"]) if s == "accepted"]
+    times: Counter = Counter()
+    for st in states:
+        times.update(st.get("times", {}))
+    video_s = sum(d for d in videos.column("duration_s").to_pylist() if d and math.isfinite(d))
+    cpu = sum(v for k, v in times.items() if k != "download")
+    return {
+        "videos": len(states),
+        "video_status": dict(Counter(videos.column("status").to_pylist())),
+        "error_class": dict(Counter(e for e in videos.column("error_class").to_pylist() if e)),
+        "clips": len(c["status"]), "accepted": len(acc), "rejected_clips": len(c["status"]) - len(acc),
+        "rejections_by_reason": dict(Counter(rejections.column("reason").to_pylist())),
+        "accepted_s": round(sum(c["duration_s"][i] for i in acc), 3),
+        "video_s": round(video_s, 3),
+        "quality_scorers": sorted(set(c["quality_scorer"])),
+        "cpu_s_per_stage": {k: round(v, 4) for k, v in sorted(times.items())},
+        "cpu_s_per_video_s": round(cpu / video_s, 4) if video_s else None,
+        **run_info,
+    }
+
+
+def summary_text(s: dict) -> str:
+    lines = [
+        f"curate: {s['videos']} videos -> {s['accepted']} accepted clips ({s['accepted_s']:.1f} s of "
+        f"{s['video_s']:.1f} s of video), {s['rejected_clips']} rejected clips",
+        "  videos:     " + (", ".join(f"{k} {v}" for k, v in sorted(s["video_status"].items())) or "none"),
+        "  rejections: " + (", ".join(f"{k} {v}" for k, v in sorted(s["rejections_by_reason"].items())) or "none"),
+        "  cpu s:      " + ", ".join(f"{k} {v:.2f}" for k, v in s["cpu_s_per_stage"].items()),
+    ]
+    if s.get("wall_s") is not None:
+        lines.append(f"  run:        {s.get('engine')} engine, {s.get('processed', 0)} processed, "
+                     f"{s.get('skipped', 0)} resumed from state, {s['wall_s']:.1f} s wall")
+    return "\n".join(lines) + "\n"

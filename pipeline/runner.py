@@ -1,0 +1,206 @@
+"""Runs the curation DAG over the sources: on Ray Data (default) or sequentially (tests, debugging).
+
+Both runners call the same two steps per video, `download_step` then `analyse_step`; the
+second writes the video's state file the moment it finishes, so a killed run loses only the
+videos in flight, and the manifest is rebuilt from state files at the end (see manifest.py).
+A step never raises for one video: every failure becomes a status, an error class and a
+message on that video's row.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from pipeline.manifest import read_state, write_outputs, write_state
+from pipeline.paths import DataRoot
+from pipeline.stages import CurateConfig, Models, analyse_video
+
+# Download statuses worth another try on the next run (the server may be back); all others are final.
+RETRYABLE = {"transient", "rate_limited", "server_error", "timeout", "truncated", "network"}
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _clean(msg) -> str:
+    """One line, bounded: messages end up in tables and summaries."""
+    return " ".join(str(msg).split())[:300]
+
+
+def download_step(item: dict, root: str, params: dict) -> dict:
+    """One source -> its download record merged into the item (status "ok" with media_path, or why not)."""
+    t0 = time.time()
+    out = dict(item)
+    if item.get("opted_out"):
+        out.update(status="opted_out", error_class="optout", message="listed in optout.csv; never requested",
+                   media_path="", bytes=0, attempts=0)
+    else:
+        try:
+            from pipeline.download import download
+
+            rec = download(item["url"], item["video_id"], DataRoot.of(root), **params)
+            out.update({k: rec.get(k) for k in ("status", "error_class", "message", "media_path", "bytes",
+                                                 "attempts")})
+        except Exception as e:  # the downloader records its own failures; this is a bug guard
+            out.update(status="error", error_class=type(e).__name__, message=_clean(e), media_path="",
+                       bytes=0, attempts=0)
+    mp = out.get("media_path") or ""
+    if mp and Path(mp).is_absolute():
+        try:
+            mp = str(Path(mp).resolve().relative_to(Path(root).resolve()))
+        except ValueError:  # the downloader wrote outside the data root: refuse to use it
+            out.update(status="error", error_class="PathError", message="media outside the data root")
+            mp = ""
+    out["media_path"] = mp
+    out["message"] = _clean(out.get("message") or "")
+    out["download_s"] = time.time() - t0
+    return out
+
+
+def analyse_step(item: dict, root: str, cfg: CurateConfig, models: Models) -> dict:
+    """Downloaded item -> state written to <data>/curate/state/; returns a short progress row."""
+    dr = DataRoot.of(root)
+    video = {"video_id": item["video_id"], "url": item["url"], "status": item.get("status") or "error",
+             "error_class": item.get("error_class") or "", "message": item.get("message") or "",
+             "media_path": item.get("media_path") or "", "bytes": int(item.get("bytes") or 0),
+             "attempts": int(item.get("attempts") or 0), "config": cfg.fingerprint()}
+    state = {"video_id": item["video_id"], "fingerprint": cfg.fingerprint(), "video": video, "clips": [],
+             "rejections": [], "times": {"download": float(item.get("download_s") or 0.0)},
+             "final": video["error_class"] not in RETRYABLE and video["status"] not in RETRYABLE}
+    if video["status"] == "ok":
+        try:
+            media = dr.path(video["media_path"])
+            res = analyse_video(media, item["video_id"], item["url"], video["media_path"], cfg, models)
+            state.update(clips=res["clips"], rejections=res["rejections"])
+            state["times"].update(res["times"])
+            acc = [c for c in res["clips"] if c["status"] == "accepted"]
+            video.update({k: res["probe"][k] for k in ("width", "height", "fps", "duration_s", "rotation", "codec",
+                                                       "has_audio")})
+            video.update(num_frames=res["num_frames"], cuts=len(res["cuts"]), clips=len(res["clips"]),
+                         accepted=len(acc), accepted_s=sum(c["duration_s"] for c in acc),
+                         message=_clean(res["message"]))
+            if not acc:
+                reasons = sorted({r["reason"] for r in res["rejections"]})
+                video.update(status="no_clips",
+                             message=_clean(f"no accepted clip; rejected spans: {', '.join(reasons) or 'none'}"
+                                            + (f"; {res['message']}" if res["message"] else "")))
+        except Exception as e:
+            from pipeline.video_io import VideoError
+
+            bad = isinstance(e, VideoError)
+            video.update(status="bad_media" if bad else "error", error_class=type(e).__name__, message=_clean(e))
+            if not bad:
+                _log(f"curate: {item['video_id']}: unexpected {type(e).__name__}\n{traceback.format_exc(limit=4)}")
+    write_state(dr, state)
+    return {"video_id": item["video_id"], "status": video["status"], "accepted": int(video.get("accepted") or 0),
+            "message": video["message"]}
+
+
+# ---------------------------------------------------------------- engines
+
+def run_sequential(items: list[dict], root: DataRoot, cfg: CurateConfig, log=_log) -> list[dict]:
+    models = Models(cfg)
+    out = []
+    for k, it in enumerate(items, 1):
+        row = analyse_step(download_step(it, str(root.root), cfg.download.params), str(root.root), cfg, models)
+        out.append(row)
+        log(_progress(k, len(items), row))
+    return out
+
+
+class _Analyse:
+    """Ray actor: keeps the face detector and quality scorer alive across videos."""
+
+    def __init__(self, root: str, cfg: CurateConfig):
+        self.root, self.cfg, self.models = root, cfg, Models(cfg)
+
+    def __call__(self, item: dict) -> dict:
+        return analyse_step(item, self.root, self.cfg, self.models)
+
+
+def _download_fn(root: str, params: dict):
+    def fn(item: dict) -> dict:
+        return download_step(item, root, params)
+    return fn
+
+
+def ray_init(address: str | None, cfg: CurateConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    ray.init(num_cpus=cfg.engine.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
+             object_store_memory=cfg.engine.object_store_mb * 1024 * 1024, ignore_reinit_error=True)
+
+
+def run_ray(items: list[dict], root: DataRoot, cfg: CurateConfig, address: str | None = None,
+            log=_log) -> list[dict]:
+    """download tasks (I/O-bound, fractional CPUs) -> analyse actor pool (fractional CPUs, so the
+    read and download tasks always find room on 2 cores) -> rows streamed back as videos finish."""
+    import ray
+
+    ray_init(address, cfg)
+    dl, an = cfg.resources["download"], cfg.resources["analyse"]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = ds.map(_download_fn(str(root.root), cfg.download.params), num_cpus=dl.num_cpus,
+                concurrency=max(1, dl.concurrency))
+    ds = ds.map(_Analyse, fn_constructor_args=(str(root.root), cfg), num_cpus=an.num_cpus,
+                concurrency=(1, max(1, an.concurrency)))
+    out = []
+    for row in ds.iter_rows():
+        out.append(dict(row))
+        log(_progress(len(out), len(items), row))
+    return out
+
+
+def _progress(k: int, n: int, row: dict) -> str:
+    msg = f" ({row['message'][:80]})" if row.get("message") and row["status"] != "ok" else ""
+    return f"curate: [{k}/{n}] {row['video_id'][:40]} {row['status']} accepted={row['accepted']}{msg}"
+
+
+def curate(root: DataRoot, sources: list[dict], cfg: CurateConfig, engine: str = "ray",
+           ray_address: str | None = None, force: bool = False, log=_log) -> dict:
+    """sources: [{"video_id", "url", "opted_out"}]. Runs what is not finished, writes the manifests."""
+    t0 = time.time()
+    fp = cfg.fingerprint()
+    root.dir("curate", "state")
+    seen, uniq = set(), []
+    for s in sources:  # a repeated id would race on one state file; the first row wins
+        if s["video_id"] not in seen:
+            seen.add(s["video_id"])
+            uniq.append(s)
+    todo = [s for s in uniq if force or read_state(root, s["video_id"], fp) is None]
+    log(f"curate: {len(uniq)} videos, {len(uniq) - len(todo)} finished earlier, {len(todo)} to process "
+        f"({engine} engine)")
+    if todo:
+        if engine == "ray":
+            run_ray(todo, root, cfg, ray_address, log)
+        elif engine == "sequential":
+            run_sequential(todo, root, cfg, log)
+        else:
+            raise ValueError(f"engine must be 'ray' or 'sequential', got {engine!r}")
+    states = []
+    for s in uniq:
+        st = read_state(root, s["video_id"])
+        if st is None:  # retryable failure or lost worker: state not final; still report it
+            from pipeline.manifest import state_path
+
+            try:
+                import json
+
+                st = json.loads(state_path(root, s["video_id"]).read_text())
+            except (OSError, ValueError):
+                st = {"video_id": s["video_id"], "video": {"video_id": s["video_id"], "url": s["url"],
+                                                           "status": "error", "error_class": "Lost",
+                                                           "message": "no result: worker lost"}}
+        states.append(st)
+    info = {"engine": engine if todo else "none", "processed": len(todo), "skipped": len(uniq) - len(todo),
+            "wall_s": round(time.time() - t0, 2), "config": fp}
+    return write_outputs(root, states, info)
