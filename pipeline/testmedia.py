@@ -1,0 +1,463 @@
+"""Test corpus: short MP4 videos made from REAL face photos that ship inside installed packages.
+
+Photos: `skimage.data.astronaut()` (Eileen Collins) and matplotlib's `grace_hopper.jpg`; more
+"identities" are mirrored, colour-shifted variants of them (same person, different look).
+Each face is cut out with a soft elliptical mask, placed on a moving background, moved smoothly
+(translation, scale, in-plane rotation) and made to change expression: a local, fold-free
+displacement field magnifies the mouth region (mouth opens) and squashes the eye regions
+(blinks). The field is centred on MediaPipe face-mesh points found once per photo, so the
+landmarks of the rendered face really move.
+
+Every video gets a ground-truth JSON (display coordinates, half-open [start, end) frame intervals):
+  cuts (first frame of each new scene), scenes, no_face, multi_face, blur, small_face,
+  face_box per frame (largest face: extent of its 478 mesh points, or null), face_boxes (all faces),
+  expression (mouth / eyes curves in [0, 1]).
+Everything is seeded; the same seed gives the same JSON bytes and the same video bytes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+GT_VERSION = 1
+SMALL_FACE = 0.15   # a face whose box height is below this fraction of the frame height is "small"
+
+
+@dataclass
+class Scene:
+    frames: int
+    faces: tuple[str, ...]          # identity names; () = no face, 2+ = multi-face
+    bg: str
+    face_h: float = 0.38            # face box height / frame height
+    blur: float = 0.0               # Gaussian sigma / frame height (0 = sharp)
+
+
+@dataclass
+class VideoSpec:
+    name: str
+    width: int                      # display size
+    height: int
+    fps: float
+    scenes: list[Scene]
+    rotation: int = 0               # display-matrix degrees (counter-clockwise), as PyAV reports
+    audio: bool = False
+    crf: int = 22
+
+
+def default_specs() -> list[VideoSpec]:
+    S = Scene
+    return [
+        VideoSpec("talk_360p30", 640, 360, 30, [S(60, ("astronaut",), "brick"), S(60, ("hopper",), "sunset")]),
+        VideoSpec("cuts_360p25", 640, 360, 25, [S(40, ("astronaut_warm",), "coffee"), S(25, (), "gravel"),
+                                                S(40, ("hopper",), "noise"), S(30, ("astronaut",), "grass")]),
+        VideoSpec("multi_360p24", 640, 360, 24, [S(36, ("hopper",), "sunset"),
+                                                 S(48, ("astronaut", "hopper_cool"), "brick", face_h=0.34),
+                                                 S(36, ("astronaut",), "coffee")]),
+        VideoSpec("blur_small_360p30", 640, 360, 30, [S(45, ("astronaut",), "sunset"),
+                                                      S(45, ("hopper",), "brick", blur=0.016),
+                                                      S(45, ("astronaut_warm",), "grass", face_h=0.11)]),
+        VideoSpec("portrait_360x640_25", 360, 640, 25, [S(50, ("hopper",), "noise", face_h=0.24),
+                                                        S(40, ("astronaut",), "coffee", face_h=0.22)]),
+        VideoSpec("rotated_phone_30", 360, 640, 30, [S(60, ("astronaut",), "grass", face_h=0.22),
+                                                     S(45, ("hopper_cool",), "sunset", face_h=0.22)],
+                  rotation=270),
+        VideoSpec("audio_480p30", 854, 480, 30, [S(75, ("hopper",), "coffee")], audio=True),
+        VideoSpec("hd_1080p24", 1920, 1080, 24, [S(40, ("astronaut",), "noise")], crf=26),
+    ]
+
+
+# ---------------------------------------------------------------- source photos
+@lru_cache(maxsize=None)
+def _photo(person: str) -> np.ndarray:
+    if person == "astronaut":
+        import skimage.data
+
+        return skimage.data.astronaut()[..., :3].copy()
+    if person == "hopper":
+        import matplotlib.cbook
+        from PIL import Image
+
+        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+            return np.asarray(Image.open(f).convert("RGB")).copy()
+    raise KeyError(person)
+
+
+@dataclass
+class Head:
+    """A face cut-out in its own (patch) coordinates, with the warp fields it needs."""
+    rgb: np.ndarray                 # float32 (P, P, 3)
+    alpha: np.ndarray               # float32 (P, P)
+    box: np.ndarray                 # face box (x0, y0, x1, y1) in patch coords
+    mesh: np.ndarray                # (478, 2) mesh points in patch coords
+    fields: dict = field(default_factory=dict)
+
+
+@lru_cache(maxsize=None)
+def _mesh_points(person: str) -> np.ndarray:
+    from pipeline.landmarks import FaceMesh478
+
+    img = _photo(person)
+    with FaceMesh478(static=True) as fm:
+        lm = fm(img)
+    if lm is None:
+        raise RuntimeError(f"face mesh found no face on bundled photo {person!r}")
+    # Round so that the ground truth never depends on the last float bits of the mesh model.
+    return np.round(lm[:, :2] * [img.shape[1], img.shape[0]] * 2) / 2
+
+
+@lru_cache(maxsize=None)
+def head(identity: str) -> Head:
+    """Identity name = person[_warm|_cool]; the colour variants are also mirrored."""
+    import cv2
+
+    person, _, variant = identity.partition("_")
+    img = _photo(person).astype(np.float32)
+    pts = _mesh_points(person).copy()
+    if variant:
+        img = img[:, ::-1].copy()
+        pts[:, 0] = img.shape[1] - 1 - pts[:, 0]
+        tint = {"warm": (1.12, 1.0, 0.85), "cool": (0.88, 0.97, 1.15)}[variant]
+        img = np.clip(img * np.float32(tint), 0, 255)
+    x0, y0 = pts.min(0)
+    x1, y1 = pts.max(0)
+    fw, fh = x1 - x0, y1 - y0
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    side = int(2.4 * max(fw, fh)) // 2 * 2
+    ox, oy = int(round(cx - side / 2)), int(round(cy - side / 2))
+    pad = max(0, -ox, -oy, ox + side - img.shape[1], oy + side - img.shape[0])
+    big = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REFLECT) if pad else img
+    rgb = np.ascontiguousarray(big[oy + pad: oy + pad + side, ox + pad: ox + pad + side])
+    pts = pts - [ox, oy]
+    # Soft ellipse: face, hair and a little neck; the photo's own background mostly goes.
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+    ecx, ecy = cx - ox, cy - oy - 0.06 * fh
+    r = ((xx - ecx) / (0.78 * fw)) ** 2 + ((yy - ecy) / (0.78 * fh)) ** 2
+    alpha = cv2.GaussianBlur((r <= 1).astype(np.float32), (0, 0), 0.06 * fw)
+    h = Head(rgb, alpha, np.array([x0 - ox, y0 - oy, x1 - ox, y1 - oy], np.float32), pts.astype(np.float32))
+    # Expression fields: Gaussian windows around the mouth and each eye (from mesh points).
+    mw = float(np.linalg.norm(pts[61] - pts[291]))
+    m = (pts[0] + pts[17]) / 2
+    gm = np.exp(-0.5 * (((xx - m[0]) / (0.55 * mw)) ** 2 + ((yy - m[1]) / (0.45 * mw)) ** 2))
+    h.fields["mouth"] = (-(yy - m[1]) * gm).astype(np.float32)          # magnify about the mouth
+    eye = np.zeros_like(xx)
+    for a, b, top, bot in ((33, 133, 159, 145), (263, 362, 386, 374)):
+        c = (pts[a] + pts[b] + pts[top] + pts[bot]) / 4
+        ew = float(np.linalg.norm(pts[a] - pts[b]))
+        g = np.exp(-0.5 * (((xx - c[0]) / (0.7 * ew)) ** 2 + ((yy - c[1]) / (0.45 * ew)) ** 2))
+        eye += (yy - c[1]) * g                                              # squash about each eye
+    h.fields["eyes"] = eye.astype(np.float32)
+    h.fields["grid"] = (xx, yy)
+    ys, xs = np.nonzero(0.5 * np.abs(h.fields["mouth"]) + 1.6 * np.abs(h.fields["eyes"]) > 0.01)
+    h.fields["roi"] = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    return h
+
+
+def _expressed(h: Head, mouth: float, eyes: float) -> tuple[np.ndarray, np.ndarray]:
+    """Backward warp: src_y = y - k_m*m*(y-my)*g_m + k_e*e*(y-ey)*g_e. k_m < 1, k_e < 2.2: no folds."""
+    import cv2
+
+    # The fields vanish outside the face box, so only that region is resampled.
+    x0, y0, x1, y1 = h.fields["roi"]
+    xx, yy = h.fields["grid"]
+    mapy = yy[y0:y1, x0:x1] + 0.5 * mouth * h.fields["mouth"][y0:y1, x0:x1] \
+        + 1.6 * eyes * h.fields["eyes"][y0:y1, x0:x1]
+    rgb = h.rgb.copy()
+    rgb[y0:y1, x0:x1] = cv2.remap(h.rgb, xx[y0:y1, x0:x1], mapy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    return rgb, h.alpha
+
+
+def _expressed_mesh(h: Head, mouth: float, eyes: float) -> np.ndarray:
+    """Where the mesh points land after the warp: solve q_y + d(q) = p_y by fixed-point iteration."""
+    side = h.rgb.shape[0]
+    q = h.mesh.copy()
+    xi = np.clip(np.round(q[:, 0]).astype(int), 0, side - 1)
+    for _ in range(6):
+        yi = np.clip(np.round(q[:, 1]).astype(int), 0, side - 1)
+        d = 0.5 * mouth * h.fields["mouth"][yi, xi] + 1.6 * eyes * h.fields["eyes"][yi, xi]
+        q[:, 1] = h.mesh[:, 1] - d
+    return q
+
+
+# ---------------------------------------------------------------- backgrounds
+BG_TINTS = {"brick": (1.0, 0.55, 0.4), "grass": (0.45, 1.0, 0.45), "gravel": (0.6, 0.7, 1.0)}
+
+
+def _background(kind: str, w: int, h: int, rng: np.random.Generator) -> np.ndarray:
+    """A background 25% larger than the frame (so it can pan), float32 RGB."""
+    import cv2
+
+    W, H = int(w * 1.25), int(h * 1.25)
+    if kind in BG_TINTS:
+        import skimage.data
+
+        gray = getattr(skimage.data, kind)().astype(np.float32)
+        img = gray[..., None] * np.float32(BG_TINTS[kind])
+    elif kind == "coffee":
+        import skimage.data
+
+        img = skimage.data.coffee().astype(np.float32)
+    elif kind == "sunset":
+        t = np.linspace(0, 1, 64, dtype=np.float32)[:, None, None]
+        img = np.repeat((1 - t) * np.float32([250, 170, 60]) + t * np.float32([40, 30, 110]), 64, axis=1)
+    elif kind == "noise":
+        img = cv2.GaussianBlur(rng.uniform(0, 255, (48, 48, 3)).astype(np.float32), (0, 0), 2.0)
+    else:
+        raise KeyError(kind)
+    return cv2.convertScaleAbs(cv2.resize(img, (W, H), interpolation=cv2.INTER_CUBIC))   # uint8
+
+
+# ---------------------------------------------------------------- motion
+def _smooth(rng: np.random.Generator, n: int, fps: float, amp: float, hz=(0.15, 0.5)) -> np.ndarray:
+    """Sum of two low-frequency sinusoids with random phases: smooth, bounded by amp."""
+    t = np.arange(n) / fps
+    out = np.zeros(n)
+    for _ in range(2):
+        f, ph = rng.uniform(*hz), rng.uniform(0, 2 * np.pi)
+        out += 0.5 * amp * np.sin(2 * np.pi * f * t + ph)
+    return out
+
+
+def _expression(rng: np.random.Generator, n: int, fps: float) -> tuple[np.ndarray, np.ndarray]:
+    t = np.arange(n) / fps
+    f, ph = rng.uniform(0.6, 1.1), rng.uniform(0, 2 * np.pi)
+    mouth = 0.5 - 0.5 * np.cos(2 * np.pi * f * t + ph)
+    eyes = np.zeros(n)
+    blink_t = rng.uniform(0.2, 0.8)
+    while blink_t < t[-1] + 0.3:                      # raised-cosine blinks of 0.3 s
+        d = np.abs(t - blink_t) / 0.15
+        eyes = np.maximum(eyes, np.where(d < 1, 0.5 + 0.5 * np.cos(np.pi * np.minimum(d, 1)), 0))
+        blink_t += rng.uniform(1.0, 1.8)
+    return mouth, eyes
+
+
+def _render(spec: VideoSpec, seed: int):
+    """Yield (display rgb uint8, boxes, mouth, eyes) per frame; deterministic in (spec, seed)."""
+    import cv2
+
+    rng = np.random.default_rng([seed, *spec.name.encode()])
+    W, H = spec.width, spec.height
+    for sc in spec.scenes:
+        bg = _background(sc.bg, W, H, rng)
+        pan = rng.uniform(-1, 1, 2) * [bg.shape[1] - W, bg.shape[0] - H] / sc.frames / 2
+        mouth, eyes = _expression(rng, sc.frames, spec.fps)
+        n_faces = len(sc.faces)
+        tracks = []
+        for k, ident in enumerate(sc.faces):
+            hd = head(ident)
+            base = sc.face_h * H / (hd.box[3] - hd.box[1])
+            slot_x = W * (k + 1) / (n_faces + 1) if n_faces > 1 else W * rng.uniform(0.4, 0.6)
+            tracks.append((hd, base, slot_x, H * rng.uniform(0.45, 0.55),
+                           _smooth(rng, sc.frames, spec.fps, 0.10 * W / max(n_faces, 1)),
+                           _smooth(rng, sc.frames, spec.fps, 0.08 * H),
+                           _smooth(rng, sc.frames, spec.fps, 0.25), _smooth(rng, sc.frames, spec.fps, 24.0)))
+        for i in range(sc.frames):
+            ox = int(round((bg.shape[1] - W) / 2 + pan[0] * (i - sc.frames / 2)))
+            oy = int(round((bg.shape[0] - H) / 2 + pan[1] * (i - sc.frames / 2)))
+            frame = bg[oy:oy + H, ox:ox + W].copy()        # uint8; blending happens in float per ROI
+            boxes = []
+            for hd, base, sx, sy, dx, dy, ds, dr in tracks:
+                s, ang = base * (1 + ds[i]), math.radians(dr[i])
+                fc = (hd.box[:2] + hd.box[2:]) / 2
+                half = s * (hd.box[2:] - hd.box[:2]) / 2 * 1.25   # keep the whole face inside the frame
+                tx = float(np.clip(sx + dx[i], half[0], W - half[0]))
+                ty = float(np.clip(sy + dy[i], half[1], H - half[1]))
+                c, sn = s * math.cos(ang), s * math.sin(ang)
+                M = np.array([[c, sn, tx - c * fc[0] - sn * fc[1]], [-sn, c, ty + sn * fc[0] - c * fc[1]]],
+                             np.float32)
+                rgb, alpha = _expressed(hd, mouth[i], eyes[i])
+                # Warp only into the region the patch lands on (a full-frame warp costs 10x more).
+                P = rgb.shape[0]
+                corners = np.float32([[0, 0], [P, 0], [0, P], [P, P]]) @ M[:, :2].T + M[:, 2]
+                x0, y0 = np.maximum(np.floor(corners.min(0)).astype(int), 0)
+                x1, y1 = np.minimum(np.ceil(corners.max(0)).astype(int), [W, H])
+                if x1 > x0 and y1 > y0:
+                    Mr = M.copy()
+                    Mr[:, 2] -= [x0, y0]
+                    fg = cv2.warpAffine(rgb, Mr, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR)
+                    a = cv2.warpAffine(alpha, Mr, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR)[..., None]
+                    roi = frame[y0:y1, x0:x1].astype(np.float32)
+                    frame[y0:y1, x0:x1] = cv2.convertScaleAbs(roi + (fg - roi) * a)
+                p = _expressed_mesh(hd, mouth[i], eyes[i]) @ M[:, :2].T + M[:, 2]
+                boxes.append([round(float(v), 1) for v in (*p.min(0), *p.max(0))])
+            if sc.blur:
+                frame = cv2.GaussianBlur(frame, (0, 0), sc.blur * H)
+            boxes.sort(key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
+            yield frame, boxes, float(mouth[i]), float(eyes[i])
+
+
+# ---------------------------------------------------------------- encoding
+def _encode(path: Path, frames, spec: VideoSpec, seed: int) -> None:
+    """H.264 (+ AAC) with PyAV, single-threaded so the bytes do not depend on the machine."""
+    import av
+
+    rate = Fraction(spec.fps).limit_denominator(1001)
+    tmp = path.with_name(f".{path.name}.tmp.mp4")
+    with av.open(str(tmp), "w") as c:
+        vs = c.add_stream("libx264", rate=rate)
+        k = (spec.rotation // 90) % 4
+        vs.width, vs.height = (spec.height, spec.width) if k % 2 else (spec.width, spec.height)
+        vs.pix_fmt = "yuv420p"
+        vs.options = {"crf": str(spec.crf), "preset": "superfast", "threads": "1"}
+        vs.codec_context.thread_count = 1
+        if spec.audio:
+            aus = c.add_stream("aac", rate=48000, layout="mono")
+            arng, a_done = np.random.default_rng(seed), 0
+        for i, (img, mouth) in enumerate(frames):
+            # Store the picture so that rotating it by `rotation` degrees CCW gives the display.
+            stored = np.ascontiguousarray(np.rot90(img, k=-k)) if k else img
+            for pkt in vs.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")):
+                c.mux(pkt)
+            while spec.audio and a_done < (i + 1) / spec.fps * 48000:
+                t = (a_done + np.arange(1024)) / 48000
+                wave = (0.05 + 0.3 * mouth) * np.sin(2 * np.pi * 220 * t) + 0.01 * arng.standard_normal(1024)
+                af = av.AudioFrame.from_ndarray(wave.astype(np.float32)[None], format="fltp", layout="mono")
+                af.sample_rate, af.pts = 48000, a_done
+                for pkt in aus.encode(af):
+                    c.mux(pkt)
+                a_done += 1024
+        for pkt in vs.encode():
+            c.mux(pkt)
+        if spec.audio:
+            for pkt in aus.encode():
+                c.mux(pkt)
+    if spec.rotation:
+        # libavformat no longer honours a "rotate" tag; the ffmpeg CLI writes a real display matrix.
+        import imageio_ffmpeg
+
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-display_rotation", str(spec.rotation),
+               "-i", str(tmp), "-c", "copy", "-fflags", "+bitexact", str(path)]
+        subprocess.run(cmd, check=True)
+        tmp.unlink()
+    else:
+        tmp.replace(path)
+
+
+def _intervals(flags: list[bool]) -> list[list[int]]:
+    out, start = [], None
+    for i, f in enumerate([*flags, False]):
+        if f and start is None:
+            start = i
+        elif not f and start is not None:
+            out.append([start, i])
+            start = None
+    return out
+
+
+def generate_video(spec: VideoSpec, out_dir: str | Path, seed: int = 0) -> dict:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    boxes_all, mouth, eyes, flags = [], [], [], []
+
+    def frames():
+        for sc in spec.scenes:
+            for _ in range(sc.frames):
+                flags.append(sc)
+        for img, boxes, m, e in _render(spec, seed):
+            boxes_all.append(boxes)
+            mouth.append(round(m, 4))
+            eyes.append(round(e, 4))
+            yield img, m
+
+    _encode(out_dir / f"{spec.name}.mp4", frames(), spec, seed)
+    starts = np.cumsum([0] + [sc.frames for sc in spec.scenes]).tolist()
+    gt = {
+        "version": GT_VERSION, "name": spec.name, "file": f"{spec.name}.mp4", "seed": seed,
+        "fps": spec.fps, "num_frames": len(flags), "width": spec.width, "height": spec.height,
+        "rotation": spec.rotation, "has_audio": spec.audio, "duration_s": round(len(flags) / spec.fps, 4),
+        "cuts": starts[1:-1],
+        "scenes": [{"start": s, "end": s + sc.frames, "faces": list(sc.faces), "background": sc.bg,
+                    "face_h": sc.face_h, "blur_sigma": round(sc.blur * spec.height, 2)}
+                   for s, sc in zip(starts, spec.scenes)],
+        "no_face": _intervals([not sc.faces for sc in flags]),
+        "multi_face": _intervals([len(sc.faces) >= 2 for sc in flags]),
+        "blur": _intervals([sc.blur > 0 for sc in flags]),
+        "small_face": _intervals([bool(b) and (b[0][3] - b[0][1]) < SMALL_FACE * spec.height
+                                  for b in boxes_all]),
+        "face_box": [b[0] if b else None for b in boxes_all],
+        "face_boxes": boxes_all,
+        "expression": {"mouth": mouth, "eyes": eyes},
+    }
+    (out_dir / f"{spec.name}.json").write_text(json.dumps(gt, sort_keys=True, separators=(",", ":")))
+    return {**gt, "path": str(out_dir / gt["file"])}
+
+
+def generate_corpus(out_dir: str | Path, seed: int = 0, names: list[str] | None = None) -> list[dict]:
+    """Write <name>.mp4 + <name>.json for each (selected) default video; returns the ground truths."""
+    specs = default_specs()
+    if names:
+        unknown = set(names) - {s.name for s in specs}
+        if unknown:
+            raise ValueError(f"unknown corpus video(s): {', '.join(sorted(unknown))}")
+        specs = [s for s in specs if s.name in names]
+    return [generate_video(s, out_dir, seed) for s in specs]
+
+
+def load_corpus(out_dir: str | Path) -> list[dict]:
+    """Ground truths of an existing corpus directory (with absolute "path")."""
+    out = []
+    for j in sorted(Path(out_dir).glob("*.json")):
+        gt = json.loads(j.read_text())
+        out.append({**gt, "path": str(j.with_name(gt["file"]))})
+    return out
+
+
+def make_portraits(out_dir: str | Path, n: int = 8, size: int = 256, seed: int = 0) -> list[Path]:
+    """A folder of still portraits (PNG) for the still-image pseudo-clip augmentation.
+
+    Each is an identity's head on a background, face centred at ~0.45 of the width, with a
+    seeded random scale, shift and rotation, so no two are pixel-identical.
+    """
+    import cv2
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    idents = ["astronaut", "hopper", "astronaut_warm", "hopper_cool"]
+    bgs = ["sunset", "brick", "coffee", "grass", "noise"]
+    paths = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        spec = VideoSpec(f"portrait{i}", size, size, 25, [Scene(1, (idents[i % 4],), bgs[i % 5], face_h=0.5)])
+        img = next(_render(spec, int(rng.integers(1 << 30))))[0]
+        p = out_dir / f"portrait_{i:03d}.png"
+        cv2.imwrite(str(p), img[..., ::-1])
+        paths.append(p)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Generate the face-video test corpus (MP4 + ground-truth JSON).")
+    ap.add_argument("--out", required=True, help="output directory, e.g. data/corpus")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", action="append", help="generate only this video (repeatable)")
+    ap.add_argument("--portraits", type=int, default=0, help="also write N still portraits to OUT/portraits")
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    try:
+        gts = generate_corpus(args.out, args.seed, args.only)
+    except ValueError as e:
+        ap.error(str(e))
+    for gt in gts:
+        print(f"  {gt['name']:<22} {gt['width']}x{gt['height']} {gt['fps']:g} fps {gt['num_frames']:4d} frames  "
+              f"cuts={gt['cuts']} no_face={gt['no_face']} multi={gt['multi_face']} blur={gt['blur']} "
+              f"small={gt['small_face']}")
+    if args.portraits:
+        make_portraits(Path(args.out) / "portraits", args.portraits, seed=args.seed)
+    stats = {"videos": len(gts), "frames": sum(g["num_frames"] for g in gts), "seconds": round(time.time() - t0, 2),
+             "seed": args.seed}
+    # Stats go in a sub-folder so that OUT/*.json stays exactly the ground truths.
+    (Path(args.out) / "stats").mkdir(exist_ok=True)
+    (Path(args.out) / "stats" / "corpus.json").write_text(json.dumps(stats, indent=1))
+    print(f"corpus: {stats['videos']} videos, {stats['frames']} frames in {stats['seconds']} s -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

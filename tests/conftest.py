@@ -1,0 +1,105 @@
+"""Shared pytest fixtures.
+
+`corpus`        session: the generated face-video corpus, list of ground-truth dicts
+                (each with "name", "path" (absolute .mp4), "fps", "num_frames", "cuts", ...;
+                see pipeline/testmedia.py). Generated once and cached under pytest's cache
+                directory, keyed by the generator's source and library versions, so a second
+                session (or another engineer's) reuses it; delete .pytest_cache to force a rebuild.
+`corpus_by_name` session: {name: ground truth}.
+`corpus_dir`    session: the directory holding <name>.mp4 + <name>.json.
+`source_server` session: a pipeline.testserver.SourceServer serving `corpus_dir` on 127.0.0.1.
+                Faults are cleared and the request log reset before every test that uses it.
+`data_root`     function: a fresh pipeline.paths.DataRoot in tmp_path.
+`portraits`     session: a folder of 6 still portrait PNGs (pipeline.testmedia.make_portraits).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _corpus_key(seed: int) -> str:
+    import importlib.metadata as md
+
+    h = hashlib.sha1(str(seed).encode())
+    for f in ("pipeline/testmedia.py", "pipeline/landmarks.py"):
+        h.update((REPO / f).read_bytes())
+    for pkg in ("av", "opencv-python", "numpy", "mediapipe", "scikit-image", "imageio-ffmpeg"):
+        try:
+            h.update(f"{pkg}={md.version(pkg)}".encode())
+        except md.PackageNotFoundError:
+            pass
+    return h.hexdigest()[:12]
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(request) -> Path:
+    from pipeline.testmedia import generate_corpus
+
+    seed = 0
+    final = Path(request.config.cache.mkdir("corpus")) / _corpus_key(seed)
+    if not (final / "COMPLETE").exists():
+        # Build in a private folder and rename, so parallel sessions never see half a corpus.
+        tmp = final.with_name(f".build-{final.name}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        generate_corpus(tmp, seed=seed)
+        (tmp / "COMPLETE").write_text("ok\n")
+        try:
+            os.rename(tmp, final)
+        except OSError:          # another session finished first: use theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (final / "COMPLETE").exists():
+                raise
+    return final
+
+
+@pytest.fixture(scope="session")
+def corpus(corpus_dir) -> list[dict]:
+    from pipeline.testmedia import load_corpus
+
+    gts = load_corpus(corpus_dir)
+    assert gts, f"empty corpus in {corpus_dir}"
+    return gts
+
+
+@pytest.fixture(scope="session")
+def corpus_by_name(corpus) -> dict[str, dict]:
+    return {g["name"]: g for g in corpus}
+
+
+@pytest.fixture(scope="session")
+def _server(corpus_dir):
+    from pipeline.testserver import SourceServer
+
+    with SourceServer(corpus_dir) as srv:
+        yield srv
+
+
+@pytest.fixture
+def source_server(_server):
+    _server.reset()
+    yield _server
+    _server.reset()
+
+
+@pytest.fixture
+def data_root(tmp_path):
+    from pipeline.paths import DataRoot
+
+    return DataRoot.of(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def portraits(tmp_path_factory) -> list[Path]:
+    from pipeline.testmedia import make_portraits
+
+    return make_portraits(tmp_path_factory.mktemp("portraits"), n=6, size=256)
