@@ -29,7 +29,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
                      rotation=270, audio=True)
     a = generate_video(spec, tmp_path / "a", seed=3)
     b = generate_video(spec, tmp_path / "b", seed=3)
-    c = generate_video(spec, tmp_path / "c", seed=4)
+    generate_video(spec, tmp_path / "c", seed=4)
     assert (tmp_path / "a/tiny.json").read_bytes() == (tmp_path / "b/tiny.json").read_bytes()
     assert _sha(a["path"]) == _sha(b["path"])
     assert (tmp_path / "a/tiny.json").read_bytes() != (tmp_path / "c/tiny.json").read_bytes()
