@@ -36,11 +36,15 @@ def load_state(sdir: Path) -> dict:
 
 def read_manifests(optout_path, sources_path):
     """(OptOut or None, list[Source] or None); a malformed file raises ManifestProblem naming the row."""
+    has_oo = bool(optout_path) and Path(optout_path).exists()
+    has_src = bool(sources_path) and Path(sources_path).exists()
+    if not (has_oo or has_src):
+        return None, None
     from pipeline.sources import ManifestError, load_optout, load_sources
 
     try:
-        oo = load_optout(optout_path) if optout_path and Path(optout_path).exists() else None
-        srcs = load_sources(sources_path) if sources_path and Path(sources_path).exists() else None
+        oo = load_optout(optout_path) if has_oo else None
+        srcs = load_sources(sources_path) if has_src else None
     except ManifestError as e:
         raise ManifestProblem(str(e)) from None
     return oo, srcs
