@@ -1,0 +1,333 @@
+"""`make reenact SOURCE=img DRIVING=video [CKPT=...]`: the source face performing the driving video.
+
+1. Source image: one face found (MediaPipe), cropped with curation's rule (face ≈ 0.45 of the crop
+   width, ≈ 0.53 of its height; pipeline.faces.place_crop), resized to 256, CLIP-embedded with the same
+   encoder and preprocessing as the shards.
+2. Driving video: one fixed crop placed the same way from faces detected on up to 16 spread frames;
+   every frame cropped to 256 and given MediaPipe's 478x3 landmarks in crop coordinates (x, y in
+   [0, 1], as in the shards). Frames with no face get landmarks interpolated linearly between the
+   nearest frames that have one (copied from the nearest at the ends) and are listed in the stats.
+3. Anchored Diffusion (model.anchored) over all frames in one batch of sequences, then VAE decode
+   (vae.decode(latents / scaling_factor)) and H.264 MP4, optionally source | driving | generated.
+Stats JSON next to the output: timings, the plan, filled frames, LMSE and CSIM of the result.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIZE = 256
+
+
+class ReenactError(RuntimeError):
+    """A user-facing problem with the inputs; printed as one line, exit code 2."""
+
+
+# ----------------------------------------------------------------------------- faces and crops
+
+def _detector():
+    from pipeline.faces import FacesConfig, make_detector
+
+    cfg = FacesConfig()
+    return make_detector(cfg), cfg
+
+
+def face_boxes(rgb: np.ndarray, detector, cfg) -> list[tuple]:
+    """Relative (x, y, w, h, score) boxes, largest first, ignoring faces much smaller than the largest
+    (curation's multi-face rule: a second face counts when its area >= multi_face_ratio x the largest)."""
+    boxes = detector(rgb)
+    if not boxes:
+        return []
+    big = boxes[0][2] * boxes[0][3]
+    return [b for b in boxes if b[2] * b[3] >= cfg.multi_face_ratio * big]
+
+
+def source_crop(path: str | Path, size: int = SIZE) -> np.ndarray:
+    import cv2
+
+    from pipeline.faces import place_crop
+    from pipeline.video_io import crop_square
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ReenactError(f"cannot read the source image {Path(path).name}")
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    det, cfg = _detector()
+    faces = face_boxes(rgb, det, cfg)
+    if not faces:
+        raise ReenactError(f"no face found in the source image {Path(path).name}")
+    if len(faces) > 1:
+        raise ReenactError(f"{len(faces)} faces in the source image {Path(path).name}; it needs exactly one")
+    c = place_crop([faces[0][:4]], rgb.shape[1], rgb.shape[0], cfg)
+    return crop_square(rgb, c.x0, c.y0, c.size, size)
+
+
+def driving_frames(path: str | Path, size: int = SIZE, max_frames: int = 0, probes: int = 16):
+    """(frames (N, size, size, 3) uint8, fps, crop dict) of the driving video with one fixed face crop.
+
+    Two decoding passes, so a long video is never held at full size: faces on up to `probes` spread
+    frames place the crop, then every frame is cropped and resized as it is decoded."""
+    from pipeline.faces import place_crop
+    from pipeline.video_io import VideoError, crop_square, iter_frames, probe, read_frames
+
+    try:
+        info = probe(path)
+        n = min(info.num_frames, max_frames) if max_frames else info.num_frames
+        picks = np.unique(np.linspace(0, max(n - 1, 0), min(probes, max(n, 1))).round().astype(int))
+        sample = read_frames(path, picks.tolist())
+        det, cfg = _detector()
+        boxes = [fb[0][:4] for i in sorted(sample) if (fb := face_boxes(sample[i], det, cfg))]
+        if not boxes:
+            raise ReenactError(f"no face found in the driving video {Path(path).name}")
+        c = place_crop(boxes, info.width, info.height, cfg)
+        frames = [crop_square(f, c.x0, c.y0, c.size, size) for _, f in iter_frames(path, 0, max_frames or None)]
+    except VideoError as e:
+        raise ReenactError(f"unreadable driving video: {e}") from None
+    if not frames:
+        raise ReenactError(f"the driving video {Path(path).name} has no frames")
+    return np.stack(frames), float(info.fps), {"x0": c.x0, "y0": c.y0, "size": c.size,
+                                               "face_w_ratio": round(c.face_w_ratio, 4)}
+
+
+def fill_missing(lm: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Landmarks of faceless frames from their neighbours: linear between the nearest valid frames
+    before and after, the nearest valid one at the ends. Returns (filled copy, filled indices)."""
+    ok = np.asarray(ok, bool)
+    if not ok.any():
+        raise ReenactError("no face found on any frame of the driving video")
+    out = np.array(lm, dtype=np.float32, copy=True)
+    valid = np.nonzero(ok)[0]
+    missing = np.nonzero(~ok)[0]
+    flat = out.reshape(len(out), -1)
+    for j in range(flat.shape[1]):  # np.interp holds the end values constant: the nearest valid frame
+        flat[missing, j] = np.interp(missing, valid, flat[valid, j])
+    return out, [int(i) for i in missing]
+
+
+# ----------------------------------------------------------------------------- models
+
+def newest_checkpoint(data: Path) -> Path:
+    cands = [p for pat in ("train/*/checkpoints/*.pt", "train/*/ckpt*.pt", "train/*/*.pt")
+             for p in data.glob(pat) if p.is_file()]
+    if not cands:
+        raise ReenactError(f"no checkpoint under {data / 'train'}; train first or pass --ckpt")
+    return max(cands, key=lambda p: p.stat().st_mtime)
+
+
+def find_models(data: Path, spec: str = "") -> str:
+    """The encoder set: --models, else <data>/models/tiny or <data>/models (vae/ + clip/), else the hub names."""
+    if spec:
+        return spec
+    for d in (data / "models" / "tiny", data / "models"):
+        if (d / "vae").is_dir() and (d / "clip").is_dir():
+            return str(d)
+    return "default"
+
+
+def load_all(data: Path, ckpt: str | None, models: str = "", config: str | None = None):
+    """-> (model, cfg, diffusion, encoders, info). Every mismatch is a ReenactError naming it."""
+    from model.checkpoint import CheckpointMismatch, check_compatible, load, load_for_inference
+    from model.diffusion import GaussianDiffusion, linear_betas
+    from pipeline.encoders import EncoderConfig, Encoders, resolve_models
+
+    path = Path(ckpt) if ckpt else newest_checkpoint(data)
+    if not path.exists():
+        raise ReenactError(f"no checkpoint at {path}")
+    try:
+        model, cfg = load_for_inference(path, ema=True)
+        if config:
+            from model.config import load_config
+
+            check_compatible(load(path), load_config(config), path.name)
+    except CheckpointMismatch as e:
+        raise ReenactError(str(e)) from None
+    except (RuntimeError, KeyError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ReenactError(f"checkpoint {path.name} does not match its config: {first[:200]}") from None
+    spec = find_models(data, models)
+    try:
+        enc = Encoders(resolve_models(spec, EncoderConfig(size=cfg.model.latent_size * 8)),
+                       EncoderConfig(size=cfg.model.latent_size * 8, device="cpu"), with_landmarks=False)
+    except Exception as e:
+        raise ReenactError(f"cannot load the VAE/CLIP models ({spec}): {type(e).__name__}: {str(e)[:160]}") from None
+    clip_dim = int(enc.clip.visual.output_dim)
+    if clip_dim != cfg.model.clip_dim:
+        raise ReenactError(f"checkpoint {path.name} expects clip_dim {cfg.model.clip_dim} but the CLIP model "
+                           f"({spec}) gives {clip_dim}")
+    if int(enc.vae.config.latent_channels) != cfg.model.latent_channels:
+        raise ReenactError(f"checkpoint {path.name} expects {cfg.model.latent_channels} latent channels, "
+                           f"the VAE has {enc.vae.config.latent_channels}")
+    diffusion = GaussianDiffusion(linear_betas(cfg.diffusion.steps))
+    return model, cfg, diffusion, enc, {"ckpt": str(path), "models": spec}
+
+
+def clip_embed(enc, frames: np.ndarray) -> np.ndarray:
+    """(T, D) float32 L2-normalised CLIP embeddings, exactly as the shards compute them."""
+    return enc.forward_models(np.ascontiguousarray(frames))["clip_emb"].astype(np.float32)
+
+
+def decode_latents(enc, latents, batch: int = 8) -> np.ndarray:
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(latents), batch):
+            img = enc.vae.decode(latents[i:i + batch].float() / enc.scaling_factor).sample
+            out.append(((img.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
+
+
+# ----------------------------------------------------------------------------- generation
+
+def progress_printer(total: int, label: str = "sampling", every_s: float = 2.0):
+    t0, last = time.time(), [0.0]
+
+    def cb(k, x):
+        now = time.time()
+        if k + 1 == total or now - last[0] >= every_s:
+            last[0] = now
+            el = now - t0
+            eta = el / (k + 1) * (total - k - 1)
+            print(f"  {label}: step {k + 1}/{total}  {el:.0f}s elapsed, ~{eta:.0f}s left", file=sys.stderr, flush=True)
+    return cb
+
+
+def generate(model, cfg, diffusion, enc, landmarks: np.ndarray, times: np.ndarray, clip_emb: np.ndarray, sc,
+             sampler: str = "anchored", anchor: int = 0, plan_seed: int = 0, progress: bool = False):
+    """Latents (N, C, h, w) and decoded frames (N, S, S, 3) for driving landmarks/times and a source embedding."""
+    import torch
+
+    from model.anchored import AnchoredSampler, Conditioning, NaiveChunkSampler
+
+    F = cfg.model.frames
+    cls = AnchoredSampler if sampler == "anchored" else NaiveChunkSampler
+    smp = cls(model, diffusion, F, anchor=anchor, plan_seed=plan_seed)
+    plan = smp.plan(len(times))
+    cond = Conditioning(torch.from_numpy(np.nan_to_num(landmarks).astype(np.float32)),
+                        torch.from_numpy(np.asarray(times, np.float32)), torch.from_numpy(clip_emb.astype(np.float32)))
+    shape = (cfg.model.latent_channels, cfg.model.latent_size, cfg.model.latent_size)
+    cb = progress_printer(sc.steps) if progress else None
+    from model.anchored import sample
+
+    lat = sample(model, diffusion, plan, cond, shape, sc, cb)
+    return lat, decode_latents(enc, lat), plan
+
+
+def resize(img: np.ndarray, size: int) -> np.ndarray:
+    import cv2
+
+    interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(img, (size, size), interpolation=interp)
+
+
+def side_by_side(source: np.ndarray, driving: np.ndarray, generated: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.broadcast_to(source, generated.shape), driving, generated], axis=2)
+
+
+def run(args) -> dict:
+    import torch
+
+    from model.anchored import GUIDANCE, SampleConfig
+    from model.metrics import LMSE_SIZE, csim_embeddings, landmarks_of, lmse_landmarks
+    from pipeline.landmarks import FaceMesh478
+    from pipeline.paths import DataRoot, safe_name
+    from pipeline.video_io import write_mp4
+
+    t0 = time.time()
+    root = DataRoot.of(args.data)
+    if args.guidance not in GUIDANCE:
+        raise ReenactError(f"unknown guidance {args.guidance!r}; known: {', '.join(GUIDANCE)}")
+    torch.manual_seed(args.seed)
+    # the inputs first (cheap), so a bad image or video fails before any model is loaded
+    src = source_crop(args.source, SIZE)
+    drv, fps, crop = driving_frames(args.driving, SIZE, args.max_frames)
+    with FaceMesh478(static=True) as mesh:
+        lm, ok = mesh.batch(drv)          # on the 256 crops: x, y in [0, 1] of the crop, as in the shards
+    filled, missing = fill_missing(lm, ok)
+    times = np.arange(len(drv), dtype=np.float32) / fps
+    model, cfg, diffusion, enc, info = load_all(root.root, args.ckpt, args.models, args.config)
+    if len(drv) < cfg.model.frames:
+        raise ReenactError(f"the driving video has {len(drv)} frames, fewer than the sequence length "
+                           f"F={cfg.model.frames}")
+    size = cfg.model.latent_size * 8
+    if size != SIZE:  # a model trained at another resolution (the tiny one: 64 px)
+        src, drv = resize(src, size), np.stack([resize(f, size) for f in drv])
+    src_emb = clip_embed(enc, src[None])[0]
+    sc = SampleConfig(steps=args.steps, cfg=args.cfg, guidance=args.guidance, max_batch=args.max_batch,
+                      seed=args.seed)
+    print(f"reenact: {len(drv)} frames @ {fps:.2f} fps, F={cfg.model.frames}, {args.steps} steps, "
+          f"cfg {args.cfg}, {args.guidance}, {args.sampler}; {len(missing)} faceless frames filled",
+          file=sys.stderr, flush=True)
+    ts = time.time()
+    lat, gen, plan = generate(model, cfg, diffusion, enc, filled, times, src_emb, sc, args.sampler,
+                              args.anchor, args.seed, progress=True)
+    t_sample = time.time() - ts
+    glm, gok = landmarks_of(gen)                 # LMSE in pixels of a 256 crop (model.metrics)
+    out = Path(args.out) if args.out else root.path("reenact", f"{safe_name(Path(args.source).stem)}__"
+                                                    f"{safe_name(Path(args.driving).stem)}.mp4")
+    video = side_by_side(src, drv, gen) if args.side_by_side else gen
+    write_mp4(out, video, fps)
+    gen_emb = clip_embed(enc, gen)
+    lm_res = lmse_landmarks(glm, lm * LMSE_SIZE, gok, ok)
+    stats = {
+        "source": str(args.source), "driving": str(args.driving), "out": str(out), **info,
+        "frames": int(len(drv)), "fps": fps, "driving_crop": crop, "faceless_frames_filled": missing,
+        "sampler": args.sampler, "F": int(cfg.model.frames), "sequences": int(plan.num_sequences),
+        "anchor": plan.anchor, "steps": args.steps, "cfg": args.cfg, "guidance": args.guidance,
+        "seed": args.seed, "max_batch": args.max_batch, "side_by_side": bool(args.side_by_side),
+        "sampling_s": round(t_sample, 3), "sampling_s_per_frame": round(t_sample / len(drv), 4),
+        "total_s": round(time.time() - t0, 3),
+        "lmse": lm_res["lmse"], "lmse_frames": lm_res["frames_used"],
+        "csim": csim_embeddings(src_emb, gen_emb),
+    }
+    out.with_suffix(".json").write_text(json.dumps(stats, indent=1))
+    lm_txt = f"{stats['lmse']:.2f}" if stats["lmse"] is not None else "n/a (no face found in the output)"
+    print(f"reenact: wrote {out} ({len(drv)} frames, {plan.num_sequences} sequences, {t_sample:.1f}s sampling); "
+          f"LMSE {lm_txt}, CSIM {stats['csim']:.3f}")
+    return stats
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m model.reenact", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default="data", help="data root (default: data)")
+    ap.add_argument("--source", required=True, help="source image with exactly one face")
+    ap.add_argument("--driving", required=True, help="driving video")
+    ap.add_argument("--ckpt", default=None, help="checkpoint (default: newest under DATA/train/)")
+    ap.add_argument("--config", default=None, help="optional train config the checkpoint must match")
+    ap.add_argument("--models", default="", help="dir with vae/ and clip/ (default: DATA/models/tiny, DATA/models, hub)")
+    ap.add_argument("--steps", type=int, default=50, help="respaced DDPM steps, 2..1000 (default 50)")
+    ap.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
+    ap.add_argument("--guidance", default="clip+landmarks", help="none | landmarks | clip | clip+landmarks")
+    ap.add_argument("--sampler", default="anchored", choices=("anchored", "naive"))
+    ap.add_argument("--anchor", type=int, default=0, help="index of the anchor frame (default 0)")
+    ap.add_argument("--max-batch", type=int, default=0, help="sequences per model call (0 = all at once)")
+    ap.add_argument("--max-frames", type=int, default=0, help="use only the first N driving frames (0 = all)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--side-by-side", action="store_true", help="write source | driving | generated")
+    ap.add_argument("--out", default=None, help="output .mp4 (default DATA/reenact/<source>__<driving>.mp4)")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if not 2 <= args.steps <= 1000:
+        print(f"reenact: error: --steps must be in 2..1000, got {args.steps}", file=sys.stderr)
+        return 2
+    try:
+        run(args)
+    except ReenactError as e:
+        print(f"reenact: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # e.g. the anchor outside the video
+        print(f"reenact: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""`python -m model.reenact` end to end on a tiny model (real MediaPipe, real VAE/CLIP classes, real MP4)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def _face():
+    import skimage.data
+
+    return np.ascontiguousarray(skimage.data.astronaut())
+
+
+def make_tiny_checkpoint(data: Path, frames: int = 4, latent_size: int = 8, clip_dim: int = 32, seed: int = 0) -> Path:
+    """A random tiny sDiT saved through model.checkpoint.save, where the trainer would put it."""
+    import torch
+
+    from model.checkpoint import save
+    from model.config import load_config
+    from model.sdit import SDiT
+
+    cfg = load_config(None, {"model": {"size": "tiny", "frames": frames, "latent_size": latent_size,
+                                       "clip_dim": clip_dim}})
+    torch.manual_seed(seed)
+    m = SDiT(cfg.model)
+    with torch.no_grad():  # adaLN-Zero would output exact zeros; give the net an input dependence
+        for p in m.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    opt = torch.optim.AdamW(m.parameters())
+    return save(data / "train" / "tiny" / "checkpoints" / "step_00000001.pt", model=m, ema=m, opt=opt, step=1,
+                cfg=cfg, schedule={})
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    import cv2
+
+    from pipeline.encoders import build_tiny_models
+    from pipeline.video_io import write_mp4
+
+    d = tmp_path_factory.mktemp("reenact")
+    data = d / "data"
+    build_tiny_models(data / "models" / "tiny", sample_size=64)
+    make_tiny_checkpoint(data)
+    face = _face()
+    cv2.imwrite(str(d / "source.png"), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
+    frames = []
+    for i in range(9):
+        m = np.float32([[1, 0, 3 * i], [0, 1, 2 * i]])
+        frames.append(cv2.warpAffine(face, m, (512, 512), borderMode=cv2.BORDER_REPLICATE))
+    frames[4] = np.full_like(face, 90)  # a faceless frame in the middle: filled from its neighbours
+    write_mp4(d / "driving.mp4", frames, 10.0)
+    head = face[20:260, 110:350]                            # two heads side by side, padded to a square
+    two = np.full((480, 480, 3), 128, np.uint8)
+    two[120:360, :240], two[120:360, 240:] = head, head[:, ::-1]
+    cv2.imwrite(str(d / "two.png"), cv2.cvtColor(two, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(d / "blank.png"), np.full((256, 256, 3), 128, np.uint8))
+    (d / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 definitely not a video")
+    write_mp4(d / "short.mp4", frames[:3], 10.0)
+    return d
+
+
+def _run(*args, data):
+    return subprocess.run([sys.executable, "-m", "model.reenact", "--data", str(data), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
+
+
+def test_fill_missing_interpolates_and_reports():
+    from model.reenact import ReenactError, fill_missing
+
+    lm = np.zeros((5, 478, 3), np.float32)
+    for i in range(5):
+        lm[i] = i
+    ok = np.array([True, False, True, False, False])
+    lm[~ok] = np.nan
+    out, missing = fill_missing(lm, ok)
+    assert missing == [1, 3, 4]
+    assert np.allclose(out[1], 1.0) and np.allclose(out[3], 2.0) and np.allclose(out[4], 2.0)
+    assert np.array_equal(out[ok], lm[ok])
+    with pytest.raises(ReenactError, match="no face"):
+        fill_missing(lm, np.zeros(5, bool))
+
+
+def test_reenact_cli_writes_video_and_stats(setup):
+    from pipeline.video_io import probe
+
+    d = setup
+    out = d / "out" / "r.mp4"
+    r = _run("--source", d / "source.png", "--driving", d / "driving.mp4", "--steps", "4", "--side-by-side",
+             "--out", out, "--seed", "3", "--max-batch", "2", data=d / "data")
+    assert r.returncode == 0, r.stderr[-2000:]
+    info = probe(out)
+    assert info.num_frames == 9 and (info.width, info.height) == (3 * 64, 64)
+    st = json.loads(out.with_suffix(".json").read_text())
+    assert st["frames"] == 9 and st["faceless_frames_filled"] == [4]
+    assert st["sequences"] == 3 and st["anchor"] == 0 and st["F"] == 4
+    assert st["ckpt"].endswith("step_00000001.pt") and st["models"].endswith("tiny")
+    assert -1.0 <= st["csim"] <= 1.0 and "step 4/4" in r.stderr
+    # the same seed gives the same video (bit-identical latents -> identical decoded MP4 frames)
+    out2 = d / "out" / "r2.mp4"
+    r = _run("--source", d / "source.png", "--driving", d / "driving.mp4", "--steps", "4", "--side-by-side",
+             "--out", out2, "--seed", "3", data=d / "data")
+    assert r.returncode == 0, r.stderr[-2000:]
+    from model.metrics import load_frames
+
+    assert np.array_equal(load_frames(out), load_frames(out2))
+
+
+def _bad_args(d, case, tmp_path):
+    src, drv, extra = d / "source.png", d / "driving.mp4", []
+    if case in ("blank", "two"):
+        src = d / f"{case}.png"
+    elif case in ("broken", "short"):
+        drv = d / f"{case}.mp4"
+    elif case == "mismatch":
+        extra = ["--ckpt", make_tiny_checkpoint(tmp_path, clip_dim=16), "--models", d / "data" / "models" / "tiny"]
+    return ["--source", src, "--driving", drv, "--steps", "2", *extra]
+
+
+BAD = {"blank": "no face found in the source image", "two": "2 faces in the source image",
+       "broken": "unreadable driving video", "short": "fewer than the sequence length F=4",
+       "mismatch": "expects clip_dim 16 but the CLIP model"}
+
+
+@pytest.mark.parametrize("case", ["two", "mismatch"])
+def test_bad_input_subprocess_one_line_error(setup, case, tmp_path):
+    r = _run(*_bad_args(setup, case, tmp_path), data=setup / "data")
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("reenact: error")]
+    assert len(lines) == 1 and BAD[case] in lines[0], r.stderr[-1500:]
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("case", ["blank", "broken", "short"])
+def test_bad_input_in_process(setup, case, tmp_path, capsys):
+    from model.reenact import main
+
+    rc = main(["--data", str(setup / "data"), *map(str, _bad_args(setup, case, tmp_path))])
+    err = capsys.readouterr().err
+    assert rc != 0
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("reenact: error")]
+    assert len(lines) == 1 and BAD[case] in lines[0], err[-1500:]
+
+
+def test_help_is_fast():
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "model.reenact", "--help"], capture_output=True,
+                       text=True, cwd=ROOT, env=ENV, timeout=60)
+    assert r.returncode == 0 and "--driving" in r.stdout
+    for heavy in ("torch", "mediapipe", "cv2"):
+        assert f" {heavy}\n" not in r.stderr and f"| {heavy}\n" not in r.stderr
