@@ -36,7 +36,8 @@ VIDEOS = pa.schema([
     ("bytes", pa.int64()), ("attempts", pa.int64()),
     ("width", pa.int64()), ("height", pa.int64()), ("fps", pa.float64()), ("num_frames", pa.int64()),
     ("duration_s", pa.float64()), ("rotation", pa.int64()), ("codec", pa.string()), ("has_audio", pa.bool_()),
-    ("cuts", pa.int64()), ("clips", pa.int64()), ("accepted", pa.int64()), ("accepted_s", pa.float64()),
+    ("cuts", pa.int64()), ("cut_frames", pa.list_(pa.int64())),   # scene cuts: first frame of each new scene
+    ("clips", pa.int64()), ("accepted", pa.int64()), ("accepted_s", pa.float64()),
     ("config", pa.string()),          # fingerprint of the stage parameters that produced the row
 ])
 

@@ -90,8 +90,9 @@ class HyperIQAScorer:
             raise ValueError(f"HyperIQA weights at {path} are not a plain tensor checkpoint: {e}") from None
         import pyiqa
 
+        device = "cuda" if torch.cuda.is_available() else "cpu"
         with _no_backbone_download():
-            self.metric = pyiqa.create_metric("hyperiqa", device="cpu", pretrained_model_path=str(path),
+            self.metric = pyiqa.create_metric("hyperiqa", device=device, pretrained_model_path=str(path),
                                               num_crop=1)
         self.metric.eval()
 
@@ -100,10 +101,10 @@ class HyperIQAScorer:
         import torch.nn.functional as F
 
         x = torch.stack([torch.from_numpy(np.ascontiguousarray(c)).permute(2, 0, 1) for c in crops]).float() / 255
-        x = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(x.to(self.metric.device), size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
         with torch.no_grad():
             s = self.metric(x).reshape(-1)
-        return (100.0 * s.clamp(0, 1)).double().numpy()
+        return (100.0 * s.clamp(0, 1)).double().cpu().numpy()
 
 
 def make_scorer(cfg: QualityConfig):

@@ -1,0 +1,140 @@
+"""Faces stage on small synthetic videos made from the bundled astronaut photo (real MediaPipe)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.faces import (
+    Det,
+    FaceScanner,
+    FacesConfig,
+    InsightFaces,
+    disagreement,
+    make_detector,
+    place_crop,
+    segment,
+)
+from pipeline.probe import scan
+from pipeline.video_io import write_mp4
+
+W, H = 320, 240
+
+
+def _face(side: int) -> np.ndarray:
+    import cv2
+    from skimage.data import astronaut
+
+    return cv2.resize(astronaut()[30:250, 110:330], (side, side), interpolation=cv2.INTER_AREA)
+
+
+def _frame(faces: list[tuple[int, int, int]], bg=(70, 90, 110), recolour=None) -> np.ndarray:
+    f = np.zeros((H, W, 3), np.uint8)
+    f[:] = bg
+    for x, y, side in faces:
+        img = _face(side)
+        if recolour is not None:
+            img = np.clip(img.astype(np.float32) * recolour, 0, 255).astype(np.uint8)[:, ::-1]
+        f[y:y + side, x:x + side] = img
+    return f
+
+
+def _scan(path, cfg: FacesConfig, detector):
+    fs = FaceScanner(cfg, detector, W)
+    n = scan(path, 256, {"faces": fs.update})
+    return fs, fs.finish(n), n
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return make_detector(FacesConfig())
+
+
+@pytest.fixture(scope="module")
+def video_gap(tmp_path_factory):
+    """Face for 0..29, nothing for 30..49, face again for 50..79 (slow drift)."""
+    frames = [_frame([(100 + i // 4, 40, 140)]) if not 30 <= i < 50 else _frame([]) for i in range(80)]
+    p = tmp_path_factory.mktemp("faces") / "gap.mp4"
+    write_mp4(p, frames, 25)
+    return p
+
+
+def test_face_lost_is_located_exactly_with_sparse_detection(video_gap, detector):
+    cfg = FacesConfig(stride=8)
+    fs, dets, n = _scan(video_gap, cfg, detector)
+    spans, bad = segment(dets, [], cfg)
+    assert [(s, e) for s, e, _ in spans] == [(0, 30), (50, 80)]      # bisection finds both edges to the frame
+    assert bad == [(30, 50, "no_face")]
+    assert fs.calls < n / 2                                          # far fewer calls than every 2nd frame
+
+
+def test_multi_face_small_second_face_and_tiny_face(tmp_path, detector):
+    cfg = FacesConfig(stride=4)
+    frames = [_frame([(20, 50, 120), (180, 50, 120)]) for _ in range(12)]      # two comparable faces
+    frames += [_frame([(20, 40, 150), (250, 170, 50)]) for _ in range(12)]     # second face 1/9 the area
+    p = tmp_path / "multi.mp4"
+    write_mp4(p, frames, 25)
+    _, dets, _ = _scan(p, cfg, detector)
+    assert {dets[i].state for i in dets if i < 12} == {"multi"}
+    assert {dets[i].state for i in dets if i >= 12} == {"ok"}
+    spans, bad = segment(dets, [], cfg)
+    assert bad == [(0, 12, "multi_face")]
+    assert [(s, e) for s, e, _ in spans] == [(12, 24)]
+
+    tiny = FacesConfig(stride=4, min_face_px=200)   # the same 150 px face is "tiny" under a 200 px floor
+    _, dets, _ = _scan(p, tiny, detector)
+    assert {dets[i].state for i in dets if i >= 12} == {"small"}
+
+
+def test_jump_and_identity_change_split_the_track(tmp_path, detector):
+    cfg = FacesConfig(stride=8)
+    frames = [_frame([(40, 50, 130)]) for _ in range(24)]              # 0..23 left
+    frames += [_frame([(160, 50, 130)]) for _ in range(24)]            # 24..47 jumped right (0.375 of width)
+    frames += [_frame([(160, 50, 130)], recolour=np.float32([0.6, 0.9, 1.4])) for _ in range(24)]  # 48..71 other look
+    p = tmp_path / "jump.mp4"
+    write_mp4(p, frames, 25)
+    _, dets, _ = _scan(p, cfg, detector)
+    spans, _ = segment(dets, [], cfg)
+    bounds = [(s, e) for s, e, _ in spans]
+    assert len(bounds) == 3, bounds
+    assert abs(bounds[0][1] - 24) <= 2 and abs(bounds[1][0] - 24) <= 1   # jumps are located to 2 frames
+    assert abs(bounds[1][1] - 48) <= 1 and abs(bounds[2][0] - 48) <= 1   # identity changes to 1 frame
+
+
+def test_segment_splits_at_scene_cuts_and_merges_bad_stretches():
+    cfg = FacesConfig()
+    box = (0.4, 0.3, 0.2, 0.3)
+    sig = np.full(128, 1 / 128, np.float32)
+    dets = {i: Det("ok", box, 1, sig) for i in range(0, 40, 8)}
+    dets.update({40: Det("none"), 48: Det("none"), 56: Det("ok", box, 1, sig), 64: Det("ok", box, 1, sig)})
+    spans, bad = segment(dets, [20, 60], cfg)
+    assert [(s, e) for s, e, _ in spans] == [(0, 20), (20, 33), (56, 60), (60, 65)]
+    assert bad == [(40, 49, "no_face")]
+    moved = Det("ok", (0.5, 0.3, 0.2, 0.3), 1, sig)
+    assert disagreement(dets[0], moved, cfg) == "jump"
+    assert disagreement(dets[0], Det("ok", (0.41, 0.3, 0.3, 0.3), 1, sig), cfg) == "jump"   # 1.5x wider
+    assert disagreement(dets[0], dets[8], cfg) == ""
+
+
+def test_crop_has_paper_ratio_slides_inside_and_clamps():
+    cfg = FacesConfig()
+    c = place_crop([(0.4, 0.3, 0.1, 0.12)] * 5, 1000, 1000, cfg)            # 100 x 120 px face, centre frame
+    assert c.face_w_ratio == pytest.approx(0.45, abs=0.01) or c.face_h_ratio == pytest.approx(0.53, abs=0.01)
+    assert c.face_w_ratio <= 0.451 and c.face_h_ratio <= 0.531
+    assert 0 <= c.x0 and c.x0 + c.size <= 1000 and c.outside == 0
+    edge = place_crop([(0.0, 0.0, 0.1, 0.1)], 1000, 1000, cfg)               # face in the corner
+    assert (edge.x0, edge.y0) == (0, 0)                                       # slid into the frame, not padded
+    big = place_crop([(0.1, 0.05, 0.8, 0.9)], 400, 300, cfg)                  # face fills the frame
+    assert big.size == round(300 * (1 + 2 * cfg.max_pad))                     # clamped: overhang <= max_pad
+    assert big.face_h_ratio > 0.53 and big.y0 == round((300 - big.size) / 2)
+
+
+def test_insightface_backend_says_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)) as e:
+        make_detector(FacesConfig(backend="insightface", model_dir=str(tmp_path)))
+    assert "det_10g.onnx" in str(e.value)
+    for n in InsightFaces.NEEDS:   # files present but the package is not installed here
+        (tmp_path / n).write_bytes(b"\0")
+    with pytest.raises(ImportError, match="insightface"):
+        make_detector(FacesConfig(backend="insightface", model_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match="backend"):
+        make_detector(FacesConfig(backend="dlib"))

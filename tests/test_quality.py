@@ -1,0 +1,119 @@
+"""Quality: the weight-free sharpness scorer separates sharp from blurred crops at any crop size;
+HyperIQA loads through pyiqa from a local file (a randomly initialised net of the real class)."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from skimage.data import astronaut
+
+from pipeline.faces import FaceScanner, FacesConfig, make_detector
+from pipeline.probe import scan
+from pipeline.quality import HyperIQAScorer, QualityConfig, QualitySampler, SharpnessScorer, make_scorer
+from pipeline.video_io import write_mp4
+
+FACE = astronaut()[20:260, 100:340]   # a 240 px head-and-shoulders crop of a real photo
+
+
+def _jpeg(img, q=85):
+    ok, enc = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])
+    return cv2.imdecode(enc, cv2.IMREAD_COLOR)[..., ::-1]
+
+
+def test_sharpness_separates_sharp_from_blurred_at_every_crop_size():
+    sc = SharpnessScorer(QualityConfig())
+    from pipeline.filters import FiltersConfig
+
+    bound = FiltersConfig().min_quality
+    sharp, blurred = [], []
+    for side in (100, 200, 400):
+        img = cv2.resize(FACE, (side, side), interpolation=cv2.INTER_AREA if side < 240 else cv2.INTER_CUBIC)
+        sharp.append(sc([_jpeg(img)])[0])
+        for sigma in (0.01, 0.02):   # blur relative to the crop side, as the corpus blurs relative to the frame
+            blurred.append(sc([_jpeg(cv2.GaussianBlur(img, (0, 0), sigma * side))])[0])
+    assert min(sharp) > bound > max(blurred), (sharp, blurred)
+    assert all(0 <= s <= 100 for s in sharp + blurred)
+
+
+def test_sharpness_ignores_contrast_and_accepts_gray():
+    sc = SharpnessScorer(QualityConfig())
+    img = _jpeg(cv2.resize(FACE, (160, 160), interpolation=cv2.INTER_AREA))
+    dim = (img.astype(np.float32) * 0.5 + 30).astype(np.uint8)
+    a, b = sc([img, dim])
+    assert abs(a - b) < 8, (a, b)
+    assert sc([cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)])[0] == pytest.approx(a, abs=0.5)
+
+
+def test_sampler_scores_clip_spans_from_the_decode_pass(tmp_path):
+    """First half sharp, second half blurred: the per-clip score follows, from one decode."""
+    W, H = 320, 240
+    head = cv2.resize(FACE, (150, 150), interpolation=cv2.INTER_AREA)
+    frames = []
+    for i in range(48):
+        f = np.full((H, W, 3), 90, np.uint8)
+        f[40:190, 80 + i // 8:230 + i // 8] = head
+        frames.append(f if i < 24 else cv2.GaussianBlur(f, (0, 0), 3.0))
+    p = tmp_path / "halfblur.mp4"
+    write_mp4(p, frames, 24)
+    fcfg, qcfg = FacesConfig(stride=4), QualityConfig(every=6)
+    faces = FaceScanner(fcfg, make_detector(fcfg), W)
+    sampler = QualitySampler(qcfg, make_scorer(qcfg), faces, 0.45, 0.53)
+    scan(p, 256, {"faces": faces.update, "quality": sampler.update})
+    assert sampler.every == 8                                 # rounded up to the detection stride
+    assert sorted(sampler.samples) == [0, 8, 16, 24, 32, 40]
+    assert sampler.clip_score(0, 24) > 30 > sampler.clip_score(24, 48)
+    assert np.isnan(sampler.clip_score(1, 8))                 # no sample inside: unmeasured, not invented
+
+
+class _NotATensor:
+    pass
+
+
+@pytest.fixture(scope="module")
+def hyperiqa_files(tmp_path_factory):
+    """Two HyperIQA checkpoints (pyiqa's HyperNet, random weights) in pyiqa's {'params': ...} layout."""
+    import torch
+    from pyiqa.archs.hypernet_arch import HyperNet
+
+    from pipeline.quality import _no_backbone_download
+
+    d = tmp_path_factory.mktemp("hyperiqa")
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        with _no_backbone_download():
+            net = HyperNet(pretrained=False)
+        p = d / f"hyperiqa_{seed}.pth"
+        torch.save({"params": net.state_dict()}, p)
+        paths.append(p)
+    bad = d / "pickled.pth"
+    torch.save({"params": {}, "extra": _NotATensor()}, bad)
+    return paths, bad
+
+
+def test_hyperiqa_loads_local_weights_through_pyiqa(hyperiqa_files):
+    import torch
+
+    (p0, p1), _ = hyperiqa_files
+    s0 = make_scorer(QualityConfig(scorer="hyperiqa", model_path=str(p0)))
+    assert s0.name == "hyperiqa"
+    saved = torch.load(p0, weights_only=True)["params"]
+    loaded = s0.metric.net.state_dict()
+    assert set(loaded) == set(saved)
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)   # the file's weights, not another init
+    crops = [cv2.resize(FACE, (180, 180))]     # HyperNet costs ~1 s per crop on a shared CPU: one crop
+    a = s0(crops)
+    assert a.shape == (1,) and np.all((a >= 0) & (a <= 100))
+    b = HyperIQAScorer(QualityConfig(scorer="hyperiqa", model_path=str(p1)))(crops)
+    assert not np.allclose(a, b)                               # another weight file, other scores
+
+
+def test_hyperiqa_missing_or_unsafe_weights_fail_clearly(tmp_path, hyperiqa_files):
+    _, bad = hyperiqa_files
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(FileNotFoundError, match="HyperIQA weights not found at .*nope.pth"):
+        make_scorer(QualityConfig(scorer="hyperiqa", model_path=str(missing)))
+    with pytest.raises(ValueError, match="not a plain tensor checkpoint"):
+        make_scorer(QualityConfig(scorer="hyperiqa", model_path=str(bad)))
+    with pytest.raises(ValueError, match="scorer"):
+        make_scorer(QualityConfig(scorer="brisque"))
