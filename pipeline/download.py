@@ -1,0 +1,265 @@
+"""The download stage: one link -> <data>/media/<safe id>.<ext>, or a recorded reason why not.
+
+yt-dlp is used through its Python API with its own retries switched off: this loop owns
+retrying, so every attempt is counted and backed off exponentially (honouring Retry-After).
+Transient failures (HTTP 408/425/429/5xx, 403, timeouts, refused/reset connections, truncated
+bodies) are retried; permanent ones (404/410/other 4xx, private/removed/unsupported, empty
+file, not a decodable video, over the size or duration cap) are not.
+A download lands in <data>/media/.partial/<safe id>/ and is renamed into place only after
+PyAV has decoded a frame of it, so a partial or broken file never counts. Opted-out videos are
+never requested. Ids only ever reach the disk through safe_name + DataRoot.path.
+
+Result record: {video_id, url, status: ok|failed|skipped_optout, error_class: permanent|
+transient|None, message (one line), media_path (relative to the data root), bytes, attempts}.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.paths import DataRoot, safe_name
+
+log = logging.getLogger("pipeline.download")
+PARTIAL = ".partial"
+_TMP_SUFFIXES = (".part", ".ytdl", ".temp", ".tmp")
+
+
+@dataclass
+class DownloadConfig:
+    max_height: int = 1080          # format best[height<=?N]; the paper's crops average 745 px
+    max_attempts: int = 4           # yt-dlp calls per video, the first included
+    backoff_base_s: float = 2.0     # wait base * 2**(k-1) after the k-th failed attempt
+    backoff_max_s: float = 60.0     # cap for one wait (also caps a server's Retry-After)
+    socket_timeout_s: float = 20.0
+    cookies_file: str = ""          # Netscape cookies.txt (YouTube's bot wall wants a logged-in session)
+    proxy: str = ""                 # e.g. http://user:pass@host:3128 or socks5://host:1080
+    rate_limit: int = 0             # bytes per second, 0 = unlimited
+    max_duration_s: float = 0.0     # 0 = no cap; checked from metadata before and by probe after
+    max_filesize: int = 0           # bytes, 0 = no cap
+
+    @classmethod
+    def from_params(cls, params: dict) -> "DownloadConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise ValueError(f"unknown download option(s) {unknown}; known: {sorted(names)}")
+        return cls(**params)
+
+
+class Failure(Exception):
+    def __init__(self, error_class: str, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.error_class, self.message, self.retry_after = error_class, message, retry_after
+
+
+def one_line(msg: object, limit: int = 300) -> str:
+    s = re.sub(r"\x1b\[[0-9;]*m", "", str(msg))         # yt-dlp colours
+    s = " ".join(s.split())
+    s = re.sub(r"^(ERROR:\s*)+", "", s)
+    return s[:limit]
+
+
+# ------------------------------------------------------------------ classification
+_PERMANENT = re.compile(
+    r"unsupported url|private video|video is private|removed|unavailable|does not exist|no longer available|"
+    r"copyright|terminated|requested format is not available|no video formats found|did not get any data blocks|"
+    r"not a valid url|is not a video|members[- ]only|age[- ]restricted|geo[- ]?restrict", re.I)
+_TRANSIENT = re.compile(
+    r"timed out|timeout|connection (reset|refused|aborted)|temporary failure|bytes read|more expected|"
+    r"incompleteread|content ?too ?short|remote end closed|eof occurred|http error (429|5\d\d)|"
+    r"sign in to confirm|too many requests|network is unreachable", re.I)
+
+
+def _causes(exc: BaseException):
+    """The exception and everything it wraps (yt-dlp keeps the cause in exc_info / .cause)."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        info = getattr(e, "exc_info", None)
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__,
+                 info[1] if isinstance(info, tuple) and len(info) > 1 else None]
+
+
+def classify(exc: BaseException) -> Failure:
+    """permanent or transient, a one-line message, and the server's Retry-After when it sent one."""
+    msg = one_line(exc)
+    status, retry_after = None, None
+    for e in _causes(exc):
+        st = getattr(e, "status", None)
+        if isinstance(st, int) and 100 <= st < 600:
+            status = st
+            resp = getattr(e, "response", None)
+            ra = getattr(getattr(resp, "headers", None), "get", lambda *_: None)("Retry-After")
+            if ra and str(ra).strip().isdigit():
+                retry_after = float(ra)
+            break
+    if status is not None:
+        transient = status in (403, 408, 425, 429) or status >= 500
+        return Failure("transient" if transient else "permanent", f"HTTP {status}: {msg}", retry_after)
+    if _TRANSIENT.search(msg):
+        return Failure("transient", msg)
+    if _PERMANENT.search(msg):
+        return Failure("permanent", msg)
+    if any(isinstance(e, (TimeoutError, ConnectionError)) for e in _causes(exc)):
+        return Failure("transient", msg)
+    # Unknown: worth a bounded number of retries rather than losing the video for good.
+    return Failure("transient", msg or type(exc).__name__)
+
+
+# ------------------------------------------------------------------ yt-dlp
+class _YdlLog:
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def debug(self, msg):
+        self.lines.append(msg)
+
+    info = warning = error = debug
+
+
+def ydl_options(cfg: DownloadConfig, workdir: Path, logger=None) -> dict:
+    import imageio_ffmpeg
+
+    opts = {
+        "format": f"best[height<=?{int(cfg.max_height)}]",   # direct links report no height: '?' keeps them
+        "outtmpl": {"default": str(workdir / "media.%(ext)s")},
+        "restrictfilenames": True, "playlist_items": "1", "noplaylist": True,
+        "quiet": True, "no_warnings": True, "noprogress": True, "logger": logger or _YdlLog(),
+        "retries": 0, "fragment_retries": 0, "extractor_retries": 0, "file_access_retries": 0,
+        "socket_timeout": float(cfg.socket_timeout_s), "continuedl": True, "updatetime": False,
+        "cachedir": False, "ffmpeg_location": imageio_ffmpeg.get_ffmpeg_exe(),
+    }
+    if cfg.cookies_file:
+        opts["cookiefile"] = str(cfg.cookies_file)
+    if cfg.proxy:
+        opts["proxy"] = cfg.proxy
+    if cfg.rate_limit:
+        opts["ratelimit"] = int(cfg.rate_limit)
+    if cfg.max_filesize:
+        opts["max_filesize"] = int(cfg.max_filesize)
+    if cfg.max_duration_s:
+        from yt_dlp.utils import match_filter_func
+
+        opts["match_filter"] = match_filter_func(f"duration <=? {float(cfg.max_duration_s)}")
+    return opts
+
+
+def _attempt(url: str, workdir: Path, cfg: DownloadConfig) -> Path:
+    """One yt-dlp call; returns the finished file in workdir or raises Failure."""
+    import yt_dlp
+
+    logger = _YdlLog()
+    try:
+        with yt_dlp.YoutubeDL(ydl_options(cfg, workdir, logger)) as ydl:
+            ydl.extract_info(url, download=True)
+    except Exception as e:     # DownloadError and whatever an extractor throws
+        raise classify(e) from None
+    done = [p for p in workdir.iterdir() if p.is_file() and not p.name.endswith(_TMP_SUFFIXES)]
+    if not done:
+        said = " ".join(logger.lines[-3:])
+        if re.search(r"max-?filesize", said, re.I):
+            raise Failure("permanent", f"larger than max_filesize ({cfg.max_filesize} bytes)")
+        if re.search(r"does not pass filter|skipping", said, re.I):
+            raise Failure("permanent", f"longer than max_duration_s ({cfg.max_duration_s:g} s)")
+        raise Failure("transient", one_line(f"yt-dlp produced no file: {said}") or "yt-dlp produced no file")
+    return max(done, key=lambda p: p.stat().st_size)
+
+
+def _validate(path: Path, cfg: DownloadConfig) -> None:
+    from pipeline.video_io import VideoError, probe
+
+    size = path.stat().st_size
+    if size == 0:
+        raise Failure("permanent", "empty file")
+    if cfg.max_filesize and size > cfg.max_filesize:
+        raise Failure("permanent", f"larger than max_filesize ({size} > {cfg.max_filesize} bytes)")
+    try:
+        info = probe(path)
+    except VideoError as e:
+        raise Failure("permanent", f"not a video: {one_line(e)}") from None
+    if cfg.max_duration_s and info.duration_s > cfg.max_duration_s:
+        raise Failure("permanent", f"longer than max_duration_s ({info.duration_s:.1f} > {cfg.max_duration_s:g} s)")
+
+
+def _existing(root: DataRoot, safe: str) -> Path | None:
+    media = root.path("media")
+    if not media.is_dir():
+        return None
+    found = [p for p in media.glob(f"{safe}.*") if p.is_file() and p.name[len(safe) + 1:].isalnum()]
+    return found[0] if found else None
+
+
+def download(url: str, video_id: str, root: DataRoot | str | os.PathLike, optout=None, **params) -> dict:
+    """Fetch one video; never raises for a bad video (ValueError only for unknown options)."""
+    cfg = DownloadConfig.from_params(params)
+    root = root if isinstance(root, DataRoot) else DataRoot.of(root)
+    rec = {"video_id": video_id, "url": url, "status": "failed", "error_class": None, "message": "",
+           "media_path": None, "bytes": 0, "attempts": 0}
+    if optout is not None and optout.matches(video_id, url):
+        return {**rec, "status": "skipped_optout", "message": "listed in optout.csv; not requested"}
+    try:
+        safe = safe_name(video_id or "")
+    except ValueError:
+        return {**rec, "error_class": "permanent", "message": "empty video id"}
+    if not re.match(r"^https?://", url or "", re.I):
+        return {**rec, "error_class": "permanent", "message": f"refusing url scheme: {one_line(url, 80)!r}"}
+
+    have = _existing(root, safe)
+    if have is not None:
+        try:
+            _validate(have, cfg)
+            return {**rec, "status": "ok", "message": "already downloaded",
+                    "media_path": str(have.relative_to(root.root)), "bytes": have.stat().st_size}
+        except Failure:
+            have.unlink()              # a broken leftover never counts; fetch again
+
+    work = root.path("media", PARTIAL, safe)
+    shutil.rmtree(work, ignore_errors=True)      # a killed run's partial file is not trusted
+    work.mkdir(parents=True)
+    fail = Failure("transient", "not attempted")
+    try:
+        for attempt in range(1, max(1, cfg.max_attempts) + 1):
+            rec["attempts"] = attempt
+            try:
+                got = _attempt(url, work, cfg)
+                _validate(got, cfg)
+                ext = got.suffix.lower() if re.match(r"^\.[a-z0-9]{1,5}$", got.suffix.lower()) else ".mp4"
+                final = root.path("media", safe + ext)
+                os.replace(got, final)
+                return {**rec, "status": "ok", "message": "",
+                        "media_path": str(final.relative_to(root.root)), "bytes": final.stat().st_size}
+            except Failure as f:
+                fail = f
+            if fail.error_class == "permanent" or attempt == cfg.max_attempts:
+                break
+            wait = min(cfg.backoff_base_s * 2 ** (attempt - 1), cfg.backoff_max_s)
+            if fail.retry_after is not None:
+                wait = max(wait, min(fail.retry_after, cfg.backoff_max_s))
+            log.info("retry %d/%d for %s in %.2fs: %s", attempt, cfg.max_attempts, safe, wait, fail.message)
+            time.sleep(wait)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {**rec, "error_class": fail.error_class, "message": one_line(fail.message)}
+
+
+class Downloader:
+    """The stage as a callable over Source objects (pipeline.sources) or {url, video_id} rows."""
+
+    def __init__(self, root: DataRoot | str | os.PathLike, optout=None, **params):
+        DownloadConfig.from_params(params)               # fail fast on a typo in the DAG
+        self.root = root if isinstance(root, DataRoot) else DataRoot.of(root)
+        self.optout, self.params = optout, params
+
+    def __call__(self, source) -> dict:
+        get = source.get if isinstance(source, dict) else lambda k: getattr(source, k)
+        return download(get("url"), get("video_id"), self.root, self.optout, **self.params)
