@@ -114,7 +114,7 @@ def check_schema(urls: list[str], cfg) -> dict:
     for url in urls:
         errors: list = []
         first = next(iter(_read_shard(url, errors)), None)
-        if first is None:
+        if first is None or errors:  # errors before the first sample: a partial sample of a broken shard
             log.warning("schema check: skipping unreadable shard %s (%s)", url, errors[:1])
             continue
         missing = sorted(set(SHARD_MEMBERS) - set(first))
