@@ -1,0 +1,106 @@
+"""Encoders: tiny models of the real classes load through the real paths; frame picking; VAE fit."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from pipeline.encoders import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("tiny"), seed=0, sample_size=64)
+
+
+def _faces(n=6, size=64):
+    import cv2
+    from skimage.data import astronaut
+
+    img = astronaut()[0:320, 90:410]
+    return np.stack([cv2.resize(np.roll(img, 4 * k, axis=1), (size, size), interpolation=cv2.INTER_AREA)
+                     for k in range(n)])
+
+
+def test_tiny_models_load_through_real_loaders(tiny, tmp_path):
+    import open_clip
+    import torch
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file
+
+    from pipeline.encoders import EncoderConfig, Encoders, build_tiny_models, resolve_models
+
+    cfg = EncoderConfig(size=64, batch_frames=4)
+    enc = Encoders(resolve_models(str(tiny), cfg), cfg, with_landmarks=False)
+    assert isinstance(enc.vae, AutoencoderKL) and isinstance(enc.clip, open_clip.CLIP)
+    saved = load_file(str(tiny / "clip" / "open_clip_model.safetensors"))
+    loaded = enc.clip.state_dict()
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)   # weights came from the file, not a fresh init
+    frames = _faces()
+    out = enc.encode(frames)
+    assert out["latent_mean"].shape == (6, 4, 8, 8) and out["latent_mean"].dtype == np.float16   # 8x down, 4 ch
+    assert out["clip_emb"].shape == (6, 32)
+    assert np.allclose(np.linalg.norm(out["clip_emb"].astype(np.float32), axis=1), 1, atol=2e-3)
+    # batching does not change results (batch 4 vs one forward of 6)
+    cfg6 = EncoderConfig(size=64, batch_frames=6)
+    out6 = Encoders(resolve_models(str(tiny), cfg6), cfg6, with_landmarks=False).encode(frames)
+    assert np.allclose(out["latent_mean"].astype(np.float32), out6["latent_mean"].astype(np.float32), atol=2e-3)
+    # the posterior mean is the VAE's own encode() of the same pixels
+    with torch.no_grad():
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+        ref = enc.vae.encode(x).latent_dist
+    assert np.allclose(out["latent_mean"].astype(np.float32), ref.mean.numpy(), atol=2e-2)
+    assert np.allclose(out["latent_std"].astype(np.float32), ref.std.numpy(), rtol=2e-2)
+    # a different seed gives different weights, so the meta label must differ too
+    other = build_tiny_models(tmp_path / "other", seed=1, sample_size=64)
+    assert json.loads((other / "models.json").read_text())["vae"] != enc.meta()["vae"]
+    assert enc.meta()["vae_scaling_factor"] == float(enc.vae.config.scaling_factor)
+
+
+def test_resolve_models_default_names_and_bad_dir(tmp_path):
+    from pipeline.encoders import DEFAULT_VAE, EncoderConfig, resolve_models
+
+    m = resolve_models("default", EncoderConfig())
+    assert m.vae == DEFAULT_VAE and m.clip_label == "ViT-B-32/laion2b_s34b_b79k"
+    with pytest.raises(FileNotFoundError, match="vae/ and clip/"):
+        resolve_models(str(tmp_path), EncoderConfig())
+
+
+def test_pick_indices_stride_and_max_frames():
+    from pipeline.encoders import pick_indices
+
+    assert pick_indices(10, 20, 1, 0).tolist() == list(range(10, 20))
+    assert pick_indices(10, 20, 3, 0).tolist() == [10, 13, 16, 19]
+    sub = pick_indices(0, 100, 1, 8)
+    assert len(sub) == 8 and sub[0] == 0 and sub[-1] == 99 and (np.diff(sub) > 0).all()
+
+
+def test_decode_clip_is_the_crop_of_the_decoded_frames(tmp_path):
+    from pipeline.encoders import EncoderConfig, decode_clip
+    from pipeline.video_io import crop_square, read_frames, write_mp4
+
+    frames = [np.roll(_faces(1, 96)[0], 3 * k, axis=0) for k in range(12)]
+    write_mp4(tmp_path / "v.mp4", frames, fps=20)
+    row = {"start_frame": 2, "end_frame": 11, "fps": 20.0, "crop_x0": -10, "crop_y0": 8, "crop_size": 80}
+    got, idx, t = decode_clip(row, tmp_path / "v.mp4", EncoderConfig(size=32, stride=2, max_frames=3))
+    assert idx.tolist() == [2, 6, 10] and np.allclose(t, [0, 0.2, 0.4])
+    ref = read_frames(tmp_path / "v.mp4", idx)
+    for k, i in enumerate(idx):
+        assert np.array_equal(got[k], crop_square(ref[int(i)], -10, 8, 80, 32))
+
+
+def test_fit_vae_lowers_reconstruction_loss(tiny):
+    import torch
+
+    from pipeline.encoders import fit_vae, load_vae
+
+    vae = load_vae(str(tiny / "vae"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # tiny kernels: one thread is ~4x faster than two on a shared 2-core box
+    try:
+        losses = fit_vae(vae, _faces(8), steps=15, lr=3e-3, batch=4, seed=0)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(losses) == 15
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
