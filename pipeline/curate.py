@@ -15,15 +15,13 @@ from pathlib import Path
 
 def load_inputs(sources_csv: Path, optout_csv: Path | None) -> list[dict]:
     """sources.csv (+ optout.csv) -> [{"video_id", "url", "opted_out"}]; ManifestError on a bad row."""
-    from pipeline.ids import video_id_from_url
     from pipeline.sources import load_optout, load_sources
 
     srcs = load_sources(sources_csv)
     opt = load_optout(optout_csv) if optout_csv and optout_csv.exists() else None
     out = []
     for s in srcs:
-        vid = getattr(s, "video_id", None) or video_id_from_url(s.url)
-        out.append({"video_id": vid, "url": s.url, "opted_out": bool(opt and opt.matches(vid, s.url))})
+        out.append({"video_id": s.video_id, "url": s.url, "opted_out": bool(opt and opt.matches(s.video_id, s.url))})
     return out
 
 

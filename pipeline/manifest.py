@@ -123,7 +123,8 @@ def make_stats(states, clips: pa.Table, videos: pa.Table, rejections: pa.Table, 
         "accepted_s": round(sum(c["duration_s"][i] for i in acc), 3),
         "video_s": round(video_s, 3),
         "quality_scorers": sorted(set(c["quality_scorer"])),
-        "cpu_s_per_stage": {k: round(v, 4) for k, v in sorted(times.items())},
+        "cpu_s_per_stage": {k: round(v, 4) for k, v in sorted(times.items()) if k != "download"},
+        "download_wall_s": round(times.get("download", 0.0), 3),
         "cpu_s_per_video_s": round(cpu / video_s, 4) if video_s else None,
         **run_info,
     }
@@ -135,7 +136,8 @@ def summary_text(s: dict) -> str:
         f"{s['video_s']:.1f} s of video), {s['rejected_clips']} rejected clips",
         "  videos:     " + (", ".join(f"{k} {v}" for k, v in sorted(s["video_status"].items())) or "none"),
         "  rejections: " + (", ".join(f"{k} {v}" for k, v in sorted(s["rejections_by_reason"].items())) or "none"),
-        "  cpu s:      " + ", ".join(f"{k} {v:.2f}" for k, v in s["cpu_s_per_stage"].items()),
+        "  cpu s:      " + ", ".join(f"{k} {v:.2f}" for k, v in s["cpu_s_per_stage"].items())
+        + f" ({s['cpu_s_per_video_s'] or 0:.2f} cpu s per video s); download {s['download_wall_s']:.1f} s wall",
     ]
     if s.get("wall_s") is not None:
         lines.append(f"  run:        {s.get('engine')} engine, {s.get('processed', 0)} processed, "

@@ -18,8 +18,8 @@ from pipeline.manifest import read_state, write_outputs, write_state
 from pipeline.paths import DataRoot
 from pipeline.stages import CurateConfig, Models, analyse_video
 
-# Download statuses worth another try on the next run (the server may be back); all others are final.
-RETRYABLE = {"transient", "rate_limited", "server_error", "timeout", "truncated", "network"}
+# Download failures worth another try on the next run (pipeline.download's error_class); others are final.
+RETRYABLE = {"transient"}
 
 
 def _log(msg: str) -> None:
@@ -36,7 +36,7 @@ def download_step(item: dict, root: str, params: dict) -> dict:
     t0 = time.time()
     out = dict(item)
     if item.get("opted_out"):
-        out.update(status="opted_out", error_class="optout", message="listed in optout.csv; never requested",
+        out.update(status="skipped_optout", error_class="", message="listed in optout.csv; not requested",
                    media_path="", bytes=0, attempts=0)
     else:
         try:
@@ -70,7 +70,7 @@ def analyse_step(item: dict, root: str, cfg: CurateConfig, models: Models) -> di
              "attempts": int(item.get("attempts") or 0), "config": cfg.fingerprint()}
     state = {"video_id": item["video_id"], "fingerprint": cfg.fingerprint(), "video": video, "clips": [],
              "rejections": [], "times": {"download": float(item.get("download_s") or 0.0)},
-             "final": video["error_class"] not in RETRYABLE and video["status"] not in RETRYABLE}
+             "final": video["error_class"] not in RETRYABLE}
     if video["status"] == "ok":
         try:
             media = dr.path(video["media_path"])

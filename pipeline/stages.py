@@ -26,8 +26,8 @@ STAGES = ["download", "probe", "scenes", "faces", "quality", "filters", "manifes
 
 
 @dataclass
-class DownloadConfig:
-    """Handed to pipeline.download as keyword arguments (it owns their meaning)."""
+class DownloadParams:
+    """Handed to pipeline.download.download as keyword arguments (its DownloadConfig owns their meaning)."""
     params: dict = field(default_factory=dict)
 
 
@@ -45,7 +45,7 @@ class EngineConfig:
 
 @dataclass
 class CurateConfig:
-    download: DownloadConfig = field(default_factory=DownloadConfig)
+    download: DownloadParams = field(default_factory=DownloadParams)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     scenes: ScenesConfig = field(default_factory=ScenesConfig)
     faces: FacesConfig = field(default_factory=FacesConfig)
@@ -92,7 +92,10 @@ def load_dag(path: str | Path | None) -> CurateConfig:
         seen.append(name)
         params = st.get("params") or {}
         if name == "download":
-            cfg.download = DownloadConfig(dict(params))
+            from pipeline.download import DownloadConfig
+
+            DownloadConfig.from_params(params)   # a typo fails here, not in every worker
+            cfg.download = DownloadParams(dict(params))
         elif name != "manifest":
             setattr(cfg, name, _fill(type(getattr(cfg, name)), params, f"{path}: {name}.params"))
         if st.get("resources"):
