@@ -68,7 +68,7 @@ def one_line(msg: object, limit: int = 300) -> str:
 # ------------------------------------------------------------------ classification
 _PERMANENT = re.compile(
     r"unsupported url|private video|video is private|removed|unavailable|does not exist|no longer available|"
-    r"copyright|terminated|requested format is not available|no video formats found|did not get any data blocks|"
+    r"copyright|terminated|requested format is not available|no video formats found|"
     r"not a valid url|is not a video|members[- ]only|age[- ]restricted|geo[- ]?restrict", re.I)
 _TRANSIENT = re.compile(
     r"timed out|timeout|connection (reset|refused|aborted)|temporary failure|bytes read|more expected|"
@@ -108,6 +108,8 @@ def classify(exc: BaseException) -> Failure:
         return Failure("transient" if transient else "permanent", f"HTTP {status}: {msg}", retry_after)
     if _TRANSIENT.search(msg):
         return Failure("transient", msg)
+    if re.search(r"did not get any data blocks", msg, re.I):
+        return Failure("permanent", f"empty file (the server sent no data): {msg}")
     if _PERMANENT.search(msg):
         return Failure("permanent", msg)
     if any(isinstance(e, (TimeoutError, ConnectionError)) for e in _causes(exc)):
