@@ -62,8 +62,33 @@ def _sourced(srcs) -> tuple[set, set]:
     return ids, urls
 
 
-def _oo_entries(oo) -> list[str]:
-    return sorted(set(oo.ids) | set(oo.urls)) if oo is not None else []
+def _entry_for(oo, vid: str, url: str):
+    """The optout.csv row that names this video (for its date and reason in the audit)."""
+    from pipeline.ids import video_id_from_url
+    from pipeline.sources import normalize_url
+
+    for e in (oo.entries if oo is not None else []):
+        if e.value == vid or (url and e.value == normalize_url(url)) or ("://" in e.value and video_id_from_url(e.value) == vid):
+            return e
+    return None
+
+
+def _unknown_entries(oo, videos: dict, state: dict) -> list[str]:
+    """optout.csv values that match no video we know (now or already removed): reported, harmless."""
+    if oo is None:
+        return []
+    from pipeline.ids import video_id_from_url
+    from pipeline.sources import OptOut
+
+    known = {**{v: d["url"] for v, d in videos.items()}, **{v: d.get("url", "") for v, d in state.items()}}
+    out = []
+    for e in oo.entries:
+        is_url = "://" in e.value
+        one = OptOut(frozenset([video_id_from_url(e.value) if is_url else e.value]),
+                     frozenset([e.value] if is_url else []), [e])
+        if not any(one.matches(v, u) for v, u in known.items()):
+            out.append(e.value)
+    return out
 
 
 def apply(root: DataRoot, cfg, index: dict, table, items: list[dict], log=print) -> dict:
@@ -82,24 +107,35 @@ def apply(root: DataRoot, cfg, index: dict, table, items: list[dict], log=print)
         for vid, v in videos.items():
             if oo.matches(vid, v["url"]):
                 targets[vid] = "optout.csv"
+    sources_note = ""
     if srcs is not None:
-        ids, urls = _sourced(srcs)
-        for vid, v in videos.items():
-            if v["origin"] == "video" and vid not in ids and v["url"] not in urls:
-                targets.setdefault(vid, "sources.csv row deleted")
-    known = set(videos) | set(state) | {s.get("url") for s in state.values()}
-    from pipeline.ids import video_id_from_url
+        from pipeline.sources import normalize_url
 
-    unknown = [e for e in _oo_entries(oo) if e not in known and video_id_from_url(e) not in known]
+        ids, urls = _sourced(srcs)
+        vids = {vid: v for vid, v in videos.items() if v["origin"] == "video"}
+        gone = [vid for vid, v in vids.items() if vid not in ids and normalize_url(v["url"] or "") not in urls]
+        if vids and len(gone) == len(vids):
+            # a sources file naming none of the data is the wrong file, not a request to delete everything
+            sources_note = f"sources check skipped: {cfg.sources} lists none of the {len(vids)} known videos"
+            log(sources_note)
+        else:
+            for vid in gone:
+                targets.setdefault(vid, "sources.csv row deleted")
+    unknown = _unknown_entries(oo, videos, state)
     if unknown:
         log(f"opt-out entries matching no known video (nothing to remove): {unknown}")
 
     report = {"removed_videos": [], "clips_removed": 0, "shards_rewritten": [], "shards_deleted": [],
-              "files_deleted": [], "unknown": unknown}
+              "files_deleted": [], "unknown": unknown,
+              "sources_note": sources_note}
     for vid in sorted(targets):
         rec = remove_video(root, sdir, vid, videos[vid]["url"], targets[vid], index, items, log)
         if rec is None:
             continue
+        entry = _entry_for(oo, vid, videos[vid]["url"]) if targets[vid] == "optout.csv" else None
+        if entry is not None:
+            rec.update(request_value=entry.value, request_date=entry.date.isoformat(), reason=entry.reason,
+                       optout_row=entry.row)
         state[vid] = {"url": videos[vid]["url"], "trigger": targets[vid], "time": rec["time"]}
         atomic_write_text(sdir / "removed.json", json.dumps(state, indent=1, sort_keys=True) + "\n")
         with open(sdir / "optout_audit.jsonl", "a") as f:
