@@ -87,6 +87,19 @@ def test_rotated_video_decodes_in_display_orientation(corpus_by_name):
     assert err < 6 and flipped > 4 * err, (err, flipped)
 
 
+def test_video_io_rotation_matches_ffmpeg_autorotate(corpus_by_name):
+    """Independent of our generator: what the ffmpeg CLI shows (autorotate) is what iter_frames gives."""
+    import imageio_ffmpeg
+
+    gt = corpus_by_name["rotated_phone_30"]
+    raw = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", gt["path"], "-frames:v", "1",
+                          "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+    assert len(raw) == gt["width"] * gt["height"] * 3
+    shown = np.frombuffer(raw, np.uint8).reshape(gt["height"], gt["width"], 3).astype(np.float32)
+    _, ours = next(iter_frames(gt["path"]))
+    assert np.abs(ours.astype(np.float32) - shown).mean() < 3
+
+
 def _iou(a, b) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     return ix / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix)
