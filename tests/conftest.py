@@ -42,11 +42,13 @@ def _corpus_key(seed: int) -> str:
 
 
 @pytest.fixture(scope="session")
-def corpus_dir(request) -> Path:
+def corpus_dir(request, tmp_path_factory) -> Path:
     from pipeline.testmedia import generate_corpus
 
     seed = 0
-    final = Path(request.config.cache.mkdir("corpus")) / _corpus_key(seed)
+    cache = getattr(request.config, "cache", None)       # absent with -p no:cacheprovider
+    base = Path(cache.mkdir("corpus")) if cache is not None else tmp_path_factory.mktemp("corpus-cache")
+    final = base / _corpus_key(seed)
     if not (final / "COMPLETE").exists():
         # Build in a private folder and rename, so parallel sessions never see half a corpus.
         tmp = final.with_name(f".build-{final.name}-{os.getpid()}")
