@@ -165,7 +165,7 @@ def _expressed(h: Head, mouth: float, eyes: float) -> tuple[np.ndarray, np.ndarr
     """Backward warp: src_y = y - k_m*m*(y-my)*g_m + k_e*e*(y-ey)*g_e. k_m < 1, k_e < 2.2: no folds."""
     import cv2
 
-    # The fields vanish outside the face box, so only that region is resampled.
+    # The fields are ~0 outside their region of interest, so only that region is resampled.
     x0, y0, x1, y1 = h.fields["roi"]
     xx, yy = h.fields["grid"]
     mapy = yy[y0:y1, x0:x1] + 0.5 * mouth * h.fields["mouth"][y0:y1, x0:x1] \
@@ -192,7 +192,7 @@ BG_TINTS = {"brick": (1.0, 0.55, 0.4), "grass": (0.45, 1.0, 0.45), "gravel": (0.
 
 
 def _background(kind: str, w: int, h: int, rng: np.random.Generator) -> np.ndarray:
-    """A background 25% larger than the frame (so it can pan), float32 RGB."""
+    """A background 25% larger than the frame (so it can pan), uint8 RGB."""
     import cv2
 
     W, H = int(w * 1.25), int(h * 1.25)
