@@ -1,0 +1,247 @@
+"""`make eval`: the supplementary's Table 1 grid (timesteps x CFG x guidance) on held-out shard clips.
+
+Held-out split: a clip is held out when sha1(video_id) falls in the lowest `heldout_fraction` of the
+hash range (`is_held_out`), so every clip of a video is on the same side, on every machine.
+Cross-identity, as in the paper: driving clip k is reenacted with the source taken from the first
+frame of the next held-out clip of another video (same video only if the split has one video).
+Per grid row:
+  LMSE  landmarks of the generated frames vs the driving clip's stored landmarks, pixels of a 256
+        crop (model.metrics), over frames with a face on both sides;
+  CSIM  per clip the minimum cosine between the source's CLIP embedding and each generated
+        frame's, averaged over clips;
+  FID   generated frames of all clips vs the real held-out frames (VAE reconstructions of the
+        shards' posterior means: shards hold no pixels), or "unavailable: <why>" without weights.
+Also `consistency_study`: anchored vs naive similarity to the anchor over distance, and LMSE with
+and without landmark guidance (figures for the README).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+LABEL = {"none": "None", "landmarks": "Landmarks", "clip": "CLIP", "clip+landmarks": "CLIP+Landmarks"}
+
+
+@dataclass
+class EvalConfig:
+    ckpt: str = ""
+    models: str = ""
+    heldout_fraction: float = 0.1
+    min_heldout_clips: int = 2
+    max_clips: int = 4
+    max_frames: int = 16
+    sampler: str = "anchored"
+    anchor: int = 0
+    max_batch: int = 0
+    seed: int = 0
+    inception: str = ""
+    fid_size: int = 299
+    grid: str = "auto"
+    grids: dict = field(default_factory=lambda: {"cpu": [{"steps": 50, "cfg": 1, "guidance": "clip+landmarks"}]})
+
+
+def load_eval_config(path: str | None, overrides: list[str] = ()) -> EvalConfig:
+    import yaml
+
+    doc = yaml.safe_load(Path(path).read_text()) if path and Path(path).is_file() else {}
+    if path and not Path(path).is_file() and path != "dags/eval.yaml":
+        raise SystemExit(f"evaluate: error: config file not found: {path}")
+    for ov in overrides:
+        k, _, v = ov.partition("=")
+        doc[k] = yaml.safe_load(v)
+    known = {f.name: f for f in fields(EvalConfig)}
+    cfg = EvalConfig()
+    for k, v in (doc or {}).items():
+        if k not in known:
+            raise SystemExit(f"evaluate: error: unknown eval config key {k!r} (known: {', '.join(known)})")
+        cur = getattr(cfg, k)
+        setattr(cfg, k, v if isinstance(cur, dict) else type(cur)(v))
+    return cfg
+
+
+def is_held_out(video_id: str, fraction: float) -> bool:
+    """Deterministic split: sha1(video_id) as a number in [0, 1) below `fraction`."""
+    return _hash01(video_id) < fraction
+
+
+def _hash01(video_id: str) -> float:
+    return int(hashlib.sha1(video_id.encode()).hexdigest()[:12], 16) / 16 ** 12
+
+
+def load_heldout(data: Path, ec: EvalConfig) -> list[dict]:
+    """Decoded held-out samples (all shard members), sorted by clip id."""
+    from model.data import decode, resolve_shards
+    from pipeline.shardio import read_samples
+
+    samples = []
+    for url in resolve_shards("", data):
+        for key, members in read_samples(Path(url)):
+            samples.append(decode({"__key__": key, **{suffix: data_ for suffix, data_ in members}}))
+    if not samples:
+        raise SystemExit(f"evaluate: error: no shard samples under {data / 'shards'}")
+    vids = sorted({s["meta.json"]["video_id"] for s in samples}, key=_hash01)
+    held = {v for v in vids if is_held_out(v, ec.heldout_fraction)}
+    for v in vids:  # a tiny corpus may have no video in the fraction: take the lowest hashes
+        if sum(s["meta.json"]["video_id"] in held for s in samples) >= ec.min_heldout_clips:
+            break
+        held.add(v)
+    return sorted((s for s in samples if s["meta.json"]["video_id"] in held), key=lambda s: s["__key__"])
+
+
+def pairs(held: list[dict], max_clips: int) -> list[tuple[dict, dict]]:
+    """(driving, source) with the source from another video where possible."""
+    out = []
+    for k, drv in enumerate(held[:max_clips]):
+        others = held[k + 1:] + held[:k]
+        src = next((s for s in others if s["meta.json"]["video_id"] != drv["meta.json"]["video_id"]),
+                   others[0] if others else drv)
+        out.append((drv, src))
+    return out
+
+
+def driving_of(s: dict, max_frames: int):
+    """(landmarks filled (T,478,3), raw landmarks, ok, times, latent_mean) on <= max_frames spread frames."""
+    from model.reenact import fill_missing
+
+    T = len(s["time_s.npy"])
+    idx = np.unique(np.linspace(0, T - 1, min(T, max_frames)).round().astype(int)) if max_frames else np.arange(T)
+    lm, ok = s["landmarks.npy"][idx].astype(np.float32), s["landmarks_ok.npy"][idx].astype(bool)
+    filled, _ = fill_missing(lm, ok)
+    return filled, lm, ok, s["time_s.npy"][idx].astype(np.float32), s["latent_mean.npy"][idx].astype(np.float32)
+
+
+def real_frames(enc, latent_mean: np.ndarray) -> np.ndarray:
+    import torch
+
+    from model.reenact import decode_latents
+
+    return decode_latents(enc, torch.from_numpy(latent_mean) * enc.scaling_factor)
+
+
+def evaluate_row(row: dict, jobs, model, cfg, diffusion, enc, ec: EvalConfig, real, net, mesh) -> dict:
+    from model.anchored import SampleConfig
+    from model.metrics import LMSE_SIZE, csim_embeddings, fid_from_features, inception_features, landmarks_of
+    from model.reenact import clip_embed, generate
+
+    sc = SampleConfig(steps=int(row["steps"]), cfg=float(row["cfg"]), guidance=str(row["guidance"]),
+                      max_batch=ec.max_batch, seed=ec.seed)
+    se, n_used, csims, gens = 0.0, 0, [], []
+    for k, (filled, lm, ok, times, src_emb) in enumerate(jobs):
+        _, gen, _ = generate(model, cfg, diffusion, enc, filled, times, src_emb, sc, ec.sampler, ec.anchor,
+                             ec.seed + k)
+        gens.append(gen)
+        glm, gok = landmarks_of(gen, mesh=mesh)
+        use = gok & ok
+        if use.any():
+            se += float(((glm[use] - lm[use] * LMSE_SIZE) ** 2).sum())
+            n_used += int(use.sum())
+        csims.append(csim_embeddings(src_emb, clip_embed(enc, gen)))
+    n_coord = n_used * lm.shape[1] * 3
+    out = {"Timesteps": sc.steps, "CFG": sc.cfg, "Guidance": LABEL[sc.guidance],
+           "LMSE": se / n_coord if n_coord else None, "CSIM": float(np.mean(csims)),
+           "lmse_frames": n_used, "frames": int(sum(len(g) for g in gens))}
+    if isinstance(net, str):
+        out["FID"] = net
+    else:
+        out["FID"] = fid_from_features(inception_features(np.concatenate(gens), net, ec.fid_size), real)
+    return out
+
+
+def _fmt(v, nd):
+    if v is None:
+        return "n/a"
+    if isinstance(v, str):
+        return v
+    return f"{v:.{nd}f}" if abs(v) < 1000 else f"{v:.0f}"
+
+
+def markdown(rows: list[dict], note: str) -> str:
+    lines = ["| Timesteps | CFG | Guidance | FID | LMSE | CSIM |", "|---:|---:|---|---:|---:|---:|"]
+    for r in rows:
+        fid = "unavailable" if isinstance(r["FID"], str) else _fmt(r["FID"], 1)
+        lines.append(f"| {r['Timesteps']} | {r['CFG']:g} | {r['Guidance']} | {fid} | {_fmt(r['LMSE'], 2)} | "
+                     f"{_fmt(r['CSIM'], 2)} |")
+    return "\n".join(lines) + "\n\n" + note + "\n"
+
+
+def run(data: Path, ec: EvalConfig) -> dict:
+    import torch
+
+    from model.metrics import find_inception_weights, inception_features, load_inception
+    from model.reenact import ReenactError, load_all
+    from pipeline.landmarks import FaceMesh478
+    from pipeline.paths import DataRoot, atomic_write_text
+
+    t0 = time.time()
+    root = DataRoot.of(data)
+    grid_name = ec.grid if ec.grid != "auto" else ("paper" if torch.cuda.is_available() else "cpu")
+    if grid_name not in ec.grids:
+        raise SystemExit(f"evaluate: error: grid {grid_name!r} not in grids ({', '.join(ec.grids)})")
+    grid = ec.grids[grid_name]
+    try:
+        model, cfg, diffusion, enc, info = load_all(root.root, ec.ckpt or None, ec.models)
+    except ReenactError as e:
+        raise SystemExit(f"evaluate: error: {e}") from None
+    held = load_heldout(root.root, ec)
+    jobs, real, used = [], [], []
+    for drv, src in pairs(held, ec.max_clips):
+        filled, lm, ok, times, lat = driving_of(drv, ec.max_frames)
+        if len(times) < cfg.model.frames or not ok.any():
+            continue  # too short for one sequence, or no face at all: recorded in the stats
+        jobs.append((filled, lm, ok, times, src["clip_emb.npy"][0].astype(np.float32)))
+        real.append(real_frames(enc, lat))
+        used.append({"driving": drv["__key__"], "source": src["__key__"], "frames": int(len(times)),
+                     "cross_identity": drv["meta.json"]["video_id"] != src["meta.json"]["video_id"]})
+    if not jobs:
+        raise SystemExit("evaluate: error: no held-out clip long enough with a face (need >= F frames)")
+    weights = Path(ec.inception) if ec.inception else find_inception_weights(root.root)[0]
+    if weights is None or not weights.is_file():
+        net = "unavailable: " + (find_inception_weights(root.root)[1] if weights is None
+                                 else f"no Inception-v3 weights at {weights}")
+        real_feats = None
+    else:
+        net = load_inception(weights)
+        real_feats = inception_features(np.concatenate(real), net, ec.fid_size)
+    rows = []
+    with FaceMesh478(static=True) as mesh:
+        for i, row in enumerate(grid):
+            tr = time.time()
+            r = evaluate_row(row, jobs, model, cfg, diffusion, enc, ec, real_feats, net, mesh)
+            r["seconds"] = round(time.time() - tr, 2)
+            rows.append(r)
+            print(f"eval [{i + 1}/{len(grid)}] steps {r['Timesteps']} cfg {r['CFG']:g} {r['Guidance']}: "
+                  f"FID {_fmt(r['FID'], 1)[:40]}, LMSE {_fmt(r['LMSE'], 2)}, CSIM {r['CSIM']:.3f} "
+                  f"({r['seconds']}s)", flush=True)
+    note = (f"Grid `{grid_name}` on {len(jobs)} held-out clips ({sum(u['frames'] for u in used)} frames; "
+            f"split: sha1(video_id) < {ec.heldout_fraction}), {ec.sampler} sampling, checkpoint "
+            f"`{Path(info['ckpt']).name}`, models `{info['models']}`. LMSE in pixels of a 256 crop; CSIM = "
+            f"min cosine of CLIP embeddings (source vs generated) averaged over clips; FID against VAE "
+            f"reconstructions of the held-out frames.")
+    out_dir = root.dir("eval")
+    result = {"rows": rows, "grid": grid_name, "clips": used, "config": asdict(ec), **info,
+              "seconds": round(time.time() - t0, 2), "note": note}
+    atomic_write_text(out_dir / "table1.md", markdown(rows, note))
+    atomic_write_text(out_dir / "table1.json", json.dumps(result, indent=1))
+    print(f"eval: wrote {out_dir / 'table1.md'} and table1.json ({len(rows)} rows, {result['seconds']}s)")
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m model.evaluate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default="data")
+    ap.add_argument("--config", default="dags/eval.yaml", help="eval config (default dags/eval.yaml)")
+    ap.add_argument("overrides", nargs="*", help="key=value, e.g. grid=cpu max_clips=2")
+    args = ap.parse_args(argv)
+    run(Path(args.data), load_eval_config(args.config, args.overrides))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
