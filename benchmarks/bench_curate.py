@@ -1,0 +1,88 @@
+"""Curation cost against a plain PyAV decode of the same videos, measured in the same run.
+
+Reference: PyAV decodes every frame single-threaded and converts it to an RGB ndarray at full
+size (what any stage that "reads the video" pays). Curation: probe + the one decode pass with
+scenes, faces and quality + segmentation, crops and filters (`pipeline.stages.analyse_video`),
+models loaded beforehand (their one-off load time is reported apart). Download is network-bound
+and excluded. Figures are process CPU seconds (all threads), best of `repeats` per video.
+Target: ratio <= 3.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def plain_decode_cpu(path: Path) -> tuple[float, int]:
+    import av
+
+    t0 = time.process_time()
+    n = 0
+    with av.open(str(path)) as c:
+        for frame in c.decode(video=0):
+            frame.to_ndarray(format="rgb24")
+            n += 1
+    return time.process_time() - t0, n
+
+
+def run(data_root: Path, repeats: int = 2) -> dict:
+    from pipeline.stages import Models, analyse_video, load_dag
+    from pipeline.testmedia import generate_corpus, load_corpus
+
+    data_root = Path(data_root)
+    corpus_dir = data_root / "corpus"
+    gts = load_corpus(corpus_dir) if (corpus_dir / "COMPLETE").exists() else []
+    if not gts:
+        gts = generate_corpus(corpus_dir)
+        (corpus_dir / "COMPLETE").write_text("ok\n")
+    cfg = load_dag(Path(__file__).resolve().parents[1] / "dags" / "curate.yaml")
+    t0 = time.process_time()
+    models = Models(cfg)
+    models.detector, models.scorer  # noqa: B018 - load now, not inside the first measurement
+    load_s = time.process_time() - t0
+
+    stages: dict[str, float] = {}
+    per_video, plain_total, cur_total, video_s, frames, dets = [], 0.0, 0.0, 0.0, 0, 0
+    for g in gts:
+        path = Path(g["path"])
+        plain = min(plain_decode_cpu(path)[0] for _ in range(repeats))
+        best = None
+        for _ in range(repeats):
+            t = time.process_time()
+            res = analyse_video(path, g["name"], "", "", cfg, models)
+            spent = time.process_time() - t
+            if best is None or spent < best[0]:
+                best = (spent, res)
+        spent, res = best
+        for k, v in res["times"].items():
+            stages[k] = stages.get(k, 0.0) + v
+        stages["other"] = stages.get("other", 0.0) + spent - sum(res["times"].values())
+        plain_total += plain
+        cur_total += spent
+        video_s += res["num_frames"] / res["probe"]["fps"]
+        frames += res["num_frames"]
+        dets += res["detections"]
+        per_video.append({"video": g["name"], "size": f"{g['width']}x{g['height']}", "frames": res["num_frames"],
+                          "plain_decode_cpu_s": round(plain, 4), "curate_cpu_s": round(spent, 4),
+                          "ratio": round(spent / plain, 2) if plain else None})
+    out = {
+        "videos": len(gts), "frames": frames, "video_s": round(video_s, 2),
+        "plain_decode_cpu_s": round(plain_total, 3), "curate_cpu_s": round(cur_total, 3),
+        "plain_decode_cpu_s_per_video_s": round(plain_total / video_s, 4),
+        "curate_cpu_s_per_video_s": round(cur_total / video_s, 4),
+        "ratio_to_plain_decode": round(cur_total / plain_total, 3), "target_ratio": 3.0,
+        "per_stage_cpu_s": {k: round(v, 4) for k, v in sorted(stages.items())},
+        "per_stage_ratio_to_plain_decode": {k: round(v / plain_total, 3) for k, v in sorted(stages.items())},
+        "face_detections_per_frame": round(dets / max(frames, 1), 3),
+        "model_load_cpu_s": round(load_s, 2), "per_video": per_video,
+        "scorer": models.scorer.name, "faces_stride": cfg.faces.stride, "small_side": cfg.probe.small_side,
+    }
+    data_root.mkdir(parents=True, exist_ok=True)
+    (data_root / "bench_curate.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(Path(sys.argv[1] if len(sys.argv) > 1 else "data/bench/curate")), indent=2))
