@@ -88,8 +88,8 @@ def load_heldout(data: Path, ec: EvalConfig) -> list[dict]:
         raise SystemExit(f"evaluate: error: no shard samples under {data / 'shards'}")
     vids = sorted({s["meta.json"]["video_id"] for s in samples}, key=_hash01)
     held = {v for v in vids if is_held_out(v, ec.heldout_fraction)}
-    for v in vids:  # a tiny corpus may have no video in the fraction: take the lowest hashes
-        if sum(s["meta.json"]["video_id"] in held for s in samples) >= ec.min_heldout_clips:
+    for v in vids:  # a tiny corpus may have too few: add the lowest hashes (>= 2 videos for cross-identity)
+        if sum(s["meta.json"]["video_id"] in held for s in samples) >= ec.min_heldout_clips and len(held) >= 2:
             break
         held.add(v)
     return sorted((s for s in samples if s["meta.json"]["video_id"] in held), key=lambda s: s["__key__"])
