@@ -26,9 +26,9 @@ class ConfigError(ValueError):
 class ModelConfig:
     size: str = "XL/2"            # paper: sDiT-XL, patch 2x2
     frames: int = 8               # paper trains F = 4 and F = 8
-    latent_size: int = 32         # 256 px / VAE factor 8
+    latent_size: int = 32         # 256 px / VAE factor 8; 0 = take it from the shards
     latent_channels: int = 4      # SD VAE
-    clip_dim: int = 512           # CLIP ViT-B/32 image embedding; checked against the shards' meta.json
+    clip_dim: int = 512           # CLIP ViT-B/32 image embedding; 0 = take it from the shards' meta.json
     num_landmarks: int = 478      # MediaPipe mesh with irises
     mapping_blocks: int = 4       # paper: mapping network of 4 residual blocks
     mlp_ratio: float = 4.0        # DiT
@@ -40,7 +40,7 @@ class ModelConfig:
         if self.size not in SIZES:
             raise ConfigError(f"unknown model.size {self.size!r}; known: {', '.join(SIZES)}")
         a = SIZES[self.size]
-        if self.latent_size % a["patch"]:
+        if self.latent_size < 0 or self.latent_size % a["patch"]:
             raise ConfigError(f"latent_size {self.latent_size} not divisible by patch {a['patch']}")
         return a
 
@@ -156,6 +156,9 @@ def parse_overrides(items: list[str]) -> dict:
     out: dict = {}
     for it in items:
         key, sep, val = it.partition("=")
+        if sep and key == "preset":
+            out["preset"] = val
+            continue
         if not sep or key.count(".") != 1:
             raise ConfigError(f"override {it!r}: expected section.key=value")
         sec, k = key.split(".")
@@ -165,9 +168,15 @@ def parse_overrides(items: list[str]) -> dict:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
                 preset: str | None = None) -> Config:
-    """Defaults -> preset -> YAML -> overrides. `preset` forces a preset after the YAML (CPU fallback)."""
+    """Defaults -> preset -> YAML -> overrides. `preset` (or a `preset=NAME` override) forces a preset
+    after the YAML: `preset=tiny` on the command line trains the tiny model whatever the YAML says."""
     import yaml
 
+    if overrides is not None and not isinstance(overrides, dict):
+        overrides = parse_overrides(overrides)
+    if overrides and "preset" in overrides:
+        overrides = dict(overrides)
+        preset = str(overrides.pop("preset"))
     doc = {}
     if path:
         p = Path(path)
@@ -188,7 +197,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         cfg.preset = preset
         apply(cfg, PRESETS[preset], f"preset {preset}")
     if overrides:
-        apply(cfg, overrides if isinstance(overrides, dict) else parse_overrides(overrides), "override")
+        apply(cfg, overrides, "override")
     validate(cfg)
     return cfg
 

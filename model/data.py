@@ -108,7 +108,8 @@ def _read_shard(url: str, errors: list):
 
 
 def check_schema(urls: list[str], cfg) -> dict:
-    """Read the first sample of the first readable shard; raise SchemaError on any contract mismatch."""
+    """Read the first sample of the first readable shard; raise SchemaError on any contract mismatch.
+    model.latent_size / model.clip_dim set to 0 are filled in from that sample (cfg is updated)."""
     if not urls:
         raise SchemaError("no shards found")
     for url in urls:
@@ -122,6 +123,11 @@ def check_schema(urls: list[str], cfg) -> dict:
             raise SchemaError(f"{url}: sample {first['__key__']} lacks members {missing} (shard contract v{SCHEMA_VERSION})")
         s = decode(first)
         meta = s["meta.json"]
+        if cfg.model.latent_size == 0:  # 0 = adopt the shards' latent size / CLIP width
+            cfg.model.latent_size = int(s["latent_mean.npy"].shape[-1])
+            cfg.model.arch()
+        if cfg.model.clip_dim == 0:
+            cfg.model.clip_dim = int(meta.get("clip_dim", s["clip_emb.npy"].shape[-1]))
         if meta.get("schema_version") != SCHEMA_VERSION:
             raise SchemaError(f"{url}: schema_version {meta.get('schema_version')!r}, trainer expects {SCHEMA_VERSION}")
         want = (cfg.model.latent_channels, cfg.model.latent_size, cfg.model.latent_size)

@@ -118,6 +118,9 @@ class SDiT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         a = cfg.arch()
+        if cfg.latent_size <= 0 or cfg.clip_dim <= 0:
+            raise ValueError("model.latent_size / clip_dim are 0 (= from the shards): resolve them first "
+                             "(model.data.check_schema does)")
         self.cfg, self.patch, self.frames = cfg, a["patch"], cfg.frames
         d, C = a["hidden"], cfg.latent_channels
         self.out_channels = 2 * C if cfg.learn_sigma else C

@@ -249,8 +249,9 @@ def main(argv=None) -> dict:
                          f" MFU {100 * last['mfu']:.1f}%" if last["mfu"] else "")
             acc, n_acc, wait, t_last = None, 0, 0.0, time.perf_counter()
         if tc.sample_every and step % tc.sample_every == 0 and is_main:
+            vae_dirs = [Path(tc.vae_path)] if tc.vae_path else [root.path("models", "vae"), root.path("models", "tiny", "vae")]
             sample_grid(ema, diffusion, batch, cfg, run_dir / "samples" / f"step_{step:07d}.png", device,
-                        float(meta["vae_scaling_factor"]), Path(tc.vae_path) if tc.vae_path else root.path("models", "vae"))
+                        float(meta["vae_scaling_factor"]), vae_dirs)
         if step % tc.ckpt_every == 0 or step == tc.max_steps:
             save()
     stats = dict(run=str(run_dir), world_size=world, device=device.type, start_step=first_step, steps=step,
@@ -265,20 +266,22 @@ def main(argv=None) -> dict:
     return stats
 
 
-def sample_grid(ema, diffusion, batch, cfg, out: Path, device, scaling: float, vae_dir: Path) -> Path | None:
+def sample_grid(ema, diffusion, batch, cfg, out: Path, device, scaling: float, vae_dirs: list[Path]) -> Path | None:
     """Sample the first sequence of `batch` with the EMA model (plain DDPM, respaced) and save
     [real | sampled] frames as a PNG, decoded with a local diffusers VAE. Skipped without one."""
     import torch
 
     from model.diffusion import respace
 
-    if not (vae_dir / "config.json").is_file():
-        log.info("sample grid skipped: no VAE at %s", vae_dir)
+    vae_dir = next((d for d in vae_dirs if (d / "config.json").is_file()), None)
+    if vae_dir is None:
+        log.info("sample grid skipped: no VAE in %s", ", ".join(map(str, vae_dirs)))
         return None
-    from diffusers import AutoencoderKL
     from torchvision.utils import save_image
 
-    vae = AutoencoderKL.from_pretrained(str(vae_dir)).to(device).eval()
+    from pipeline.encoders import load_vae
+
+    vae = load_vae(str(vae_dir), device)
     sampler = respace(diffusion, cfg.diffusion.sample_steps)
     cond = {k: batch[k][:1].to(device) for k in ("landmarks", "offsets", "clip_emb")}
     x = sampler.p_sample_loop(lambda x, t: ema(x, t, **cond), batch["latents"][:1].shape, device=device,

@@ -9,10 +9,18 @@ import logging
 import numpy as np
 import pytest
 import webdataset as wds
+from shardfixtures import truncate, write_shards
 
 from model.config import load_config
-from model.data import SchemaError, SequenceStream, check_schema, decode, make_batches, make_sequence, resolve_shards
-from shardfixtures import truncate, write_shards
+from model.data import (
+    SchemaError,
+    SequenceStream,
+    check_schema,
+    decode,
+    make_batches,
+    make_sequence,
+    resolve_shards,
+)
 
 
 def cfg_for(**over):
