@@ -71,45 +71,47 @@ class _NotATensor:
 
 @pytest.fixture(scope="module")
 def hyperiqa_files(tmp_path_factory):
-    """Two HyperIQA checkpoints (pyiqa's HyperNet, random weights) in pyiqa's {'params': ...} layout."""
+    """A HyperIQA checkpoint (pyiqa's HyperNet, random weights) in pyiqa's {'params': ...} layout, the
+    score that very net gives a crop, and a checkpoint that smuggles a pickled object."""
     import torch
+    import torch.nn.functional as F
     from pyiqa.archs.hypernet_arch import HyperNet
 
     from pipeline.quality import _no_backbone_download
 
     d = tmp_path_factory.mktemp("hyperiqa")
-    paths = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        with _no_backbone_download():
-            net = HyperNet(pretrained=False)
-        p = d / f"hyperiqa_{seed}.pth"
-        torch.save({"params": net.state_dict()}, p)
-        paths.append(p)
+    torch.manual_seed(0)
+    with _no_backbone_download():
+        net = HyperNet(pretrained=False, num_crop=1).eval()
+    p = d / "hyperiqa.pth"
+    torch.save({"params": net.state_dict()}, p)
+    crop = cv2.resize(FACE, (180, 180))
+    x = F.interpolate(torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255, size=(224, 224),
+                      mode="bilinear", antialias=True, align_corners=False)
+    with torch.no_grad():
+        want = 100 * float(net(x).clamp(0, 1))
     bad = d / "pickled.pth"
     torch.save({"params": {}, "extra": _NotATensor()}, bad)
-    return paths, bad
+    return p, crop, want, bad
 
 
 def test_hyperiqa_loads_local_weights_through_pyiqa(hyperiqa_files):
     import torch
 
-    (p0, p1), _ = hyperiqa_files
-    s0 = make_scorer(QualityConfig(scorer="hyperiqa", model_path=str(p0)))
-    assert s0.name == "hyperiqa"
-    saved = torch.load(p0, weights_only=True)["params"]
-    loaded = s0.metric.net.state_dict()
+    path, crop, want, _ = hyperiqa_files
+    sc = make_scorer(QualityConfig(scorer="hyperiqa", model_path=str(path)))
+    assert isinstance(sc, HyperIQAScorer) and sc.name == "hyperiqa"
+    saved = torch.load(path, weights_only=True)["params"]
+    loaded = sc.metric.net.state_dict()
     assert set(loaded) == set(saved)
     assert all(torch.equal(loaded[k], saved[k]) for k in saved)   # the file's weights, not another init
-    crops = [cv2.resize(FACE, (180, 180))]     # HyperNet costs ~1 s per crop on a shared CPU: one crop
-    a = s0(crops)
-    assert a.shape == (1,) and np.all((a >= 0) & (a <= 100))
-    b = HyperIQAScorer(QualityConfig(scorer="hyperiqa", model_path=str(p1)))(crops)
-    assert not np.allclose(a, b)                               # another weight file, other scores
+    got = sc([crop])          # HyperNet costs ~1 s per crop on a shared CPU: one crop
+    assert got.shape == (1,) and 0 <= got[0] <= 100
+    assert got[0] == pytest.approx(want, abs=1e-3)                  # the saved net's own verdict
 
 
 def test_hyperiqa_missing_or_unsafe_weights_fail_clearly(tmp_path, hyperiqa_files):
-    _, bad = hyperiqa_files
+    *_, bad = hyperiqa_files
     missing = tmp_path / "nope.pth"
     with pytest.raises(FileNotFoundError, match="HyperIQA weights not found at .*nope.pth"):
         make_scorer(QualityConfig(scorer="hyperiqa", model_path=str(missing)))
