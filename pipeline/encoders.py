@@ -49,21 +49,52 @@ def pick_indices(start: int, end: int, stride: int, max_frames: int) -> np.ndarr
 
 def decode_clip(row: dict, media: Path, cfg: EncoderConfig):
     """(frames uint8 (T,S,S,3), frame_index int64 (T,), time_s float32 (T,)) for one clips.parquet row."""
-    start, end = int(row["start_frame"]), int(row["end_frame"])
-    want = pick_indices(start, end, cfg.stride, cfg.max_frames)
-    wanted = set(want.tolist())
-    x0, y0, cs = int(row["crop_x0"]), int(row["crop_y0"]), int(row["crop_size"])
-    got, frames = [], []
-    for i, img in iter_frames(media, start, end):
-        if i in wanted:
-            frames.append(crop_square(img, x0, y0, cs, cfg.size))
-            got.append(i)
-    if not frames:
-        raise VideoError(f"no frames in span {start}:{end} of {media.name}")
-    idx = np.asarray(got, dtype=np.int64)
-    fps = float(row["fps"])
-    t = np.array([frame_time(i - start, fps) for i in idx], dtype=np.float32)
-    return np.stack(frames), idx, t
+    for _, got in decode_clips([row], media, cfg):
+        if isinstance(got, Exception):
+            raise got
+        return got
+    raise VideoError("nothing decoded")
+
+
+def decode_clips(rows: list[dict], media: Path, cfg: EncoderConfig):
+    """One decoding pass over a video for several of its clips (the decoder cannot seek cheaply, so
+    clip-by-clip decoding would re-read the video's start for every clip). Yields (row, (frames,
+    frame_index, time_s)) as soon as a clip's last frame has passed, or (row, VideoError)."""
+    todo = sorted(range(len(rows)), key=lambda k: (int(rows[k]["end_frame"]), k))   # positions, by end
+    want = [set(pick_indices(int(r["start_frame"]), int(r["end_frame"]), cfg.stride, cfg.max_frames).tolist())
+            for r in rows]
+    acc: list[tuple[list, list]] = [([], []) for _ in rows]
+
+    def finish(k):
+        r, (frames, got) = rows[k], acc[k]
+        acc[k] = ([], [])
+        if not frames:
+            return VideoError(f"no frames in span {r['start_frame']}:{r['end_frame']} of {media.name}")
+        idx = np.asarray(got, dtype=np.int64)
+        t = np.array([frame_time(i - int(r["start_frame"]), float(r["fps"])) for i in idx], dtype=np.float32)
+        return np.stack(frames), idx, t
+
+    lo, hi = min(int(r["start_frame"]) for r in rows), max(int(r["end_frame"]) for r in rows)
+    frames_iter = iter_frames(media, lo, hi)
+    while todo:
+        try:
+            i, img = next(frames_iter)
+        except StopIteration:
+            break
+        except VideoError as e:   # unreadable from here on: every unfinished clip gets the reason
+            for k in todo:
+                yield rows[k], e
+            return
+        for k in todo:
+            if i in want[k]:
+                r = rows[k]
+                acc[k][0].append(crop_square(img, int(r["crop_x0"]), int(r["crop_y0"]), int(r["crop_size"]), cfg.size))
+                acc[k][1].append(i)
+        while todo and int(rows[todo[0]]["end_frame"]) <= i + 1:
+            k = todo.pop(0)
+            yield rows[k], finish(k)
+    for k in todo:   # the video ended before these spans did
+        yield rows[k], finish(k)
 
 
 # ---------------------------------------------------------------- models

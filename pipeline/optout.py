@@ -177,7 +177,7 @@ def remove_video(root: DataRoot, sdir: Path, vid: str, url: str, trigger: str, i
         shardio.save_index(sdir, index)
         shardio.save_table(sdir, table[table["video_id"] != vid])
 
-    files = []
+    files: list[str] = []
     media = [it["media_path"] for it in items if it["video_id"] == vid and it["origin"] == "video"]
     cands = [root.path(m) for m in media if m]
     if root.path("media").is_dir():
@@ -185,6 +185,12 @@ def remove_video(root: DataRoot, sdir: Path, vid: str, url: str, trigger: str, i
     cache = root.path("shards", "cache")
     cands += [p for c in sorted(clip_ids) for p in sorted(cache.glob(f"*/{safe_name(c)}.npz"))]
     cands += [root.path("curate", "state", f"{safe_name(vid)}.json")]
+    partial = root.path("media", ".partial", safe_name(vid))   # a download the downloader left half-done
+    if partial.is_dir():
+        import shutil
+
+        shutil.rmtree(partial)
+        files.append(str(partial.relative_to(root.root)) + "/")
     for p in dict.fromkeys(cands):
         if p.is_file():
             p.unlink()

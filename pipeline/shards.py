@@ -109,16 +109,36 @@ def clip_items(root: DataRoot, cfg: ShardsConfig) -> tuple[list[dict], list[dict
     return items, bad
 
 
-def load_frames(item: dict, root: str, cfg: ShardsConfig):
-    """Frames of one work item: decoded crop of a clip, or a still's pseudo-clip."""
-    if item["origin"] == "still":
+def work_units(items: list[dict]) -> list[list[dict]]:
+    """Clips grouped by source video (decoded in one pass); each still on its own."""
+    units: dict[tuple, list[dict]] = {}
+    for it in items:
+        key = (it["origin"], it["media_path"]) if it["origin"] == "video" else ("still", it["clip_id"])
+        units.setdefault(key, []).append(it)
+    return list(units.values())
+
+
+def iter_decoded(unit: list[dict], root: str, cfg: ShardsConfig):
+    """Yield (item, (frames, frame_index, time_s)) or (item, exception) for every item of a unit."""
+    if unit[0]["origin"] == "still":
         from pipeline.stills import pseudo_clip
 
-        return pseudo_clip(Path(item["media_path"]), cfg.stills_frames, cfg.encoder.size, cfg.stills_fps,
-                           seed=int(item["clip_id"][:8], 16))
-    from pipeline.encoders import decode_clip
+        for it in unit:
+            try:
+                yield it, pseudo_clip(Path(it["media_path"]), cfg.stills_frames, cfg.encoder.size, cfg.stills_fps,
+                                      seed=int(it["clip_id"][:8], 16))
+            except Exception as e:
+                yield it, e
+        return
+    from pipeline.encoders import decode_clips
 
-    return decode_clip(item, DataRoot.of(root).path(item["media_path"]), cfg.encoder)
+    try:
+        media = DataRoot.of(root).path(unit[0]["media_path"])
+    except ValueError as e:   # a hostile media_path: never read outside the data root
+        for it in unit:
+            yield it, e
+        return
+    yield from decode_clips(unit, media, cfg.encoder)
 
 
 def cache_path(cache_dir: Path, clip_id: str) -> Path:
@@ -152,39 +172,54 @@ def encode_item(enc, item: dict, frames, idx, t, cache_dir: Path) -> int:
 
 # ---------------------------------------------------------------- runners
 
+def _failed(it: dict, e: Exception) -> dict:
+    return {"clip_id": it["clip_id"], "status": "error", "reason": f"{type(e).__name__}: {e}"[:300], "nframes": 0}
+
+
 def encode_sequential(items, root: DataRoot, cfg: ShardsConfig, models, cache_dir: Path, log) -> list[dict]:
     from pipeline.encoders import Encoders
 
     enc = Encoders(models, cfg.encoder)
     out = []
     try:
-        for n, it in enumerate(items, 1):
+        for unit in work_units(items):
             t0 = time.perf_counter()
-            try:
-                frames, idx, t = load_frames(it, str(root.root), cfg)
-                k = encode_item(enc, it, frames, idx, t, cache_dir)
-                out.append({"clip_id": it["clip_id"], "status": "ok", "reason": "", "nframes": k})
-            except Exception as e:   # one bad clip never stops the run
-                out.append({"clip_id": it["clip_id"], "status": "error", "reason": f"{type(e).__name__}: {e}"[:300],
-                            "nframes": 0})
-            log(f"encoded {n}/{len(items)} {it['clip_id']} {out[-1]['status']} {time.perf_counter() - t0:.2f}s")
+            for it, got in iter_decoded(unit, str(root.root), cfg):
+                try:   # one bad clip never stops the run
+                    if isinstance(got, Exception):
+                        raise got
+                    k = encode_item(enc, it, *got, cache_dir)
+                    out.append({"clip_id": it["clip_id"], "status": "ok", "reason": "", "nframes": k})
+                except Exception as e:
+                    out.append(_failed(it, e))
+                log(f"encoded {len(out)}/{len(items)} {it['clip_id']} {out[-1]['status']} "
+                    f"{time.perf_counter() - t0:.2f}s")
+                t0 = time.perf_counter()
     finally:
         enc.close()
     return out
 
 
 class _Decode:
+    """Ray task UDF: one unit (a video's clips) in, one row per decoded clip out, as soon as it is ready."""
+
     def __init__(self, root: str, cfg: ShardsConfig):
         self.root, self.cfg = root, cfg
 
-    def __call__(self, it: dict) -> dict:
-        try:
-            frames, idx, t = load_frames(it, self.root, self.cfg)
-            return {**it, "status": "ok", "reason": "", "frames": frames.tobytes(), "shape": list(frames.shape),
-                    "frame_index": idx.tolist(), "time_s": t.tolist()}
-        except Exception as e:
-            return {**it, "status": "error", "reason": f"{type(e).__name__}: {e}"[:300], "frames": b"",
-                    "shape": [0, 0, 0, 0], "frame_index": [], "time_s": []}
+    def __call__(self, batch):
+        import pandas as pd
+
+        for unit_json in batch["unit"]:
+            for it, got in iter_decoded(json.loads(unit_json), self.root, self.cfg):
+                row = {"item": json.dumps(it), "status": "ok", "reason": "", "frames": b"", "shape": "[]",
+                       "frame_index": b"", "time_s": b""}
+                if isinstance(got, Exception):
+                    row.update(status="error", reason=f"{type(got).__name__}: {got}"[:300])
+                else:
+                    frames, idx, t = got
+                    row.update(frames=frames.tobytes(), shape=json.dumps(list(frames.shape)),
+                               frame_index=idx.astype(np.int64).tobytes(), time_s=t.astype(np.float32).tobytes())
+                yield pd.DataFrame([row])
 
 
 class _EncodeActor:
@@ -196,19 +231,20 @@ class _EncodeActor:
         self.enc, self.cache_dir = Encoders(models, cfg.encoder), Path(cache_dir)
 
     def __call__(self, batch):
-        rows = []
-        for r in batch.to_dict("records"):
-            out = {"clip_id": r["clip_id"], "status": r["status"], "reason": r["reason"], "nframes": 0}
-            if r["status"] == "ok":
-                try:
-                    frames = np.frombuffer(r["frames"], dtype=np.uint8).reshape([int(s) for s in r["shape"]])
-                    out["nframes"] = encode_item(self.enc, r, frames, np.asarray(r["frame_index"], dtype=np.int64),
-                                                 np.asarray(r["time_s"], dtype=np.float32), self.cache_dir)
-                except Exception as e:
-                    out.update(status="error", reason=f"{type(e).__name__}: {e}"[:300])
-            rows.append(out)
         import pandas as pd
 
+        rows = []
+        for r in batch.to_dict("records"):
+            it = json.loads(r["item"])
+            out = {"clip_id": it["clip_id"], "status": r["status"], "reason": r["reason"], "nframes": 0}
+            if r["status"] == "ok":
+                try:
+                    frames = np.frombuffer(r["frames"], dtype=np.uint8).reshape(json.loads(r["shape"]))
+                    out["nframes"] = encode_item(self.enc, it, frames, np.frombuffer(r["frame_index"], dtype=np.int64),
+                                                 np.frombuffer(r["time_s"], dtype=np.float32), self.cache_dir)
+                except Exception as e:
+                    out = _failed(it, e)
+            rows.append(out)
         return pd.DataFrame(rows, columns=["clip_id", "status", "reason", "nframes"])
 
 
@@ -224,8 +260,9 @@ def encode_ray(items, root: DataRoot, cfg: ShardsConfig, models, cache_dir: Path
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     gpus = cfg.encode_gpus if torch.cuda.is_available() else 0
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    ds = ds.map(_Decode(str(root.root), cfg), num_cpus=cfg.decode_cpus)
+    units = [{"unit": json.dumps(u)} for u in work_units(items)]
+    ds = ray.data.from_items(units, override_num_blocks=len(units))
+    ds = ds.map_batches(_Decode(str(root.root), cfg), batch_size=1, batch_format="pandas", num_cpus=cfg.decode_cpus)
     ds = ds.map_batches(_EncodeActor, fn_constructor_args=(models, cfg, str(cache_dir)), batch_format="pandas",
                         batch_size=cfg.clips_per_batch, concurrency=(1, max(1, cfg.max_actors)),
                         num_cpus=cfg.encode_cpus, num_gpus=gpus)
@@ -249,13 +286,10 @@ def prepare_models(spec: str, root: DataRoot, cfg: ShardsConfig, items: list[dic
         log(f"building tiny models in {d}")
         build_tiny_models(d, cfg.tiny_seed, sample_size=cfg.encoder.size)
         frames = []
-        for it in items:
+        for unit in work_units(items):
             if sum(len(f) for f in frames) >= cfg.tiny_fit_frames:
                 break
-            try:
-                frames.append(load_frames(it, str(root.root), cfg)[0])
-            except Exception:
-                continue
+            frames += [got[0] for _, got in iter_decoded(unit, str(root.root), cfg) if not isinstance(got, Exception)]
         if frames and cfg.tiny_fit_steps > 0:
             log(f"fitting tiny VAE: {cfg.tiny_fit_steps} steps on {sum(len(f) for f in frames)} crops")
             fit_tiny_models(d, np.concatenate(frames)[: cfg.tiny_fit_frames], cfg.tiny_fit_steps, cfg.tiny_seed)

@@ -88,6 +88,18 @@ def test_decode_clip_is_the_crop_of_the_decoded_frames(tmp_path):
     ref = read_frames(tmp_path / "v.mp4", idx)
     for k, i in enumerate(idx):
         assert np.array_equal(got[k], crop_square(ref[int(i)], -10, 8, 80, 32))
+    # several clips of one video in one pass: same crops as one by one; a span past the end is an error
+    from pipeline.encoders import decode_clips
+    from pipeline.video_io import VideoError
+
+    rows = [{**row, "start_frame": 6, "end_frame": 12, "crop_x0": 5}, row,
+            {**row, "start_frame": 30, "end_frame": 40}]
+    out = list(decode_clips(rows, tmp_path / "v.mp4", EncoderConfig(size=32, stride=2, max_frames=3)))
+    assert [r["start_frame"] for r, _ in out] == [2, 6, 30]        # yielded as each clip's span ends
+    assert np.array_equal(out[0][1][0], got)
+    alone = decode_clip(rows[0], tmp_path / "v.mp4", EncoderConfig(size=32, stride=2, max_frames=3))
+    assert np.array_equal(out[1][1][0], alone[0]) and out[1][1][1].tolist() == [6, 8, 10]
+    assert isinstance(out[2][1], VideoError) and "no frames in span 30:40" in str(out[2][1])
 
 
 def test_fit_vae_lowers_reconstruction_loss(tiny):
