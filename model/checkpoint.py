@@ -80,6 +80,8 @@ def mismatched_keys(saved: dict, cfg: Config) -> list[str]:
         for k, v in now[sec].items():
             if k in _ARCH_IGNORE or (sec == "diffusion" and k not in _DIFFUSION_ARCH):
                 continue
+            if sec == "model" and k in ("latent_size", "clip_dim") and v == 0:
+                continue  # 0 = "from the shards": any trained value is compatible
             old = saved.get(sec, {}).get(k, "<absent>")
             if old != v:
                 out.append(f"{sec}.{k}: checkpoint {old!r} != config {v!r}")

@@ -110,6 +110,7 @@ def parse_args(argv):
 
 
 def main(argv=None) -> dict:
+    args = parse_args(argv)  # before the heavy imports: --help stays instant
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -121,7 +122,6 @@ def main(argv=None) -> dict:
     from model.sdit import SDiT, forward_flops
     from pipeline.paths import DataRoot, atomic_write_text, safe_name
 
-    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # ---- distributed setup: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; absent = one plain process ----
     world, rank, local_rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
@@ -295,15 +295,17 @@ def sample_grid(ema, diffusion, batch, cfg, out: Path, device, scaling: float, v
 
 
 if __name__ == "__main__":
-    from model.checkpoint import CheckpointMismatch
-    from model.config import ConfigError
-    from model.data import SchemaError
-
     try:
         main(sys.argv[1:])
     except NonFiniteLoss as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(3)
-    except (ConfigError, SchemaError, CheckpointMismatch) as e:
+    except Exception as e:
+        from model.checkpoint import CheckpointMismatch  # imported here: torch stays out of --help
+        from model.config import ConfigError
+        from model.data import SchemaError
+
+        if not isinstance(e, (ConfigError, SchemaError, CheckpointMismatch)):
+            raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
