@@ -134,10 +134,11 @@ def main(argv=None) -> dict:
     overrides = args.overrides + ([f"train.run={args.run}"] if args.run else [])
     cfg = load_config(args.config, overrides)
     if not cuda and cfg.train.cpu_preset and cfg.preset != cfg.train.cpu_preset:
+        wanted = cfg.model.size
         cfg = load_config(args.config, overrides, preset=cfg.train.cpu_preset)
         if rank == 0:
-            log.warning("no GPU: training the %r preset (model %s) instead; set train.cpu_preset='' to override",
-                        cfg.preset, cfg.model.size)
+            log.warning("no GPU: training the %r preset (model %s) instead of %s; set train.cpu_preset='' to override",
+                        cfg.preset, cfg.model.size, wanted)
     tc, is_main = cfg.train, rank == 0
     root = DataRoot.of(args.data)
     run_dir = root.dir("train", safe_name(tc.run))

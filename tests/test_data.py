@@ -159,3 +159,20 @@ def test_resume_reseeds_and_ranks_split_shards(shards):
     assert keys and keys <= mine
     # fewer shards than ranks: every rank still reads (a rank with no shard would hang DDP)
     assert next(iter(SequenceStream(urls[:1], cfg, rank=3, world=4)))["key"]
+
+
+def test_worker_processes_split_shards_and_report_bad_ones(tmp_path):
+    fx = write_shards(tmp_path, n_clips=8, per_shard=2)
+    truncate(fx["paths"][3])
+    urls = resolve_shards("", tmp_path)
+    it = make_batches(urls, cfg_for(**{"data.num_workers": 2}))
+    workers, bad, keys = set(), 0, {0: set(), 1: set()}
+    for _ in range(25):
+        b = next(it)
+        for w, n, k in zip(b["worker"].tolist(), b["bad_shards"].tolist(), b["key"]):
+            workers.add(w)
+            keys[w].add(fx["clips"][k]["number"] // 2)  # shard number of the clip
+            bad = max(bad, n)
+    assert workers == {0, 1}
+    assert keys[0] <= {0, 2} and keys[1] <= {1, 3}  # worker w reads shards w::2
+    assert bad == 1                                  # worker 1 found the truncated shard 3

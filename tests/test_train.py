@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 N = 4  # steps before the checkpoint we resume from
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def one_thread():
     n = torch.get_num_threads()
     torch.set_num_threads(1)  # the same as torchrun's workers, and no contention on 2 shared cores
