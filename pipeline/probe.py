@@ -40,6 +40,10 @@ def probe_video(path: str | Path, cfg: ProbeConfig) -> VideoInfo:
     return info
 
 
+# 8-bit formats whose first plane is the luma itself (10-bit ones take the conversion path)
+_LUMA8 = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21", "gray"}
+
+
 class Frame:
     """One decoded frame: `small` RGB (display orientation) always; full-size planes on demand."""
 
@@ -51,7 +55,7 @@ class Frame:
     def gray(self) -> np.ndarray:
         """Full-size luma in display orientation (the Y plane: no colour conversion)."""
         f = self._av
-        if f.format.name.startswith(("yuv", "yuvj", "nv12", "gray")):
+        if f.format.name in _LUMA8:
             p = f.planes[0]
             y = np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[: f.height, : f.width]
         else:

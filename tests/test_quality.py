@@ -119,3 +119,25 @@ def test_hyperiqa_missing_or_unsafe_weights_fail_clearly(tmp_path, hyperiqa_file
         make_scorer(QualityConfig(scorer="hyperiqa", model_path=str(bad)))
     with pytest.raises(ValueError, match="scorer"):
         make_scorer(QualityConfig(scorer="brisque"))
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuv420p10le"])
+def test_full_size_luma_is_the_picture_for_8_and_10_bit_video(tmp_path, pix_fmt):
+    """The sampler reads luma straight from the decoder's plane when it is 8-bit, converts otherwise."""
+    import av
+
+    img = np.ascontiguousarray(astronaut()[:240, :320])
+    p = tmp_path / f"{pix_fmt}.mp4"
+    with av.open(str(p), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 320, 240, pix_fmt
+        for _ in range(3):
+            for pkt in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    grays = []
+    scan(p, 128, {"g": lambda f: grays.append(f.gray())})
+    want = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    assert len(grays) == 3 and grays[0].shape == (240, 320) and grays[0].dtype == np.uint8
+    assert np.abs(grays[0].astype(np.float32) - want).mean() < 6
