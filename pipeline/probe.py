@@ -53,11 +53,17 @@ class Frame:
         self.index, self.small, self._av, self._rot = index, small, av_frame, rot
 
     def gray(self) -> np.ndarray:
-        """Full-size luma in display orientation (the Y plane: no colour conversion)."""
+        """Full-size, full-range luma in display orientation: the Y plane, no colour conversion
+        (limited-range 16..235 video is stretched to 0..255 so all formats score alike)."""
         f = self._av
-        if f.format.name in _LUMA8:
+        name = f.format.name
+        if name in _LUMA8:
             p = f.planes[0]
             y = np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[: f.height, : f.width]
+            if not (name.startswith("yuvj") or name == "gray" or int(f.color_range or 0) == 2):
+                import cv2
+
+                y = cv2.convertScaleAbs(y, alpha=255 / 219, beta=-16 * 255 / 219)
         else:
             y = f.to_ndarray(format="gray")
         return _to_display(np.ascontiguousarray(y), self._rot)
