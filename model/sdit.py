@@ -2,18 +2,18 @@
 
 Where the parameters go (`python -m model.sdit --sizes` prints the table):
   trunk        = patch embedding + N DiT blocks (attention, MLP, adaLN-Zero modulation) + final layer
-                 + timestep embedder. This is DiT's network minus its class-label table; for XL/2 it is
-                 673,681,568; adding back DiT's 1001 x 1152 label table and its frozen 256 x 1152 position
-                 table (DiT counts it as a parameter, here it is a buffer) gives 675,129,632, DiT-XL/2's count.
+                 + timestep embedder: DiT's network minus its class-label table. For XL/2 it is
+                 673,681,568; adding back DiT's 1001 x 1152 label table and its frozen 256 x 1152
+                 position table (DiT counts it as a parameter, here it is a buffer) gives 675,129,632,
+                 DiT-XL/2's published count.
   conditioning = what sDiT adds instead of class labels: the landmark MLP (478*3 -> D -> D, per frame),
                  the time-offset embedder (sinusoid(256) -> D -> D, per frame), the CLIP embedder
-                 (clip_dim -> D -> D, global), two learned null vectors (dropped landmarks / CLIP) and the
-                 mapping network (4 residual blocks of D -> D -> D), which turns global + per-frame
-                 conditioning into the per-frame adaLN-Zero signal. For XL/2 that is 17.16M (10.64M of it the mapping
-                 network): the whole
-                 difference between sDiT-XL/2 and DiT-XL/2. Attention over F frames adds no parameters
-                 (only compute: F * 256 tokens; one XL/2 forward is 237 GFLOP at F = 1, DiT's 118.6 GMACs,
-                 and 2372 GFLOP at F = 8, as attention grows with F^2).
+                 (clip_dim -> D -> D, global), two learned null vectors (dropped landmarks / CLIP) and
+                 the mapping network (4 residual blocks of D -> D -> D) that turns global + per-frame
+                 conditioning into the per-frame adaLN-Zero signal. For XL/2 that is 17.16M, 10.64M
+                 of it the mapping network: the whole difference between sDiT-XL/2 and DiT-XL/2.
+  Attention over F frames adds no parameters, only compute: F * 256 tokens. One XL/2 forward is
+  237 GFLOP at F = 1 (DiT's 118.6 GMACs) and 2372 GFLOP at F = 8 (attention grows with F^2).
 """
 from __future__ import annotations
 
