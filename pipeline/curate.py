@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     root = DataRoot.of(args.data)
     stats = curate(root, items, cfg, engine=args.engine, ray_address=args.ray_address, force=args.force)
     print((root.path("curate", "summary.txt")).read_text(), end="")
-    return 0 if stats["videos"] else 1
+    return 1 if stats.get("engine_error") or not stats["videos"] else 0
 
 
 if __name__ == "__main__":

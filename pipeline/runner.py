@@ -179,13 +179,18 @@ def curate(root: DataRoot, sources: list[dict], cfg: CurateConfig, engine: str =
     todo = [s for s in uniq if force or read_state(root, s["video_id"], fp) is None]
     log(f"curate: {len(uniq)} videos, {len(uniq) - len(todo)} finished earlier, {len(todo)} to process "
         f"({engine} engine)")
+    if engine not in ("ray", "sequential"):
+        raise ValueError(f"engine must be 'ray' or 'sequential', got {engine!r}")
+    engine_error = ""
     if todo:
-        if engine == "ray":
-            run_ray(todo, root, cfg, ray_address, log)
-        elif engine == "sequential":
-            run_sequential(todo, root, cfg, log)
-        else:
-            raise ValueError(f"engine must be 'ray' or 'sequential', got {engine!r}")
+        try:
+            if engine == "ray":
+                run_ray(todo, root, cfg, ray_address, log)
+            else:
+                run_sequential(todo, root, cfg, log)
+        except Exception as e:  # the engine itself failed (lost cluster...): keep what finished, say so
+            engine_error = _clean(f"{type(e).__name__}: {e}")
+            log(f"curate: engine failed, writing what finished: {engine_error}")
     states = []
     for s in uniq:
         st = read_state(root, s["video_id"])
@@ -199,8 +204,8 @@ def curate(root: DataRoot, sources: list[dict], cfg: CurateConfig, engine: str =
             except (OSError, ValueError):
                 st = {"video_id": s["video_id"], "video": {"video_id": s["video_id"], "url": s["url"],
                                                            "status": "error", "error_class": "Lost",
-                                                           "message": "no result: worker lost"}}
+                                                           "message": "no result: " + (engine_error or "worker lost")}}
         states.append(st)
     info = {"engine": engine if todo else "none", "processed": len(todo), "skipped": len(uniq) - len(todo),
-            "wall_s": round(time.time() - t0, 2), "config": fp}
+            "wall_s": round(time.time() - t0, 2), "config": fp, "engine_error": engine_error}
     return write_outputs(root, states, info)
