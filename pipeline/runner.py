@@ -134,7 +134,11 @@ def ray_init(address: str | None, cfg: CurateConfig) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=True)
+        # Ship this checkout's code to the cluster's workers (their image provides the dependencies);
+        # the data root must be storage every node sees.
+        repo = Path(__file__).resolve().parents[1]
+        env = {"working_dir": str(repo), "excludes": [".venv", "data", ".git", ".pytest_cache", "*.mp4", "*.tar"]}
+        ray.init(address=address, log_to_driver=True, runtime_env=env)
         return
     ray.init(num_cpus=cfg.engine.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
              object_store_memory=cfg.engine.object_store_mb * 1024 * 1024, ignore_reinit_error=True)
