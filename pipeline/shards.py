@@ -26,6 +26,10 @@ from pipeline.paths import DataRoot, atomic_write_bytes, atomic_write_text, safe
 _KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")   # a tar key: no dots (webdataset splits there), no slashes
 
 
+class InputProblem(ValueError):
+    """A missing or unusable input given on the command line / DAG; nothing was changed."""
+
+
 @dataclass
 class ShardsConfig:
     name: str = "faces"                 # shard file prefix
@@ -320,6 +324,8 @@ def run(data: str | Path, cfg: ShardsConfig, log=print) -> dict:
 
     items, bad = clip_items(root, cfg)
     if cfg.stills:
+        if not Path(cfg.stills).is_dir():
+            raise InputProblem(f"stills folder not found: {cfg.stills}")
         items += still_items(Path(cfg.stills), cfg.stills_fps, cfg.stills_frames)
     # opt-outs first: a malformed optout.csv raises here, before anything is touched
     removal = optout.apply(root, cfg, index, table, items, log)
@@ -337,8 +343,8 @@ def run(data: str | Path, cfg: ShardsConfig, log=print) -> dict:
         models = prepare_models(cfg.models, root, cfg, pending, log)
         enc_rec = encoder_record(cfg, models)
         if index.get("encoder") and index["shards"] and index["encoder"]["fingerprint"] != enc_rec["fingerprint"]:
-            raise SystemExit(f"error: shards in {sdir} were built with {index['encoder']}; this run would use "
-                             f"{enc_rec}. Use the same models/size or a new data root.")
+            raise InputProblem(f"shards in {sdir} were built with {index['encoder']}; this run would use "
+                               f"{enc_rec}. Use the same models/size or a new data root.")
         index["encoder"] = enc_rec
         cache_dir = root.dir("shards", "cache", enc_rec["fingerprint"])
         todo = [it for it in pending if not cache_path(cache_dir, it["clip_id"]).exists()]
@@ -436,6 +442,9 @@ def main(argv=None) -> int:
         stats = run(a.data, cfg, log=lambda m: print(f"[shards] {m}", flush=True))
     except ManifestProblem as e:
         print(f"error: {e} (nothing removed)", file=sys.stderr)
+        return 2
+    except InputProblem as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary(stats))
     return 0

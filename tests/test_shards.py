@@ -344,3 +344,33 @@ def test_cli_help_and_bad_dag_key(world, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "pipeline.shards", "--data", str(other), "--dag", str(dag)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown key encode.batch_frame" in bad.stderr
+
+
+def test_models_tiny_builds_fits_and_records_them(tmp_path_factory, tmp_path):
+    from pipeline.encoders import build_tiny_models
+    from pipeline.shards import InputProblem, run
+
+    root, models = copy_world(tmp_path_factory, tmp_path)
+    # new clips with other models into the existing shards: refused, nothing written
+    rows = read_clips(root)
+    write_clips(root, rows + [{**rows[0], "clip_id": clip_id(rows[0]["video_id"], 11, 19), "start_frame": 11,
+                               "end_frame": 19}])
+    snap = snapshot(root)
+    other = build_tiny_models(tmp_path / "other-models", seed=1, sample_size=SIZE)
+    with pytest.raises(InputProblem, match="were built with"):
+        run(root, make_cfg(root, other), log=lambda m: None)
+    assert snapshot(root) == snap
+    cfg = make_cfg(root, models)
+    cfg.models, cfg.tiny_fit_steps, cfg.tiny_fit_frames = "tiny", 2, 8
+    # a fresh shard dir: tiny models are built under <data>/models/tiny, fitted on the clips' crops, recorded
+    shutil.rmtree(root / "shards")
+    stats = run(root, cfg, log=lambda m: None)
+    info = json.loads((root / "models" / "tiny" / "models.json").read_text())
+    assert info["fitted"] and info["fit_steps"] == 2 and info["fit_frames"] == 8
+    assert stats["encoded"] == 6
+    index = json.loads((root / "shards" / "index.json").read_text())
+    assert index["encoder"]["vae"] == info["vae"] and info["vae"].endswith("+fit2")
+    import webdataset as wds
+
+    first = next(iter(wds.WebDataset(str(root / "shards" / "faces-000000.tar"), shardshuffle=False).decode()))
+    assert first["meta.json"]["vae"] == info["vae"] and first["meta.json"]["clip_model"] == info["clip"]
