@@ -60,12 +60,17 @@ def _batch(cfg, B):
             "drop_clip": torch.zeros(B, dtype=torch.bool)}
 
 
-def _time(step, n: int) -> float:
-    step()  # warm-up (allocator, kernels)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        step()
-    return (time.perf_counter() - t0) / n
+def _time_pair(a, b, rounds: int) -> tuple[float, float]:
+    """Min step time of a and b, alternated round by round so both see the same machine load
+    (the min discards the rounds another process stole the cores)."""
+    a(), b()  # warm-up (allocator, kernels)
+    ta, tb = [], []
+    for _ in range(rounds):
+        for fn, out in ((a, ta), (b, tb)):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return min(ta), min(tb)
 
 
 def bench_size(size: str, frames: int, batch: int, steps: int) -> dict:
@@ -105,7 +110,7 @@ def bench_size(size: str, frames: int, batch: int, steps: int) -> dict:
         torch.nn.utils.clip_grad_norm_(plain.parameters(), 1.0)
         popt.step()
 
-    ts, tp = _time(sdit_step, steps), _time(plain_step, steps)
+    ts, tp = _time_pair(sdit_step, plain_step, steps)
     flops = 3 * forward_flops(m, batch=batch)
     return {"size": size, "frames": frames, "batch": batch, "tokens": frames * (m.latent_size // m.arch()["patch"]) ** 2,
             "params": sum(p.numel() for p in model.parameters()), "plain_params": sum(p.numel() for p in plain.parameters()),
@@ -141,7 +146,7 @@ def run(data_root: Path) -> dict:
     data_root = Path(data_root)
     out = {"threads": torch.get_num_threads(),
            "tiny": bench_size("tiny", frames=4, batch=4, steps=10),
-           "S/2": bench_size("S/2", frames=4, batch=1, steps=1)}
+           "S/2": bench_size("S/2", frames=4, batch=1, steps=2)}
     # <data>/bench/train -> <data>/shards (real shards, when `make shards` has run)
     loader = bench_loader(data_root.parent.parent / "shards")
     out["loader"] = loader if loader else "no shards at <data>/shards"
