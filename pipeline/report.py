@@ -201,11 +201,9 @@ def build_report(data_root: str | Path, examples_per_reason: int = 3, max_sheet:
         _hist(out / f"{col}.png", acc[col].dropna().tolist() if col in acc else [], title, unit, st, PAPER.get(col))
         report["figures"][col] = f"{col}.png"
 
-    reasons: dict[str, int] = {}
-    for frame in (clips[clips["status"] != "accepted"], rejections):
-        if "reason" in frame:
-            for r, n in frame["reason"].value_counts().items():
-                reasons[str(r)] = reasons.get(str(r), 0) + int(n)
+    # rejections.parquet holds every rejected span (rejected clips included), so it alone is counted;
+    # whole videos that produced nothing are counted by their status.
+    reasons = {str(r): int(n) for r, n in rejections["reason"].value_counts().items()} if len(rejections) else {}
     if videos is not None and "status" in videos:
         for s, n in videos.loc[videos["status"] != "ok", "status"].value_counts().items():
             reasons[f"video: {s}"] = int(n)

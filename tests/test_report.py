@@ -52,7 +52,8 @@ def data_root(tmp_path_factory):
                              quality=rng.uniform(30, 80), quality_scorer="sharpness-v1", resolution=200,
                              status="rejected" if rejected else "accepted", reason="quality" if rejected else ""))
     pq.write_table(pa.Table.from_pylist(rows, schema=CLIPS), root / "curate" / "clips.parquet")
-    pd.DataFrame([{"video_id": "vid9", "start_frame": 0, "end_frame": 10, "reason": "no_face"},
+    pd.DataFrame([{"video_id": "vid2", "start_frame": 12, "end_frame": 18, "reason": "quality"},
+                  {"video_id": "vid9", "start_frame": 0, "end_frame": 10, "reason": "no_face"},
                   {"video_id": "vid9", "start_frame": 10, "end_frame": 30, "reason": "multi_face"},
                   {"video_id": "vid8", "start_frame": 0, "end_frame": 30, "reason": "no_face"}]
                  ).to_parquet(root / "curate" / "rejections.parquet")
