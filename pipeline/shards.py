@@ -177,7 +177,8 @@ def encode_item(enc, item: dict, frames, idx, t, cache_dir: Path) -> int:
 # ---------------------------------------------------------------- runners
 
 def _failed(it: dict, e: Exception) -> dict:
-    return {"clip_id": it["clip_id"], "status": "error", "reason": f"{type(e).__name__}: {e}"[:300], "nframes": 0}
+    return {"clip_id": it["clip_id"], "status": "error", "reason": f"{type(e).__name__}: {e}"[:300], "nframes": 0,
+            "model_s": 0.0}
 
 
 def encode_sequential(items, root: DataRoot, cfg: ShardsConfig, models, cache_dir: Path, log) -> list[dict]:
@@ -193,7 +194,8 @@ def encode_sequential(items, root: DataRoot, cfg: ShardsConfig, models, cache_di
                     if isinstance(got, Exception):
                         raise got
                     k = encode_item(enc, it, *got, cache_dir)
-                    out.append({"clip_id": it["clip_id"], "status": "ok", "reason": "", "nframes": k})
+                    out.append({"clip_id": it["clip_id"], "status": "ok", "reason": "", "nframes": k,
+                                "model_s": enc.last_s})
                 except Exception as e:
                     out.append(_failed(it, e))
                 log(f"encoded {len(out)}/{len(items)} {it['clip_id']} {out[-1]['status']} "
@@ -240,16 +242,18 @@ class _EncodeActor:
         rows = []
         for r in batch.to_dict("records"):
             it = json.loads(r["item"])
-            out = {"clip_id": it["clip_id"], "status": r["status"], "reason": r["reason"], "nframes": 0}
+            out = {"clip_id": it["clip_id"], "status": r["status"], "reason": r["reason"], "nframes": 0,
+                   "model_s": 0.0}
             if r["status"] == "ok":
                 try:
                     frames = np.frombuffer(r["frames"], dtype=np.uint8).reshape(json.loads(r["shape"]))
                     out["nframes"] = encode_item(self.enc, it, frames, np.frombuffer(r["frame_index"], dtype=np.int64),
                                                  np.frombuffer(r["time_s"], dtype=np.float32), self.cache_dir)
+                    out["model_s"] = self.enc.last_s
                 except Exception as e:
                     out = _failed(it, e)
             rows.append(out)
-        return pd.DataFrame(rows, columns=["clip_id", "status", "reason", "nframes"])
+        return pd.DataFrame(rows, columns=["clip_id", "status", "reason", "nframes", "model_s"])
 
 
 def encode_ray(items, root: DataRoot, cfg: ShardsConfig, models, cache_dir: Path, log) -> list[dict]:
@@ -272,7 +276,8 @@ def encode_ray(items, root: DataRoot, cfg: ShardsConfig, models, cache_dir: Path
                         num_cpus=cfg.encode_cpus, num_gpus=gpus)
     out = []
     for r in ds.iter_rows():
-        out.append({k: r[k] for k in ("clip_id", "status", "reason")} | {"nframes": int(r["nframes"])})
+        out.append({k: r[k] for k in ("clip_id", "status", "reason")} | {"nframes": int(r["nframes"]),
+                                                                          "model_s": float(r["model_s"])})
         log(f"encoded {len(out)}/{len(items)} {r['clip_id']} {r['status']}")
     return out
 
@@ -337,7 +342,8 @@ def run(data: str | Path, cfg: ShardsConfig, log=print) -> dict:
 
     stats = {"data": str(root.root), "runner": cfg.runner, "clips_total": len(items), "clips_pending": len(pending),
              "bad_rows": bad, "recovered": recovered, "optout": {k: v for k, v in removal.items() if k != "blocked"},
-             "encoded": 0, "cache_hits": 0, "failed": [], "shards_written": [], "encode_s": 0.0}
+             "encoded": 0, "cache_hits": 0, "failed": [], "shards_written": [], "encode_s": 0.0,
+             "frames_encoded": 0, "model_s": 0.0}
     written = []
     if pending:
         models = prepare_models(cfg.models, root, cfg, pending, log)
@@ -355,6 +361,8 @@ def run(data: str | Path, cfg: ShardsConfig, log=print) -> dict:
             runner = encode_ray if cfg.runner == "ray" else encode_sequential
             results = runner(todo, root, cfg, models, cache_dir, log)
             stats["encoded"] = sum(r["status"] == "ok" for r in results)
+            stats["frames_encoded"] = sum(r["nframes"] for r in results)
+            stats["model_s"] = sum(r["model_s"] for r in results)   # pure encoder time inside the stage
             stats["failed"] = [r for r in results if r["status"] != "ok"]
         stats["encode_s"] = time.perf_counter() - t0
         ready = [it for it in pending if cache_path(cache_dir, it["clip_id"]).exists()]

@@ -260,6 +260,7 @@ def test_ray_actor_pool_path(world, tmp_path):
     finally:
         ray.shutdown()
     assert stats["runner"] == "ray" and stats["encoded"] == 5 and stats["failed"] == []
+    assert stats["frames_encoded"] == 5 * MAX_FRAMES and 0 < stats["model_s"]   # actors report model time
     assert any("encoding 5 clips (ray" in m for m in logs)
     for name in shard_hashes(root):
         seq = dict(read_samples(root / "shards" / name))
