@@ -289,7 +289,13 @@ def prepare_models(spec: str, root: DataRoot, cfg: ShardsConfig, items: list[dic
     from pipeline.encoders import build_tiny_models, fit_tiny_models, resolve_models
 
     if spec != "tiny":
-        return resolve_models(spec, cfg.encoder)
+        try:
+            models = resolve_models(spec, cfg.encoder)
+        except FileNotFoundError as e:
+            raise InputProblem(str(e)) from None
+        if spec in ("", "default"):
+            preflight(models)
+        return models
     d = root.path("models", "tiny")
     if not (d / "models.json").exists() or not json.loads((d / "models.json").read_text()).get("fitted"):
         log(f"building tiny models in {d}")
@@ -303,6 +309,19 @@ def prepare_models(spec: str, root: DataRoot, cfg: ShardsConfig, items: list[dic
             log(f"fitting tiny VAE: {cfg.tiny_fit_steps} steps on {sum(len(f) for f in frames)} crops")
             fit_tiny_models(d, np.concatenate(frames)[: cfg.tiny_fit_frames], cfg.tiny_fit_steps, cfg.tiny_seed)
     return resolve_models(str(d), cfg.encoder)
+
+
+def preflight(models) -> None:
+    """Load hub models once in the driver, so a missing download fails here in one line, not in every actor."""
+    from pipeline.encoders import load_clip, load_vae
+
+    for what, load in (("VAE " + models.vae, lambda: load_vae(models.vae)),
+                       ("CLIP " + models.clip_label, lambda: load_clip(models.clip_model, models.clip_pretrained))):
+        try:
+            load()
+        except Exception as e:
+            raise InputProblem(f"cannot load {what} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                               "offline? use --models tiny or a local dir with vae/ and clip/") from None
 
 
 def encoder_record(cfg: ShardsConfig, models) -> dict:
