@@ -300,21 +300,49 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ckpt", default=None, help="checkpoint (default: newest under DATA/train/)")
     ap.add_argument("--config", default=None, help="optional train config the checkpoint must match")
     ap.add_argument("--models", default="", help="dir with vae/ and clip/ (default: DATA/models/tiny, DATA/models, hub)")
-    ap.add_argument("--steps", type=int, default=50, help="respaced DDPM steps, 2..1000 (default 50)")
-    ap.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
-    ap.add_argument("--guidance", default="clip+landmarks", help="none | landmarks | clip | clip+landmarks")
-    ap.add_argument("--sampler", default="anchored", choices=("anchored", "naive"))
-    ap.add_argument("--anchor", type=int, default=0, help="index of the anchor frame (default 0)")
-    ap.add_argument("--max-batch", type=int, default=0, help="sequences per model call (0 = all at once)")
-    ap.add_argument("--max-frames", type=int, default=0, help="use only the first N driving frames (0 = all)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dag", default="dags/reenact.yaml", help="defaults file (default dags/reenact.yaml)")
+    ap.add_argument("--steps", type=int, default=None, help="respaced DDPM steps, 2..1000 (default 50)")
+    ap.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = none)")
+    ap.add_argument("--guidance", default=None, help="none | landmarks | clip | clip+landmarks")
+    ap.add_argument("--sampler", default=None, choices=("anchored", "naive"))
+    ap.add_argument("--anchor", type=int, default=None, help="index of the anchor frame (default 0)")
+    ap.add_argument("--max-batch", type=int, default=None, help="sequences per model call (0 = all at once)")
+    ap.add_argument("--max-frames", type=int, default=None, help="use only the first N driving frames (0 = all)")
+    ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--side-by-side", action="store_true", help="write source | driving | generated")
     ap.add_argument("--out", default=None, help="output .mp4 (default DATA/reenact/<source>__<driving>.mp4)")
     return ap
 
 
+DEFAULTS = {"steps": 50, "cfg": 1.0, "guidance": "clip+landmarks", "sampler": "anchored", "anchor": 0,
+            "max_batch": 0, "max_frames": 0, "seed": 0}
+
+
+def apply_defaults(args) -> None:
+    """None flags <- the --dag YAML <- DEFAULTS; an unknown YAML key is an error."""
+    import yaml
+
+    doc = {}
+    p = Path(args.dag)
+    if p.is_file():
+        doc = yaml.safe_load(p.read_text()) or {}
+    elif args.dag != "dags/reenact.yaml":
+        raise ReenactError(f"defaults file not found: {args.dag}")
+    unknown = set(doc) - set(DEFAULTS)
+    if unknown:
+        raise ReenactError(f"{p}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(DEFAULTS)})")
+    for k, v in DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, type(v)(doc.get(k, v)))
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        apply_defaults(args)
+    except ReenactError as e:
+        print(f"reenact: error: {e}", file=sys.stderr)
+        return 2
     if not 2 <= args.steps <= 1000:
         print(f"reenact: error: --steps must be in 2..1000, got {args.steps}", file=sys.stderr)
         return 2

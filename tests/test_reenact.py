@@ -209,3 +209,20 @@ def test_eval_writes_table1(setup, tmp_path):
     res = run(data, ec)
     assert res["rows"][0]["FID"].startswith("unavailable: ")
     assert "| unavailable |" in (data / "eval" / "table1.md").read_text()
+
+
+def test_dag_defaults_and_flags(tmp_path):
+    from model.reenact import DEFAULTS, ReenactError, apply_defaults, build_parser
+
+    base = ["--source", "s.png", "--driving", "d.mp4"]
+    args = build_parser().parse_args(base)                    # the repo's dags/reenact.yaml
+    apply_defaults(args)
+    assert {k: getattr(args, k) for k in DEFAULTS} == DEFAULTS  # the file states the code's defaults
+    dag = tmp_path / "r.yaml"
+    dag.write_text("steps: 7\nguidance: clip\n")
+    args = build_parser().parse_args(base + ["--dag", str(dag), "--guidance", "none"])
+    apply_defaults(args)
+    assert args.steps == 7 and args.guidance == "none" and args.cfg == 1.0
+    dag.write_text("stpes: 7\n")
+    with pytest.raises(ReenactError, match="unknown key"):
+        apply_defaults(build_parser().parse_args(base + ["--dag", str(dag)]))
