@@ -245,6 +245,18 @@ def fit_vae(vae, frames: np.ndarray, steps: int = 300, lr: float = 2e-3, kl_weig
     """A few hundred CPU steps of reconstruction + small KL on uint8 crops (N,S,S,3). Returns losses."""
     import torch
 
+    threads = torch.get_num_threads()
+    # tiny kernels: thread hand-offs cost more than they save (4x slower with 2 threads on a busy 2-core box)
+    torch.set_num_threads(1)
+    try:
+        return _fit(vae, frames, steps, lr, kl_weight, batch, seed, log_every)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(vae, frames, steps, lr, kl_weight, batch, seed, log_every) -> list[float]:
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     data = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
