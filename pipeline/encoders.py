@@ -280,13 +280,13 @@ def _fit(vae, frames, steps, lr, kl_weight, batch, seed, log_every) -> list[floa
     return losses
 
 
-def fit_tiny_models(model_dir: Path, frames: np.ndarray, steps: int = 300, seed: int = 0) -> dict:
+def fit_tiny_models(model_dir: Path, frames: np.ndarray, steps: int = 300, seed: int = 0, batch: int = 16) -> dict:
     """Fit the VAE of a build_tiny_models dir on crops and save it back; records the fit in models.json."""
     vae = load_vae(str(model_dir / "vae"))
-    losses = fit_vae(vae, frames, steps=steps, seed=seed, log_every=max(1, steps // 5))
+    losses = fit_vae(vae, frames, steps=steps, batch=batch, seed=seed, log_every=max(1, steps // 5))
     vae.save_pretrained(model_dir / "vae", safe_serialization=True)
     info = json.loads((model_dir / "models.json").read_text())
-    info.update(fitted=True, fit_steps=steps, fit_frames=int(len(frames)),
+    info.update(fitted=True, fit_steps=steps, fit_batch=batch, fit_frames=int(len(frames)),
                 fit_loss_first=losses[0], fit_loss_last=float(np.mean(losses[-10:])))
     info["vae"] = info["vae"].split("+fit")[0] + f"+fit{steps}"
     (model_dir / "models.json").write_text(json.dumps(info, indent=1))

@@ -50,6 +50,7 @@ class ShardsConfig:
     tiny_seed: int = 0
     tiny_fit_steps: int = 300
     tiny_fit_frames: int = 512
+    tiny_fit_batch: int = 8
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
 
@@ -77,7 +78,8 @@ def load_dag(path: str | Path | None) -> ShardsConfig:
     rename = {("stills", "frames"): "stills_frames", ("stills", "fps"): "stills_fps",
               ("decode", "num_cpus"): "decode_cpus", ("encode", "num_cpus"): "encode_cpus",
               ("encode", "num_gpus"): "encode_gpus", ("tiny", "seed"): "tiny_seed",
-              ("tiny", "fit_steps"): "tiny_fit_steps", ("tiny", "fit_frames"): "tiny_fit_frames"}
+              ("tiny", "fit_steps"): "tiny_fit_steps", ("tiny", "fit_frames"): "tiny_fit_frames",
+              ("tiny", "fit_batch"): "tiny_fit_batch"}
     for (stage, k), v in flat.items():
         if (stage, k) in rename:
             setattr(cfg, rename[(stage, k)], v)
@@ -307,7 +309,8 @@ def prepare_models(spec: str, root: DataRoot, cfg: ShardsConfig, items: list[dic
             frames += [got[0] for _, got in iter_decoded(unit, str(root.root), cfg) if not isinstance(got, Exception)]
         if frames and cfg.tiny_fit_steps > 0:
             log(f"fitting tiny VAE: {cfg.tiny_fit_steps} steps on {sum(len(f) for f in frames)} crops")
-            fit_tiny_models(d, np.concatenate(frames)[: cfg.tiny_fit_frames], cfg.tiny_fit_steps, cfg.tiny_seed)
+            fit_tiny_models(d, np.concatenate(frames)[: cfg.tiny_fit_frames], cfg.tiny_fit_steps, cfg.tiny_seed,
+                            cfg.tiny_fit_batch)
     return resolve_models(str(d), cfg.encoder)
 
 
