@@ -375,3 +375,16 @@ def test_models_tiny_builds_fits_and_records_them(tmp_path_factory, tmp_path):
 
     first = next(iter(wds.WebDataset(str(root / "shards" / "faces-000000.tar"), shardshuffle=False).decode()))
     assert first["meta.json"]["vae"] == info["vae"] and first["meta.json"]["clip_model"] == info["clip"]
+
+
+def test_recover_drops_temp_and_unindexed_shards_only(tmp_path):
+    from pipeline import shardio
+
+    samples = [("k1", [("meta.json", b"{}")])]
+    a = shardio.write_shard(tmp_path / "faces-000000.tar", samples)
+    shardio.write_shard(tmp_path / "faces-000001.tar", samples)      # renamed, but the run died before indexing
+    (tmp_path / ".faces-000002.tar.tmp-123").write_bytes(b"half")    # died before the rename
+    index = {"shards": [a]}
+    assert shardio.recover(tmp_path, index) == [".faces-000002.tar.tmp-123", "faces-000001.tar"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["faces-000000.tar"]
+    assert shardio.sha256_file(tmp_path / "faces-000000.tar") == a["sha256"]
