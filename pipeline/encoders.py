@@ -97,6 +97,38 @@ def decode_clips(rows: list[dict], media: Path, cfg: EncoderConfig):
         yield rows[k], finish(k)
 
 
+def work_units(items: list[dict]) -> list[list[dict]]:
+    """Clips grouped by source video (decoded in one pass); each still on its own."""
+    units: dict[tuple, list[dict]] = {}
+    for it in items:
+        key = (it["origin"], it["media_path"]) if it["origin"] == "video" else ("still", it["clip_id"])
+        units.setdefault(key, []).append(it)
+    return list(units.values())
+
+
+def decode_unit(unit: list[dict], root: str, cfg: EncoderConfig, stills_frames: int, stills_fps: float):
+    """Yield (item, (frames, frame_index, time_s)) or (item, exception) for every item of a unit."""
+    if unit[0]["origin"] == "still":
+        from pipeline.stills import pseudo_clip
+
+        for it in unit:
+            try:
+                yield it, pseudo_clip(Path(it["media_path"]), stills_frames, cfg.size, stills_fps,
+                                      seed=int(it["clip_id"][:8], 16))
+            except Exception as e:
+                yield it, e
+        return
+    from pipeline.paths import DataRoot
+
+    try:
+        media = DataRoot.of(root).path(unit[0]["media_path"])
+    except ValueError as e:   # a hostile media_path: never read outside the data root
+        for it in unit:
+            yield it, e
+        return
+    yield from decode_clips(unit, media, cfg)
+
+
 # ---------------------------------------------------------------- models
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.paths import atomic_write_text
+from pipeline.paths import atomic_write_bytes, atomic_write_text, safe_name
 from pipeline.schema import SCHEMA_VERSION, SHARD_MEMBERS
 
 MEMBER_ORDER = list(SHARD_MEMBERS)
@@ -159,3 +159,22 @@ def recover(shard_dir: Path, index: dict) -> list[str]:
             p.unlink()   # rewritten (to the same bytes) from the cache by this run
             removed.append(p.name)
     return removed
+
+
+# ---------------------------------------------------------------- per-clip feature cache (npz, no pickle)
+
+def cache_path(cache_dir: Path, clip_id: str) -> Path:
+    return cache_dir / f"{safe_name(clip_id)}.npz"
+
+
+def save_cache(path: Path, feats: dict, meta: dict) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8), **feats)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_cache(path: Path) -> tuple[dict, dict]:
+    with np.load(path, allow_pickle=False) as z:
+        feats = {k: z[k] for k in z.files if k != "meta"}
+        meta = json.loads(z["meta"].tobytes().decode())
+    return feats, meta

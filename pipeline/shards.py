@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import re
 import sys
@@ -20,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.encoders import EncoderConfig
-from pipeline.paths import DataRoot, atomic_write_bytes, atomic_write_text, safe_name
+from pipeline.encoders import EncoderConfig, work_units
+from pipeline.paths import DataRoot, atomic_write_text
+from pipeline.shardio import cache_path, load_cache, save_cache
 
 _KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")   # a tar key: no dots (webdataset splits there), no slashes
 
@@ -115,53 +115,10 @@ def clip_items(root: DataRoot, cfg: ShardsConfig) -> tuple[list[dict], list[dict
     return items, bad
 
 
-def work_units(items: list[dict]) -> list[list[dict]]:
-    """Clips grouped by source video (decoded in one pass); each still on its own."""
-    units: dict[tuple, list[dict]] = {}
-    for it in items:
-        key = (it["origin"], it["media_path"]) if it["origin"] == "video" else ("still", it["clip_id"])
-        units.setdefault(key, []).append(it)
-    return list(units.values())
-
-
 def iter_decoded(unit: list[dict], root: str, cfg: ShardsConfig):
-    """Yield (item, (frames, frame_index, time_s)) or (item, exception) for every item of a unit."""
-    if unit[0]["origin"] == "still":
-        from pipeline.stills import pseudo_clip
+    from pipeline.encoders import decode_unit
 
-        for it in unit:
-            try:
-                yield it, pseudo_clip(Path(it["media_path"]), cfg.stills_frames, cfg.encoder.size, cfg.stills_fps,
-                                      seed=int(it["clip_id"][:8], 16))
-            except Exception as e:
-                yield it, e
-        return
-    from pipeline.encoders import decode_clips
-
-    try:
-        media = DataRoot.of(root).path(unit[0]["media_path"])
-    except ValueError as e:   # a hostile media_path: never read outside the data root
-        for it in unit:
-            yield it, e
-        return
-    yield from decode_clips(unit, media, cfg.encoder)
-
-
-def cache_path(cache_dir: Path, clip_id: str) -> Path:
-    return cache_dir / f"{safe_name(clip_id)}.npz"
-
-
-def save_cache(path: Path, feats: dict, meta: dict) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, meta=np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8), **feats)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_cache(path: Path) -> tuple[dict, dict]:
-    with np.load(path, allow_pickle=False) as z:
-        feats = {k: z[k] for k in z.files if k != "meta"}
-        meta = json.loads(z["meta"].tobytes().decode())
-    return feats, meta
+    return decode_unit(unit, root, cfg.encoder, cfg.stills_frames, cfg.stills_fps)
 
 
 def encode_item(enc, item: dict, frames, idx, t, cache_dir: Path) -> int:
