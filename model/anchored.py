@@ -119,6 +119,8 @@ class SampleConfig:
     guidance: str = "clip+landmarks"  # none | landmarks | clip | clip+landmarks
     max_batch: int = 0                # rows per model call (CFG doubles the rows); 0 = the whole batch
     seed: int = 0
+    clip_x0: float = 0.0              # >0: clamp the predicted x_0 to [-clip_x0, clip_x0] (static thresholding);
+                                      # 0 = off, as DiT samples latents. Keeps an undertrained model from drifting.
 
     def __post_init__(self):
         if self.guidance not in GUIDANCE:
@@ -172,12 +174,16 @@ def model_rows(model, x, t_model, lm, offsets, clip, drop_lm: bool, drop_clip: b
     return torch.cat([eps, cond[:, :, C:]], dim=2)
 
 
-def _p_step(diffusion, out, x, i: int):
+def _p_step(diffusion, out, x, i: int, clip_x0: float = 0.0):
     """p_mean_variance on frames flattened into the batch: (S, F, ...) -> mean, log_variance."""
     S, F = x.shape[:2]
     tt = torch.full((S * F,), i, dtype=torch.long)
-    r = diffusion.p_mean_variance(out.reshape(S * F, *out.shape[2:]), x.reshape(S * F, *x.shape[2:]), tt)
-    return r["mean"].reshape(x.shape), r["log_variance"].reshape(x.shape).expand_as(x)
+    xf = x.reshape(S * F, *x.shape[2:])
+    r = diffusion.p_mean_variance(out.reshape(S * F, *out.shape[2:]), xf, tt)
+    mean = r["mean"]
+    if clip_x0 > 0:  # posterior mean from the clamped x_0 prediction (elementwise: the anchor stays in sync)
+        mean = diffusion.q_posterior(r["pred_xstart"].clamp(-clip_x0, clip_x0), xf, tt)[0]
+    return mean.reshape(x.shape), r["log_variance"].reshape(x.shape).expand_as(x)
 
 
 @torch.no_grad()
@@ -208,7 +214,7 @@ def sample(model, diffusion, plan: SequencePlan, cond: Conditioning, latent_shap
         if sync:
             out[:, 0] = out[:, 0].mean(dim=0)                    # rule 3
             noise[:, 0] = noise[0, 0].clone()                         # rule 4
-        mean, log_var = _p_step(sp, out, x, i)
+        mean, log_var = _p_step(sp, out, x, i, sc.clip_x0)
         x = mean + (torch.exp(0.5 * log_var) * noise if i > 0 else 0.0)
         if sync:
             x[:, 0] = x[0, 0].clone()                                 # rule 5 (already equal; makes it explicit)

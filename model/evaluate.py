@@ -41,6 +41,7 @@ class EvalConfig:
     anchor: int = 0
     max_batch: int = 0
     seed: int = 0
+    clip_x0: float = 0.0
     inception: str = ""
     fid_size: int = 299
     grid: str = "auto"
@@ -131,7 +132,7 @@ def evaluate_row(row: dict, jobs, model, cfg, diffusion, enc, ec: EvalConfig, re
     from model.reenact import clip_embed, generate
 
     sc = SampleConfig(steps=int(row["steps"]), cfg=float(row["cfg"]), guidance=str(row["guidance"]),
-                      max_batch=ec.max_batch, seed=ec.seed)
+                      max_batch=ec.max_batch, seed=ec.seed, clip_x0=ec.clip_x0)
     se, n_used, csims, gens = 0.0, 0, [], []
     for k, (filled, lm, ok, times, src_emb) in enumerate(jobs):
         _, gen, _ = generate(model, cfg, diffusion, enc, filled, times, src_emb, sc, ec.sampler, ec.anchor,
@@ -258,7 +259,8 @@ def by_distance(values: np.ndarray, anchor: int, width: int) -> list[dict]:
 
 
 def consistency_study(data: Path, ckpt: str | None = None, models: str = "", steps: int = 50,
-                      n_frames: int = 48, seed: int = 0, clip_key: str | None = None, plot: bool = True) -> dict:
+                      n_frames: int = 48, seed: int = 0, clip_key: str | None = None, plot: bool = True,
+                      clip_x0: float = 0.0) -> dict:
     """For a trained (tiny) model: how consistent far-apart frames are under anchored vs naive sampling,
     and the landmark error with vs without landmark guidance. Self-reenactment of the longest held-out
     clip (source = its own first frame), so the real clip's curve is the reference.
@@ -284,13 +286,13 @@ def consistency_study(data: Path, ckpt: str | None = None, models: str = "", ste
     src_emb = clip["clip_emb.npy"][0].astype(np.float32)
     F = cfg.model.frames
     real = real_frames(enc, lat)
-    res = {"clip": clip["__key__"], "frames": int(T), "F": F, "steps": steps, "seed": seed, **info,
+    res = {"clip": clip["__key__"], "frames": int(T), "F": F, "steps": steps, "seed": seed, "clip_x0": clip_x0, **info,
            "measure": "ASIM(d) = mean Pearson pixel correlation (64x64 RGB) of frame i with frame 0 at |i| = d",
            "curves": {}, "lmse": {}}
     gens = {"real": real}
     for name, sampler, guidance in (("anchored", "anchored", "clip+landmarks"), ("naive", "naive", "clip+landmarks"),
                                     ("anchored_no_landmarks", "anchored", "clip")):
-        sc = SampleConfig(steps=steps, guidance=guidance, seed=seed)
+        sc = SampleConfig(steps=steps, guidance=guidance, seed=seed, clip_x0=clip_x0)
         _, gens[name], _ = generate(model, cfg, diffusion, enc, filled, times, src_emb, sc, sampler, 0, seed)
     for name in ("real", "anchored", "naive"):
         asim = anchor_similarity(gens[name])
@@ -337,7 +339,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     ec = load_eval_config(args.config, args.overrides)
     if args.consistency:
-        consistency_study(Path(args.data), ec.ckpt or None, ec.models, seed=ec.seed)
+        consistency_study(Path(args.data), ec.ckpt or None, ec.models, seed=ec.seed, clip_x0=ec.clip_x0)
     else:
         run(Path(args.data), ec)
     return 0

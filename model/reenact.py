@@ -259,7 +259,7 @@ def run(args) -> dict:
         src, drv = resize(src, size), np.stack([resize(f, size) for f in drv])
     src_emb = clip_embed(enc, src[None])[0]
     sc = SampleConfig(steps=args.steps, cfg=args.cfg, guidance=args.guidance, max_batch=args.max_batch,
-                      seed=args.seed)
+                      seed=args.seed, clip_x0=args.clip_x0)
     print(f"reenact: {len(drv)} frames @ {fps:.2f} fps, F={cfg.model.frames}, {args.steps} steps, "
           f"cfg {args.cfg}, {args.guidance}, {args.sampler}; {len(missing)} faceless frames filled",
           file=sys.stderr, flush=True)
@@ -279,7 +279,7 @@ def run(args) -> dict:
         "frames": int(len(drv)), "fps": fps, "driving_crop": crop, "faceless_frames_filled": missing,
         "sampler": args.sampler, "F": int(cfg.model.frames), "sequences": int(plan.num_sequences),
         "anchor": plan.anchor, "steps": args.steps, "cfg": args.cfg, "guidance": args.guidance,
-        "seed": args.seed, "max_batch": args.max_batch, "side_by_side": bool(args.side_by_side),
+        "seed": args.seed, "max_batch": args.max_batch, "clip_x0": args.clip_x0, "side_by_side": bool(args.side_by_side),
         "sampling_s": round(t_sample, 3), "sampling_s_per_frame": round(t_sample / len(drv), 4),
         "total_s": round(time.time() - t0, 3),
         "lmse": lm_res["lmse"], "lmse_frames": lm_res["frames_used"],
@@ -309,13 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-batch", type=int, default=None, help="sequences per model call (0 = all at once)")
     ap.add_argument("--max-frames", type=int, default=None, help="use only the first N driving frames (0 = all)")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--clip-x0", type=float, default=None, help="clamp predicted x_0 to +-this (0 = off, as DiT)")
     ap.add_argument("--side-by-side", action="store_true", help="write source | driving | generated")
     ap.add_argument("--out", default=None, help="output .mp4 (default DATA/reenact/<source>__<driving>.mp4)")
     return ap
 
 
 DEFAULTS = {"steps": 50, "cfg": 1.0, "guidance": "clip+landmarks", "sampler": "anchored", "anchor": 0,
-            "max_batch": 0, "max_frames": 0, "seed": 0}
+            "max_batch": 0, "max_frames": 0, "seed": 0, "clip_x0": 0.0}
 
 
 def apply_defaults(args) -> None:

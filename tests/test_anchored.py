@@ -226,3 +226,17 @@ def test_naive_sampler_shares_nothing(tiny):
     assert torch.allclose(spy.calls[0]["offsets"][1], torch.arange(4) / 25.0)   # relative to the chunk start
     x = spy.calls[-1]["x"]
     assert not torch.equal(x[0, 0], x[1, 0])
+
+
+def test_clip_x0_bounds_the_output_and_keeps_the_anchor_in_sync(tiny):
+    model, diff = tiny
+    n = 7
+    plan = A.plan_anchored(n, 4)
+    states = []
+    free = A.sample(model, diff, plan, _cond(n), LATENT, A.SampleConfig(steps=4, seed=1))
+    out = A.sample(model, diff, plan, _cond(n), LATENT, A.SampleConfig(steps=4, seed=1, clip_x0=1.0),
+                   callback=lambda k, x: states.append(x.clone()))
+    assert free.abs().max() > 1.0          # this random model drifts far without the clamp
+    assert out.abs().max() <= 1.0 + 1e-5   # the last step's mean is the clamped x_0 (posterior at t=0)
+    for x in states:
+        assert all(torch.equal(x[s, 0], x[0, 0]) for s in range(plan.num_sequences))

@@ -126,12 +126,14 @@ def _bad_args(d, case, tmp_path):
         drv = d / f"{case}.mp4"
     elif case == "mismatch":
         extra = ["--ckpt", make_tiny_checkpoint(tmp_path, clip_dim=16), "--models", d / "data" / "models" / "tiny"]
+    elif case == "config":
+        extra = ["--config", ROOT / "dags" / "train.yaml"]   # the paper's XL/2 config vs a tiny checkpoint
     return ["--source", src, "--driving", drv, "--steps", "2", *extra]
 
 
 BAD = {"blank": "no face found in the source image", "two": "2 faces in the source image",
        "broken": "unreadable driving video", "short": "fewer than the sequence length F=4",
-       "mismatch": "expects clip_dim 16 but the CLIP model"}
+       "mismatch": "expects clip_dim 16 but the CLIP model", "config": "incompatible config: model.size"}
 
 
 @pytest.mark.parametrize("case", ["two", "broken"])
@@ -143,7 +145,7 @@ def test_bad_input_subprocess_one_line_error(setup, case, tmp_path):
     assert "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("case", ["blank", "short", "mismatch"])
+@pytest.mark.parametrize("case", ["blank", "short", "mismatch", "config"])
 def test_bad_input_in_process(setup, case, tmp_path, capsys):
     from model.reenact import main
 
