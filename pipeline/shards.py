@@ -122,15 +122,18 @@ def iter_decoded(unit: list[dict], root: str, cfg: ShardsConfig):
 
 
 def encode_item(enc, item: dict, frames, idx, t, cache_dir: Path) -> int:
+    save_item(enc, item, enc.encode(frames), idx, t, cache_dir)
+    return len(frames)
+
+
+def save_item(enc, item: dict, feats: dict, idx, t, cache_dir: Path) -> None:
     from pipeline.schema import SCHEMA_VERSION
 
-    feats = enc.encode(frames)
-    feats["frame_index"], feats["time_s"] = idx, t
+    feats = {**feats, "frame_index": idx, "time_s": t}
     meta = {"clip_id": item["clip_id"], "video_id": item["video_id"], "origin": item["origin"],
             "fps": float(item["fps"]), "clip_dim": int(feats["clip_emb"].shape[1]),
             "schema_version": SCHEMA_VERSION, **enc.meta()}
     save_cache(cache_path(cache_dir, item["clip_id"]), feats, meta)
-    return len(frames)
 
 
 # ---------------------------------------------------------------- runners
@@ -198,20 +201,32 @@ class _EncodeActor:
     def __call__(self, batch):
         import pandas as pd
 
-        rows = []
+        rows, ok = [], []
         for r in batch.to_dict("records"):
             it = json.loads(r["item"])
-            out = {"clip_id": it["clip_id"], "status": r["status"], "reason": r["reason"], "nframes": 0,
-                   "model_s": 0.0}
+            rows.append({"clip_id": it["clip_id"], "status": r["status"], "reason": r["reason"], "nframes": 0,
+                         "model_s": 0.0})
             if r["status"] == "ok":
-                try:
-                    frames = np.frombuffer(r["frames"], dtype=np.uint8).reshape(json.loads(r["shape"]))
-                    out["nframes"] = encode_item(self.enc, it, frames, np.frombuffer(r["frame_index"], dtype=np.int64),
-                                                 np.frombuffer(r["time_s"], dtype=np.float32), self.cache_dir)
-                    out["model_s"] = self.enc.last_s
-                except Exception as e:
-                    out = _failed(it, e)
-            rows.append(out)
+                ok.append((len(rows) - 1, it, np.frombuffer(r["frames"], dtype=np.uint8).reshape(json.loads(r["shape"])),
+                           np.frombuffer(r["frame_index"], dtype=np.int64), np.frombuffer(r["time_s"], dtype=np.float32)))
+        if ok:
+            # the frames of all clips in this batch go through the models together (full batches on a GPU)
+            try:
+                feats = self.enc.encode(np.concatenate([o[2] for o in ok]))
+                total, start = sum(len(o[2]) for o in ok), 0
+                for k, it, frames, idx, t in ok:
+                    n = len(frames)
+                    save_item(self.enc, it, {key: v[start:start + n] for key, v in feats.items()}, idx, t,
+                              self.cache_dir)
+                    rows[k].update(nframes=n, model_s=self.enc.last_s * n / total)
+                    start += n
+            except Exception:   # find the culprit: clip by clip, so the others still get their features
+                for k, it, frames, idx, t in ok:
+                    try:
+                        rows[k].update(nframes=encode_item(self.enc, it, frames, idx, t, self.cache_dir),
+                                       model_s=self.enc.last_s)
+                    except Exception as e:
+                        rows[k] = _failed(it, e)
         return pd.DataFrame(rows, columns=["clip_id", "status", "reason", "nframes", "model_s"])
 
 
