@@ -97,18 +97,18 @@ def test_anchor_identical_every_step_and_chunked_equals_unchunked(tiny):
     plan = A.plan_anchored(n, 4, seed=1)
     cond = _cond(n)
     runs = {}
-    for mb in (0, 3, 1):
+    for mb in (0, 3):
         states = []
         spy = Spy(model)
-        sc = A.SampleConfig(steps=8, seed=5, max_batch=mb)
+        sc = A.SampleConfig(steps=5, seed=5, max_batch=mb)
         out = A.sample(spy, diff, plan, cond, LATENT, sc, callback=lambda k, x, st=states: st.append(x.clone()))
-        assert len(states) == 8
+        assert len(states) == 5
         for x in states:                     # after every step, the anchor is one tensor in all sequences
             assert all(torch.equal(x[s, 0], x[0, 0]) for s in range(plan.num_sequences))
         # and the model sees identical anchor latents in every sequence at every step
         per_step = int(np.ceil(plan.num_sequences / mb)) if mb else 1
-        assert len(spy.calls) == 8 * per_step
-        for k in range(8):
+        assert len(spy.calls) == 5 * per_step
+        for k in range(5):
             xs = torch.cat([c["x"] for c in spy.calls[k * per_step:(k + 1) * per_step]])
             assert xs.shape[0] == plan.num_sequences
             assert all(torch.equal(xs[s, 0], xs[0, 0]) for s in range(plan.num_sequences))
@@ -118,16 +118,16 @@ def test_anchor_identical_every_step_and_chunked_equals_unchunked(tiny):
     ref_out, ref_states = runs[0]
     # chunked == unchunked: same noise, same rule; only float32 rounding of batched GEMMs may differ
     # (CPU kernels block differently by batch size: ~1e-7 relative on one forward)
-    for mb in (3, 1):
+    for mb in (3,):
         out, states = runs[mb]
         assert (out - ref_out).abs().max() <= 1e-5 * ref_out.abs().max()
         for a, b in zip(states, ref_states):
             assert (a - b).abs().max() <= 1e-5 * b.abs().max()
     assert ref_out.shape == (n, *LATENT) and torch.isfinite(ref_out).all()
     # same seed -> same video; another seed -> another video
-    again = A.sample(model, diff, plan, cond, LATENT, A.SampleConfig(steps=8, seed=5))
+    again = A.sample(model, diff, plan, cond, LATENT, A.SampleConfig(steps=5, seed=5))
     assert torch.equal(again, ref_out)
-    other = A.sample(model, diff, plan, cond, LATENT, A.SampleConfig(steps=8, seed=6))
+    other = A.sample(model, diff, plan, cond, LATENT, A.SampleConfig(steps=5, seed=6))
     assert not torch.allclose(other, ref_out)
 
 
