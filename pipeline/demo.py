@@ -1,0 +1,112 @@
+"""`make demo`: the whole system end to end, offline, on a corpus the project generates itself.
+
+corpus -> loopback server -> curate (Ray) -> shards (tiny local models) -> train (torchrun, tiny sDiT)
+-> reenact (anchored diffusion) -> report. Every step is the same CLI a user runs (`make curate`, ...),
+started as a subprocess; the loopback server is stopped at the end whatever happens, and Ray is
+shut down by the steps that started it, so nothing is left running.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(name: str, cmd: list[str], log: Path, timings: dict) -> None:
+    """Run one step, teeing its output to the console and to <data>/logs/<name>.log."""
+    print(f"\n=== demo: {name}: {' '.join(cmd[2:])}", flush=True)
+    t0 = time.perf_counter()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        assert p.stdout is not None
+        for line in p.stdout:
+            f.write(line)
+            if not _noise(line):
+                sys.stdout.write("    " + line)
+        rc = p.wait()
+    timings[name] = round(time.perf_counter() - t0, 1)
+    if rc != 0:
+        raise SystemExit(f"demo: step {name!r} failed (exit {rc}); full log: {log}")
+
+
+def _noise(line: str) -> bool:
+    # MediaPipe/TFLite and Ray print C++ log lines to stderr; keep them in the log file only.
+    return line.startswith(("W0000", "I0000", "E0000", "INFO: Created TensorFlow", "WARNING: All log messages"))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="data/demo", help="data root for everything the demo writes")
+    ap.add_argument("--train-steps", type=int, default=600, help="tiny sDiT training steps")
+    ap.add_argument("--sample-steps", type=int, default=50, help="respaced denoising steps for reenactment")
+    ap.add_argument("--size", type=int, default=64, help="crop side fed to the VAE (paper: 256)")
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    data = Path(args.data).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    py = sys.executable
+    logs = data / "logs"
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+
+    from pipeline.testmedia import generate_corpus, load_corpus, make_portraits
+    from pipeline.testserver import SourceServer
+
+    corpus_dir = data / "corpus"
+    t0 = time.perf_counter()
+    gts = load_corpus(corpus_dir) if (corpus_dir / "COMPLETE").exists() else None
+    if not gts:
+        print("=== demo: generating the test corpus", flush=True)
+        gts = generate_corpus(corpus_dir)
+        (corpus_dir / "COMPLETE").write_text("ok\n")
+    portraits = make_portraits(data / "portraits", n=4)
+    timings["corpus"] = round(time.perf_counter() - t0, 1)
+
+    sources, optout = data / "sources.csv", data / "optout.csv"
+    if not optout.exists():
+        optout.write_text("video_id_or_url,date,reason\n")
+    # One scene, one face, 75 frames: the driving video for the reenactment step.
+    driving = next((g for g in gts if g["name"] == "audio_480p30"), gts[0])["path"]
+
+    with SourceServer(corpus_dir) as srv:
+        sources.write_text(srv.sources_csv())
+        print(f"=== demo: serving {len(srv.videos())} videos on {srv.base_url}", flush=True)
+        _run("curate", [py, "-m", "pipeline.curate", "--data", str(data), "--sources", str(sources),
+                        "--optout", str(optout), "--dag", "dags/curate.yaml"], logs / "curate.log", timings)
+    _run("shards", [py, "-m", "pipeline.shards", "--data", str(data), "--dag", "dags/shards.yaml", "--models", "tiny",
+                    "--size", str(args.size), "--sources", str(sources), "--optout", str(optout),
+                    "--stills", str(data / "portraits")], logs / "shards.log", timings)
+    _run("train", [py, "-m", "model.launch", "--data", str(data), "--config", "dags/train.yaml", "--run", "demo",
+                   "preset=tiny", f"train.max_steps={args.train_steps}"], logs / "train.log", timings)
+    out_video = data / "reenact" / "demo.mp4"
+    _run("reenact", [py, "-m", "model.reenact", "--data", str(data), "--source", str(portraits[0]),
+                     "--driving", driving, "--steps", str(args.sample_steps), "--side-by-side",
+                     "--out", str(out_video)], logs / "reenact.log", timings)
+    _run("report", [py, "-m", "pipeline.report", "--data", str(data)], logs / "report.log", timings)
+
+    timings["total"] = round(time.perf_counter() - t_start, 1)
+    outputs = {
+        "corpus": str(corpus_dir), "sources": str(sources), "clips": str(data / "curate" / "clips.parquet"),
+        "curate_stats": str(data / "curate" / "stats.json"), "shards": str(data / "shards"),
+        "train_run": str(data / "train" / "demo"), "reenacted_video": str(out_video),
+        "report": str(data / "report" / "index.html"), "logs": str(logs),
+    }
+    (data / "demo.json").write_text(json.dumps({"timings_s": timings, "outputs": outputs}, indent=2))
+    print("\n=== demo: done in {:.0f} s".format(timings["total"]))
+    for k, v in outputs.items():
+        print(f"  {k:16s} {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
