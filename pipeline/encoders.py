@@ -312,13 +312,29 @@ def _fit(vae, frames, steps, lr, kl_weight, batch, seed, log_every) -> list[floa
     return losses
 
 
+def latent_scaling_factor(vae, frames: np.ndarray, batch: int = 32) -> float:
+    """1 / std of the posterior means of uint8 crops (N,S,S,3): makes scaled latents unit-variance."""
+    import torch
+
+    means = []
+    with torch.no_grad():
+        for i in range(0, len(frames), batch):
+            x = torch.from_numpy(np.ascontiguousarray(frames[i:i + batch])).permute(0, 3, 1, 2).float() / 127.5 - 1
+            means.append(vae.encode(x).latent_dist.mean)
+    return float(1.0 / torch.cat(means).std().clamp_min(1e-6))
+
+
 def fit_tiny_models(model_dir: Path, frames: np.ndarray, steps: int = 300, seed: int = 0, batch: int = 16) -> dict:
     """Fit the VAE of a build_tiny_models dir on crops and save it back; records the fit in models.json."""
     vae = load_vae(str(model_dir / "vae"))
     losses = fit_vae(vae, frames, steps=steps, batch=batch, seed=seed, log_every=max(1, steps // 5))
+    # Diffusion assumes unit-variance latents: like Stable Diffusion's 0.18215, the scaling factor is
+    # 1 / std of the fitted VAE's latents, measured here rather than borrowed from another VAE.
+    scale = latent_scaling_factor(vae, frames[: min(len(frames), 256)])
+    vae.register_to_config(scaling_factor=scale)
     vae.save_pretrained(model_dir / "vae", safe_serialization=True)
     info = json.loads((model_dir / "models.json").read_text())
-    info.update(fitted=True, fit_steps=steps, fit_batch=batch, fit_frames=int(len(frames)),
+    info.update(fitted=True, scaling_factor=scale, fit_steps=steps, fit_batch=batch, fit_frames=int(len(frames)),
                 fit_loss_first=losses[0], fit_loss_last=float(np.mean(losses[-10:])))
     info["vae"] = info["vae"].split("+fit")[0] + f"+fit{steps}"
     (model_dir / "models.json").write_text(json.dumps(info, indent=1))

@@ -113,3 +113,18 @@ def test_fit_vae_lowers_reconstruction_loss(tiny):
     assert torch.get_num_threads() == threads   # fit_vae runs single-threaded, then restores
     assert len(losses) == 15
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
+
+
+def test_fitted_tiny_vae_gets_a_unit_variance_scaling_factor(tmp_path):
+    import torch
+
+    from pipeline.encoders import build_tiny_models, fit_tiny_models, load_vae
+
+    d = build_tiny_models(tmp_path / "m", seed=1, sample_size=64)
+    frames = _faces(8)
+    info = fit_tiny_models(d, frames, steps=3, batch=4)
+    vae = load_vae(str(d / "vae"))   # the factor must survive save/load: shards read it from the config
+    assert vae.config.scaling_factor == pytest.approx(info["scaling_factor"]) and info["scaling_factor"] != 0.18215
+    with torch.no_grad():
+        z = vae.encode(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1).latent_dist.mean
+    assert float((z * vae.config.scaling_factor).std()) == pytest.approx(1.0, rel=1e-3)
