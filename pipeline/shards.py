@@ -424,6 +424,7 @@ def main(argv=None) -> int:
     ap.add_argument("--stills", help="folder of portraits to add as pseudo-clips")
     ap.add_argument("--sources", help="sources.csv (default from the DAG)")
     ap.add_argument("--optout", help="optout.csv (default from the DAG)")
+    ap.add_argument("--fit-steps", type=int, help="--models tiny: CPU steps fitting the tiny VAE (DAG: tiny.fit_steps)")
     a = ap.parse_args(argv)
     try:
         cfg = load_dag(a.dag)
@@ -438,6 +439,8 @@ def main(argv=None) -> int:
         cfg.encoder.size = a.size
     if a.max_frames is not None:
         cfg.encoder.max_frames = a.max_frames
+    if a.fit_steps is not None:
+        cfg.tiny_fit_steps = a.fit_steps
     from pipeline.optout import ManifestProblem
 
     try:
