@@ -225,6 +225,8 @@ def run(data: Path, ec: EvalConfig) -> dict:
             f"`{Path(info['ckpt']).name}`, models `{info['models']}`. LMSE in pixels of a 256 crop; CSIM = "
             f"min cosine of CLIP embeddings (source vs generated) averaged over clips; FID against VAE "
             f"reconstructions of the held-out frames.")
+    if isinstance(net, str):
+        note += f" FID {net}."
     out_dir = root.dir("eval")
     result = {"rows": rows, "grid": grid_name, "clips": used, "config": asdict(ec), **info,
               "seconds": round(time.time() - t0, 2), "note": note}
