@@ -133,7 +133,8 @@ def main(argv=None) -> dict:
         dist.init_process_group("nccl" if cuda else "gloo")
     overrides = args.overrides + ([f"train.run={args.run}"] if args.run else [])
     cfg = load_config(args.config, overrides)
-    if not cuda and cfg.train.cpu_preset and cfg.preset != cfg.train.cpu_preset:
+    explicit_preset = any(o.startswith("preset=") for o in overrides)   # a preset asked for by name wins
+    if not cuda and cfg.train.cpu_preset and cfg.preset != cfg.train.cpu_preset and not explicit_preset:
         wanted = cfg.model.size
         cfg = load_config(args.config, overrides, preset=cfg.train.cpu_preset)
         if rank == 0:

@@ -50,7 +50,7 @@ def _noise(line: str) -> bool:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="data/demo", help="data root for everything the demo writes")
-    ap.add_argument("--train-steps", type=int, default=3000, help="tiny sDiT training steps")
+    ap.add_argument("--train-steps", type=int, default=3000, help="sDiT training steps (the demo preset: sDiT-mini, F=4)")
     ap.add_argument("--fit-steps", type=int, default=300, help="CPU steps fitting the tiny VAE on the crops")
     ap.add_argument("--sample-steps", type=int, default=50, help="respaced denoising steps for reenactment")
     ap.add_argument("--size", type=int, default=64, help="crop side fed to the VAE (paper: 256)")
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
                     "--size", str(args.size), "--sources", str(sources), "--optout", str(optout),
                     "--stills", str(data / "portraits"), "--fit-steps", str(args.fit_steps)], logs / "shards.log", timings)
     _run("train", [py, "-m", "model.launch", "--data", str(data), "--config", "dags/train.yaml", "--run", "demo",
-                   "preset=tiny", f"train.max_steps={args.train_steps}"], logs / "train.log", timings)
+                   "preset=demo", f"train.max_steps={args.train_steps}"], logs / "train.log", timings)
     out_video = data / "reenact" / "demo.mp4"
     _run("reenact", [py, "-m", "model.reenact", "--data", str(data), "--source", str(portraits[0]),
                      "--driving", driving, "--steps", str(args.sample_steps), "--side-by-side",
