@@ -112,7 +112,7 @@ PRESETS: dict[str, dict] = {
         "diffusion": {"sample_steps": 50},
         "data": {"num_workers": 0, "shuffle_buffer": 16},
         "train": {"global_batch": 8, "max_steps": 3000, "lr": 5e-4, "lr_mapping": 5e-5, "warmup_steps": 100,
-                  "ema_decay": 0.995, "log_every": 50, "ckpt_every": 1000},
+                  "ema_decay": 0.995, "log_every": 50, "ckpt_every": 1000, "sample_every": 1000},
     },
     "tiny": {
         "model": {"size": "tiny", "frames": 4},

@@ -252,8 +252,10 @@ def main(argv=None) -> dict:
             acc, n_acc, wait, t_last = None, 0, 0.0, time.perf_counter()
         if tc.sample_every and step % tc.sample_every == 0 and is_main:
             vae_dirs = [Path(tc.vae_path)] if tc.vae_path else [root.path("models", "vae"), root.path("models", "tiny", "vae")]
-            sample_grid(ema, diffusion, batch, cfg, run_dir / "samples" / f"step_{step:07d}.png", device,
-                        float(meta["vae_scaling_factor"]), vae_dirs)
+            grid = sample_grid(ema, diffusion, batch, cfg, run_dir / "samples" / f"step_{step:07d}.png", device,
+                               float(meta["vae_scaling_factor"]), vae_dirs)
+            if grid is not None:
+                writer.add_image("samples/real_landmarks_generated", grid, step)
         if step % tc.ckpt_every == 0 or step == tc.max_steps:
             save()
     stats = dict(run=str(run_dir), world_size=world, device=device.type, start_step=first_step, steps=step,
@@ -268,9 +270,24 @@ def main(argv=None) -> dict:
     return stats
 
 
-def sample_grid(ema, diffusion, batch, cfg, out: Path, device, scaling: float, vae_dirs: list[Path]) -> Path | None:
-    """Sample the first sequence of `batch` with the EMA model (plain DDPM, respaced) and save
-    [real | sampled] frames as a PNG, decoded with a local diffusers VAE. Skipped without one."""
+def landmark_images(landmarks, size: int):
+    """(F, 478, 3) landmarks, x,y in [0, 1] of the crop -> (F, 3, size, size) white dots on black."""
+    import torch
+
+    f = landmarks.shape[0]
+    img = torch.zeros(f, 3, size, size)
+    xy = (landmarks[..., :2].clamp(0, 1) * (size - 1)).round().long()         # (F, 478, 2)
+    present = landmarks[..., :2].abs().sum(-1) > 0                              # all-zero = no face
+    for i in range(f):
+        pts = xy[i][present[i]]
+        img[i, :, pts[:, 1], pts[:, 0]] = 1.0
+    return img
+
+
+def sample_grid(ema, diffusion, batch, cfg, out: Path, device, scaling: float, vae_dirs: list[Path]):
+    """Sample the first sequence of `batch` with the EMA model (plain DDPM, respaced) and save a grid of
+    rows [real frames | their driving landmarks | generated] as a PNG, decoded with a local diffusers VAE.
+    Returns the grid (3, H, W) for TensorBoard, or None (skipped) without a VAE."""
     import torch
 
     from model.diffusion import respace
@@ -290,10 +307,15 @@ def sample_grid(ema, diffusion, batch, cfg, out: Path, device, scaling: float, v
                               generator=torch.Generator(device).manual_seed(0))
     with torch.no_grad():
         lat = torch.cat([batch["latents"][0].to(device), x[0]]) / scaling          # (2F, 4, h, w)
-        img = vae.decode(lat).sample.clamp(-1, 1) * 0.5 + 0.5                         # (2F, 3, H, W)
+        img = vae.decode(lat).sample.clamp(-1, 1).cpu() * 0.5 + 0.5                   # (2F, 3, H, W)
+    f = cfg.model.frames
+    marks = landmark_images(batch["landmarks"][0].cpu(), img.shape[-1])                # (F, 3, H, W)
+    rows = torch.cat([img[:f], marks, img[f:]])                                        # (3F, 3, H, W)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_image(img, str(out), nrow=cfg.model.frames)
-    return out
+    save_image(rows, str(out), nrow=f)
+    from torchvision.utils import make_grid
+
+    return make_grid(rows, nrow=f)
 
 
 if __name__ == "__main__":

@@ -234,5 +234,21 @@ def test_sample_grid_with_a_local_vae(tmp_path):
           "train.global_batch=2", "train.sample_every=2", "diffusion.sample_steps=4"])
     from PIL import Image
     img = Image.open(tmp_path / "train" / "grid" / "samples" / "step_0000002.png")
-    # 2 rows (real, sampled) x F = 4 frames of 32 px, torchvision's 2 px padding
-    assert img.size == (4 * 34 + 2, 2 * 34 + 2)
+    # 3 rows (real, driving landmarks, sampled) x F = 4 frames of 32 px, torchvision's 2 px padding
+    assert img.size == (4 * 34 + 2, 3 * 34 + 2)
+    # the same grid is in TensorBoard
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(tmp_path / "train" / "grid" / "tensorboard"))
+    ea.Reload()
+    assert [e.step for e in ea.Images("samples/real_landmarks_generated")] == [2]
+
+
+def test_landmark_images_put_dots_where_landmarks_are():
+    from model.train import landmark_images
+
+    lm = torch.zeros(2, 478, 3)
+    lm[0, :, 0], lm[0, :, 1] = 0.25, 0.75          # frame 0: every point at x=0.25, y=0.75
+    img = landmark_images(lm, 33)                   # frame 1: all zero = no face
+    assert img[0, :, 24, 8].eq(1).all() and img[0].sum() == 3
+    assert img[1].sum() == 0
