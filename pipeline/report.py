@@ -125,22 +125,21 @@ def _sheet(path: Path, tiles: list, labels: list[str], cols: int = 6) -> bool:
 def _tsne(path: Path, shards_dir: Path, max_points: int = 600) -> dict:
     """t-SNE of per-frame CLIP embeddings from the shards, coloured by video (supplementary Fig. 7, right)."""
     import io
-    import tarfile
 
     import numpy as np
 
+    from pipeline.shardio import load_index, read_samples
+
+    # Only indexed shards count: a half-written or orphaned tar is not part of the dataset.
     embs, vids = [], []
-    for tar in sorted(shards_dir.glob("*.tar")):
-        with tarfile.open(tar) as tf:
-            members = {m.name: m for m in tf.getmembers()}
-            for name in members:
-                if not name.endswith(".clip_emb.npy"):
-                    continue
-                key = name[: -len(".clip_emb.npy")]
-                meta = json.loads(tf.extractfile(members[key + ".meta.json"]).read())
-                e = np.load(io.BytesIO(tf.extractfile(members[name]).read()), allow_pickle=False)
-                embs.append(e.astype(np.float32))
-                vids += [meta["video_id"]] * len(e)
+    for entry in load_index(shards_dir)["shards"]:
+        for _key, members in read_samples(shards_dir / entry["name"]):
+            m = dict(members)
+            if "clip_emb.npy" not in m:
+                continue
+            e = np.load(io.BytesIO(m["clip_emb.npy"]), allow_pickle=False)
+            embs.append(e.astype(np.float32))
+            vids += [json.loads(m["meta.json"])["video_id"]] * len(e)
     if not embs:
         return {"status": "unavailable: no shards with CLIP embeddings"}
     x = np.concatenate(embs)
