@@ -1,6 +1,6 @@
 # reenactfaces — every target installs what it needs first (make install is idempotent).
 SHELL := /bin/bash
-PY_BOOT ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3.10 || command -v python3)
+PY_BOOT ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
 VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
