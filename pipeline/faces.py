@@ -10,8 +10,9 @@ stretches cost one detection per stride, changes are located as precisely as den
 
 Identity (MediaPipe backend): a hue-saturation histogram of the face box, compared between
 neighbouring detections with the Bhattacharyya distance. It is cheap and catches a different
-person/lighting at a cut the scene detector missed; it is not face recognition (insightface's
-ArcFace is, when its models are present).
+person/lighting at a cut the scene detector missed; it is not face recognition. The insightface
+backend (SCRFD boxes + 5 landmarks, ArcFace embedding of the aligned 112 px face) is, and its
+cosine distance has its own threshold: the two distances live on different scales.
 """
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ class FacesConfig:
     max_jump: float = 0.06           # paper: split when the box centre moves > 0.06 of the frame between detections
     max_scale_change: float = 1.4    # ... or its width changes by more than this factor (detector boxes breathe ~15%)
     identity_threshold: float = 0.45  # Bhattacharyya distance of face histograms that counts as a new identity
+    # insightface: 1 - cosine similarity of ArcFace embeddings that counts as a new identity. Same-person
+    # pairs of buffalo_l's w600k_r50 are mostly > 0.35 similar even across pose/light, different people
+    # mostly < 0.2, and neighbouring detections in one shot are far closer: 0.65 splits only on a clear change.
+    arcface_identity_threshold: float = 0.65
     multi_face_ratio: float = 0.35   # a second face with area >= this x the largest makes the frame multi-face
     min_face_px: int = 40            # largest face narrower than this (source pixels) -> "small_face"
     face_w_ratio: float = 0.45       # paper: face width / crop side
@@ -44,12 +49,28 @@ class Det:
     box: tuple[float, float, float, float] | None = None   # largest face x, y, w, h relative to the frame
     faces: int = 0
     sig: np.ndarray | None = None               # identity signature of the largest face
+    sig_kind: str = "hs-histogram"              # "hs-histogram" | "arcface": which distance/threshold applies
 
 
 # ---------------------------------------------------------------- detectors
 
+class Face(tuple):
+    """One detection: the tuple (x, y, w, h, score) relative to the frame. `.kps` carries SCRFD's five
+    landmarks (pixels of the frame it was detected on) to `signature` with the face itself, so there
+    is no side table to grow or to mis-match; None for MediaPipe."""
+
+    kps: np.ndarray | None = None
+
+    def __new__(cls, box, kps=None):
+        face = super().__new__(cls, box)
+        face.kps = kps
+        return face
+
+
 class MediaPipeFaces:
     """rgb uint8 -> [(x, y, w, h, score)] relative boxes, largest first."""
+
+    sig_kind = "hs-histogram"
 
     def __init__(self, cfg: FacesConfig):
         import mediapipe as mp
@@ -65,14 +86,17 @@ class MediaPipeFaces:
             out.append((b.xmin, b.ymin, b.width, b.height, float(d.score[0])))
         return sorted(out, key=lambda f: -f[2] * f[3])
 
-    def signature(self, rgb: np.ndarray, box) -> np.ndarray:
-        return hs_histogram(rgb, box)
+    def signature(self, rgb: np.ndarray, face) -> np.ndarray:
+        return hs_histogram(rgb, face)
 
 
 class InsightFaces:
-    """SCRFD detection + ArcFace identity through the insightface package, from local model files."""
+    """SCRFD detection + ArcFace identity through insightface's legacy `get_model("x.onnx")` route
+    (the graph's shapes pick the class; no manifest, no download), from local buffalo_l files."""
 
     NEEDS = ("det_10g.onnx", "w600k_r50.onnx")   # insightface's buffalo_l pack
+    DET_SIZE = (320, 320)   # SCRFD input; frames arrive at probe.small_side (256): no detail lost
+    sig_kind = "arcface"
 
     def __init__(self, cfg: FacesConfig):
         d = Path(cfg.model_dir).expanduser() if cfg.model_dir else None
@@ -81,35 +105,58 @@ class InsightFaces:
             raise FileNotFoundError(f"insightface model files not found at {d or '(faces.model_dir unset)'}: "
                                     f"missing {', '.join(missing)} (buffalo_l pack)")
         try:
-            from insightface.model_zoo import get_model
-        except ImportError:
-            raise ImportError("faces.backend=insightface needs the insightface and onnxruntime packages, "
-                              "which are not installed here; use faces.backend=mediapipe") from None
-        self._det = get_model(str(d / "det_10g.onnx"))
-        self._det.prepare(ctx_id=-1, input_size=(320, 320), det_thresh=cfg.min_confidence)
-        self._rec = get_model(str(d / "w600k_r50.onnx"))
-        self._kps: dict[tuple, np.ndarray] = {}
+            import onnxruntime as ort
+            from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+            from insightface.model_zoo.scrfd import SCRFD
+        except ImportError as e:
+            raise ImportError(f"faces.backend=insightface needs the insightface and onnxruntime packages ({e}); "
+                              "install them or use faces.backend=mediapipe") from None
+        # One thread per session: the runner already puts one detector per core (Ray actors).
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+        self._det = _load_onnx(d / self.NEEDS[0], SCRFD, "an SCRFD face detector", opts)
+        self._det.prepare(ctx_id=-1, input_size=self.DET_SIZE, det_thresh=cfg.min_confidence)
+        self._rec = _load_onnx(d / self.NEEDS[1], ArcFaceONNX, "an ArcFace recognition model", opts)
+        self._rec.prepare(ctx_id=-1)
 
-    def __call__(self, rgb):
+    def __call__(self, rgb: np.ndarray) -> list[Face]:
         h, w = rgb.shape[:2]
-        bgr = np.ascontiguousarray(rgb[..., ::-1])
-        boxes, kps = self._det.detect(bgr, max_num=0)
+        # SCRFD letterboxes to DET_SIZE and returns boxes/landmarks in pixels of the image it is given
+        boxes, kps = self._det.detect(np.ascontiguousarray(rgb[..., ::-1]), max_num=0)   # it wants BGR
         out = []
-        for b, k in zip(boxes, kps if kps is not None else [None] * len(boxes)):
-            f = (b[0] / w, b[1] / h, (b[2] - b[0]) / w, (b[3] - b[1]) / h, float(b[4]))
-            self._kps[f[:4]] = k
-            out.append(f)
+        for i, (x0, y0, x1, y1, score) in enumerate(boxes.astype(np.float64)):
+            out.append(Face((x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h, score),
+                            None if kps is None else kps[i]))
         return sorted(out, key=lambda f: -f[2] * f[3])
 
-    def signature(self, rgb, box):
+    def signature(self, rgb: np.ndarray, face) -> np.ndarray:
+        """Unit-norm ArcFace embedding of the face aligned on its 5 landmarks (box-placed template
+        for an SCRFD export without landmarks)."""
         from insightface.utils import face_align
 
-        k = self._kps.pop(tuple(box[:4]), None)
-        if k is None:
-            return hs_histogram(rgb, box)
-        crop = face_align.norm_crop(np.ascontiguousarray(rgb[..., ::-1]), landmark=k)
-        e = self._rec.get_feat(crop).ravel()
-        return e / (np.linalg.norm(e) + 1e-8)
+        kps = getattr(face, "kps", None)
+        if kps is None:
+            h, w = rgb.shape[:2]
+            kps = (np.float32([face[0] * w, face[1] * h])
+                   + face_align.arcface_dst / 112.0 * np.float32([face[2] * w, face[3] * h]))
+        crop = face_align.norm_crop(np.ascontiguousarray(rgb[..., ::-1]), landmark=np.asarray(kps, np.float32),
+                                    image_size=self._rec.input_size[0])
+        e = self._rec.get_feat(crop).ravel().astype(np.float32)
+        return e / max(float(np.linalg.norm(e)), 1e-8)
+
+
+def _load_onnx(path: Path, cls, what: str, opts):
+    """insightface model from a plain .onnx path, CPU only; a bad file is a one-line error."""
+    from insightface.model_zoo import get_model
+
+    try:
+        model = get_model(str(path), providers=["CPUExecutionProvider"], sess_options=opts)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"cannot load {path} as {what}: {type(e).__name__}: {first}") from None
+    if not isinstance(model, cls):
+        raise ValueError(f"{path} is not {what} (insightface routes it to {type(model).__name__})")
+    return model
 
 
 def make_detector(cfg: FacesConfig):
@@ -135,11 +182,11 @@ def hs_histogram(rgb: np.ndarray, box) -> np.ndarray:
     return (hist / max(hist.sum(), 1e-8)).astype(np.float32)
 
 
-def signature_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Bhattacharyya distance for histograms (0 same .. 1 disjoint); 1 - cosine for embeddings."""
-    if a.shape == (128,) and b.shape == (128,) and abs(a.sum() - 1) < 1e-3:
+def signature_distance(a: np.ndarray, b: np.ndarray, kind: str) -> float:
+    """Bhattacharyya distance for histograms (0 same .. 1 disjoint); 1 - cosine for ArcFace (0 .. 2)."""
+    if kind == "hs-histogram":
         return float(np.sqrt(max(0.0, 1.0 - np.sum(np.sqrt(a * b)))))
-    return float(1.0 - np.dot(a, b))
+    return float(1.0 - np.dot(a, b) / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-8))
 
 
 # ---------------------------------------------------------------- streaming scan
@@ -186,7 +233,7 @@ class FaceScanner:
             elif box[2] * self.src_width < c.min_face_px:
                 d = Det("small", box, len(faces))
             else:
-                d = Det("ok", box, len(faces), self.detector.signature(img, faces[0]))
+                d = Det("ok", box, len(faces), self.detector.signature(img, faces[0]), self.detector.sig_kind)
         self.dets[i] = d
         return d
 
@@ -210,8 +257,10 @@ def disagreement(d1: Det, d2: Det, cfg: FacesConfig) -> str:
     move = max(abs(x1 + w1 / 2 - x2 - w2 / 2), abs(y1 + h1 / 2 - y2 - h2 / 2))
     if move > cfg.max_jump or max(w1 / w2, w2 / w1) > cfg.max_scale_change:
         return "jump"
-    if d1.sig is not None and d2.sig is not None and signature_distance(d1.sig, d2.sig) > cfg.identity_threshold:
-        return "identity"
+    if d1.sig is not None and d2.sig is not None and d1.sig_kind == d2.sig_kind:
+        limit = cfg.arcface_identity_threshold if d1.sig_kind == "arcface" else cfg.identity_threshold
+        if signature_distance(d1.sig, d2.sig, d1.sig_kind) > limit:
+            return "identity"
     return ""
 
 
