@@ -1,7 +1,7 @@
 """Checkpoints: the whole training state in a file that `torch.load(weights_only=True)` accepts.
 
 Contents: model and EMA weights, optimizer state, schedule position, step, RNG states (as tensors),
-the config (a plain dict). Written to a temporary sibling, fsynced, then renamed, so a crash never
+the config (a plain dict), the held-out videos of the run. Written to a temporary sibling, fsynced, then renamed, so a crash never
 leaves a half-written checkpoint under the real name. Weights are whole (DDP replicates them), so a
 checkpoint resumes on any world size.
 """
@@ -53,13 +53,16 @@ def set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(list(s["cuda"]))
 
 
-def save(path: Path, *, model, ema, opt, step: int, cfg: Config, schedule: dict) -> Path:
+def save(path: Path, *, model, ema, opt, step: int, cfg: Config, schedule: dict, heldout: dict | None = None) -> Path:
+    """`heldout`: the videos this run never trained on (model.split.HeldOut.record), read by `make eval`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
         "schedule": schedule, "step": int(step), "rng": rng_state(), "config": cfg.to_dict(),
     }
+    if heldout is not None:
+        state["heldout"] = heldout
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         torch.save(state, f)
@@ -113,17 +116,26 @@ def prune(ckpt_dir: Path, keep_last: int) -> None:
         p.unlink(missing_ok=True)
 
 
-def load_for_inference(path, ema: bool = True, device="cpu"):
-    """-> (SDiT in eval mode with the EMA (or raw) weights, Config). `path` may be a run's checkpoint dir."""
-    from model.sdit import SDiT
-
+def resolve(path) -> Path:
+    """A checkpoint file, or the newest one of a run directory / checkpoints directory."""
     p = Path(path)
     if p.is_dir():
         p = latest(p / "checkpoints" if (p / "checkpoints").is_dir() else p) or p
     if not p.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    state = load(p)
+    return p
+
+
+def model_from_state(state: dict, ema: bool = True, device="cpu"):
+    """-> (SDiT in eval mode with the EMA (or raw) weights, Config)."""
+    from model.sdit import SDiT
+
     cfg = from_dict(state["config"])
     model = SDiT(cfg.model)
     model.load_state_dict(state["ema" if ema else "model"])
     return model.to(device).eval(), cfg
+
+
+def load_for_inference(path, ema: bool = True, device="cpu"):
+    """-> (SDiT in eval mode with the EMA (or raw) weights, Config). `path` may be a run's checkpoint dir."""
+    return model_from_state(load(resolve(path)), ema, device)

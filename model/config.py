@@ -64,6 +64,8 @@ class DataConfig:
     shuffle_buffer: int = 64      # sequences mixed across clips/shards before batching
     num_workers: int = 4          # DataLoader worker processes per rank
     overfit_batches: int = 0      # >0: cycle this many fixed batches (data, t, noise) - a memorisation check
+    heldout_fraction: float = 0.1  # videos kept out of training for `make eval` (model/split.py); 0 = train on all
+    heldout_min_clips: int = 2    # small corpora: hold out lowest-hash videos until this many clips (<= half the videos)
 
 
 @dataclass
@@ -220,6 +222,8 @@ def from_dict(d: dict) -> Config:
 
 def validate(cfg: Config) -> None:
     cfg.model.arch()
+    if not 0.0 <= cfg.data.heldout_fraction < 1.0:
+        raise ConfigError(f"data.heldout_fraction must be in [0, 1), got {cfg.data.heldout_fraction}")
     if cfg.data.dropout_mode not in ("independent", "joint"):
         raise ConfigError(f"data.dropout_mode must be independent|joint, got {cfg.data.dropout_mode!r}")
     if cfg.diffusion.schedule != "linear":

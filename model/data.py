@@ -141,9 +141,20 @@ def check_schema(urls: list[str], cfg) -> dict:
     raise SchemaError(f"none of the {len(urls)} shards is readable (first: {urls[0]})")
 
 
+def _video_id(raw: dict) -> str | None:
+    try:
+        return str(json.loads(raw["meta.json"])["video_id"])
+    except Exception:
+        return None  # make_sequence/decode reports the broken sample
+
+
 class SequenceStream(IterableDataset):
-    def __init__(self, urls: list[str], cfg, rank: int = 0, world: int = 1, start_step: int = 0):
+    """`exclude`: held-out videos (model.split.HeldOut); their clips are skipped, and a shard that holds
+    nothing else is not read again by this worker."""
+
+    def __init__(self, urls: list[str], cfg, rank: int = 0, world: int = 1, start_step: int = 0, exclude=None):
         self.urls, self.cfg, self.rank, self.world, self.start_step = urls, cfg, rank, world, start_step
+        self.exclude = exclude
 
     def __iter__(self):
         wi = get_worker_info()
@@ -153,15 +164,21 @@ class SequenceStream(IterableDataset):
         rng = np.random.default_rng([self.cfg.train.seed, self.rank, wid, self.start_step])
         d, F = self.cfg.data, self.cfg.model.frames
         bad_shards: set[str] = set()
+        held_only: set[str] = set()   # shards with no training clip (every clip held out)
         bad_samples = 0
         buf: list[dict] = []
         while True:
-            live = [u for u in mine if u not in bad_shards]
+            live = [u for u in mine if u not in bad_shards and u not in held_only]
             if not live:
-                raise RuntimeError(f"rank {self.rank} worker {wid}: every shard is unreadable: {mine[:3]}")
+                why = "unreadable" if bad_shards else "held out for evaluation"
+                raise RuntimeError(f"rank {self.rank} worker {wid}: every shard is {why}: {mine[:3]}")
             url = live[int(rng.integers(len(live)))]
             errors: list = []
+            used = 0
             for raw in _read_shard(url, errors):
+                if self.exclude is not None and _video_id(raw) in self.exclude:
+                    continue
+                used += 1
                 try:
                     seq = make_sequence(decode(raw), F, rng, d.cond_dropout, d.dropout_mode)
                 except Exception as exn:  # corrupt/incomplete sample: skip it, keep training
@@ -172,13 +189,15 @@ class SequenceStream(IterableDataset):
                 buf.append(seq)
                 if len(buf) >= max(1, d.shuffle_buffer):
                     yield buf.pop(int(rng.integers(len(buf))))
+            if not used and not errors:
+                held_only.add(url)
             if errors:
                 bad_shards.add(url)
                 log.warning("skipping shard %s (%d/%d bad in this worker): %s", url, len(bad_shards), len(mine),
                             errors[0])
 
 
-def make_batches(urls: list[str], cfg, rank: int = 0, world: int = 1, start_step: int = 0):
+def make_batches(urls: list[str], cfg, rank: int = 0, world: int = 1, start_step: int = 0, exclude=None):
     """Iterator of local batches (dicts of tensors, plus "key" lists) for this rank.
 
     With data.overfit_batches = K > 0, K global batches are drawn once from a fixed stream and cycled
@@ -189,7 +208,7 @@ def make_batches(urls: list[str], cfg, rank: int = 0, world: int = 1, start_step
     local = B // world
     K = cfg.data.overfit_batches
     if K > 0:
-        stream = iter(SequenceStream(urls, cfg, 0, 1, 0))
+        stream = iter(SequenceStream(urls, cfg, 0, 1, 0, exclude))
         fixed = [torch.utils.data.default_collate([next(stream) for _ in range(B)]) for _ in range(K)]
         fixed = [{k: v[rank * local:(rank + 1) * local] for k, v in b.items()} for b in fixed]
 
@@ -200,5 +219,5 @@ def make_batches(urls: list[str], cfg, rank: int = 0, world: int = 1, start_step
                 step += 1
         return cycle()
     nw = cfg.data.num_workers
-    return iter(DataLoader(SequenceStream(urls, cfg, rank, world, start_step), batch_size=local,
+    return iter(DataLoader(SequenceStream(urls, cfg, rank, world, start_step, exclude), batch_size=local,
                            num_workers=nw, persistent_workers=nw > 0, pin_memory=torch.cuda.is_available()))

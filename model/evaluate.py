@@ -1,7 +1,8 @@
 """`make eval`: the supplementary's Table 1 grid (timesteps x CFG x guidance) on held-out shard clips.
 
-Held-out split: a clip is held out when sha1(video_id) falls in the lowest `heldout_fraction` of the
-hash range (`is_held_out`), so every clip of a video is on the same side, on every machine.
+Held-out split (model/split.py): the videos the checkpoint's training run never saw, as recorded in
+the checkpoint (`data.heldout_fraction` of the videos by sha1(video_id), topped up on small corpora);
+a checkpoint from before that record gets the same rule recomputed on today's shards, with a warning.
 Cross-identity, as in the paper: driving clip k is reenacted with the source taken from the first
 frame of the next held-out clip of another video (same video only if the split has one video).
 Per grid row:
@@ -17,7 +18,6 @@ and without landmark guidance (figures for the README).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -33,8 +33,6 @@ LABEL = {"none": "None", "landmarks": "Landmarks", "clip": "CLIP", "clip+landmar
 class EvalConfig:
     ckpt: str = ""
     models: str = ""
-    heldout_fraction: float = 0.1
-    min_heldout_clips: int = 2
     max_clips: int = 4
     max_frames: int = 16
     sampler: str = "anchored"
@@ -67,18 +65,13 @@ def load_eval_config(path: str | None, overrides: list[str] = ()) -> EvalConfig:
     return cfg
 
 
-def is_held_out(video_id: str, fraction: float) -> bool:
-    """Deterministic split: sha1(video_id) as a number in [0, 1) below `fraction`."""
-    return _hash01(video_id) < fraction
+def load_heldout(data: Path, cfg, record: dict | None) -> tuple[list[dict], str]:
+    """Decoded held-out samples (all shard members) sorted by clip id, and a note on the split.
 
-
-def _hash01(video_id: str) -> float:
-    return int(hashlib.sha1(video_id.encode()).hexdigest()[:12], 16) / 16 ** 12
-
-
-def load_heldout(data: Path, ec: EvalConfig) -> list[dict]:
-    """Decoded held-out samples (all shard members), sorted by clip id."""
+    `record`: the checkpoint's held-out record ({fraction, min_clips, videos}); None for a checkpoint
+    that predates it (the rule is recomputed from its config and the note says it may have seen them)."""
     from model.data import decode, resolve_shards
+    from model.split import HeldOut, heldout_videos
     from pipeline.shardio import read_samples
 
     samples = []
@@ -87,13 +80,27 @@ def load_heldout(data: Path, ec: EvalConfig) -> list[dict]:
             samples.append(decode({"__key__": key, **{suffix: data_ for suffix, data_ in members}}))
     if not samples:
         raise SystemExit(f"evaluate: error: no shard samples under {data / 'shards'}")
-    vids = sorted({s["meta.json"]["video_id"] for s in samples}, key=_hash01)
-    held = {v for v in vids if is_held_out(v, ec.heldout_fraction)}
-    for v in vids:  # a tiny corpus may have too few: add the lowest hashes (>= 2 videos for cross-identity)
-        if sum(s["meta.json"]["video_id"] in held for s in samples) >= ec.min_heldout_clips and len(held) >= 2:
-            break
-        held.add(v)
-    return sorted((s for s in samples if s["meta.json"]["video_id"] in held), key=lambda s: s["__key__"])
+    counts: dict[str, int] = {}
+    for s in samples:
+        counts[s["meta.json"]["video_id"]] = counts.get(s["meta.json"]["video_id"], 0) + 1
+    if record is None:
+        f, m = cfg.data.heldout_fraction, cfg.data.heldout_min_clips
+        held = HeldOut(heldout_videos(counts, f, m), f)
+        note = (f"split recomputed (sha1(video_id) < {f}, topped up to {m} clips): WARNING the checkpoint "
+                f"predates held-out records and may have trained on these clips")
+    elif record["videos"] is None:
+        held = HeldOut(None, record["fraction"])
+        note = f"split: sha1(video_id) < {record['fraction']}, excluded from training"
+    else:
+        if not record["videos"]:
+            raise SystemExit("evaluate: error: the checkpoint's training run held out no video "
+                             "(data.heldout_fraction=0): every shard clip was trained on")
+        held = HeldOut(set(record["videos"]), record["fraction"])
+        note = f"split: the {len(record['videos'])} videos the training run held out"
+    out = sorted((s for s in samples if s["meta.json"]["video_id"] in held), key=lambda s: s["__key__"])
+    if not out:
+        raise SystemExit("evaluate: error: none of the checkpoint's held-out videos is in the shards any more")
+    return out, note
 
 
 def pairs(held: list[dict], max_clips: int) -> list[tuple[dict, dict]]:
@@ -190,7 +197,7 @@ def run(data: Path, ec: EvalConfig) -> dict:
         model, cfg, diffusion, enc, info = load_all(root.root, ec.ckpt or None, ec.models)
     except ReenactError as e:
         raise SystemExit(f"evaluate: error: {e}") from None
-    held = load_heldout(root.root, ec)
+    held, split_note = load_heldout(root.root, cfg, info["heldout"])
     jobs, real, used = [], [], []
     for drv, src in pairs(held, ec.max_clips):
         filled, lm, ok, times, lat = driving_of(drv, ec.max_frames)
@@ -221,7 +228,7 @@ def run(data: Path, ec: EvalConfig) -> dict:
                   f"FID {_fmt(r['FID'], 1)[:40]}, LMSE {_fmt(r['LMSE'], 2)}, CSIM {r['CSIM']:.3f} "
                   f"({r['seconds']}s)", flush=True)
     note = (f"Grid `{grid_name}` on {len(jobs)} held-out clips ({sum(u['frames'] for u in used)} frames; "
-            f"split: sha1(video_id) < {ec.heldout_fraction}), {ec.sampler} sampling, checkpoint "
+            f"{split_note}), {ec.sampler} sampling, checkpoint "
             f"`{Path(info['ckpt']).name}`, models `{info['models']}`. LMSE in pixels of a 256 crop; CSIM = "
             f"min cosine of CLIP embeddings (source vs generated) averaged over clips; FID against VAE "
             f"reconstructions of the held-out frames.")
@@ -277,8 +284,7 @@ def consistency_study(data: Path, ckpt: str | None = None, models: str = "", ste
 
     root = DataRoot.of(data)
     model, cfg, diffusion, enc, info = load_all(root.root, ckpt, models)
-    ec = EvalConfig()
-    held = load_heldout(root.root, ec)
+    held, split_note = load_heldout(root.root, cfg, info["heldout"])
     clip = next((s for s in held if s["__key__"] == clip_key), None) if clip_key else \
         max(held, key=lambda s: len(s["time_s.npy"]))
     if clip is None:
@@ -289,6 +295,7 @@ def consistency_study(data: Path, ckpt: str | None = None, models: str = "", ste
     F = cfg.model.frames
     real = real_frames(enc, lat)
     res = {"clip": clip["__key__"], "frames": int(T), "F": F, "steps": steps, "seed": seed, "clip_x0": clip_x0, **info,
+           "split": split_note,
            "measure": "ASIM(d) = mean Pearson pixel correlation (64x64 RGB) of frame i with frame 0 at |i| = d",
            "curves": {}, "lmse": {}}
     gens = {"real": real}

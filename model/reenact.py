@@ -131,19 +131,22 @@ def find_models(data: Path, spec: str = "") -> str:
 
 def load_all(data: Path, ckpt: str | None, models: str = "", config: str | None = None):
     """-> (model, cfg, diffusion, encoders, info). Every mismatch is a ReenactError naming it."""
-    from model.checkpoint import CheckpointMismatch, check_compatible, load, load_for_inference
+    from model.checkpoint import CheckpointMismatch, check_compatible, load, model_from_state, resolve
     from model.diffusion import GaussianDiffusion, linear_betas
     from pipeline.encoders import EncoderConfig, Encoders, resolve_models
 
     path = Path(ckpt) if ckpt else newest_checkpoint(data)
-    if not path.exists():
-        raise ReenactError(f"no checkpoint at {path}")
     try:
-        model, cfg = load_for_inference(path, ema=True)
+        path = resolve(path)
+    except FileNotFoundError:
+        raise ReenactError(f"no checkpoint at {path}") from None
+    try:
+        state = load(path)
+        model, cfg = model_from_state(state, ema=True)
         if config:
             from model.config import load_config
 
-            check_compatible(load(path), load_config(config), path.name)
+            check_compatible(state, load_config(config), path.name)
     except CheckpointMismatch as e:
         raise ReenactError(str(e)) from None
     except (RuntimeError, KeyError, ValueError) as e:
@@ -163,7 +166,8 @@ def load_all(data: Path, ckpt: str | None, models: str = "", config: str | None 
         raise ReenactError(f"checkpoint {path.name} expects {cfg.model.latent_channels} latent channels, "
                            f"the VAE has {enc.vae.config.latent_channels}")
     diffusion = GaussianDiffusion(linear_betas(cfg.diffusion.steps))
-    return model, cfg, diffusion, enc, {"ckpt": str(path), "models": spec}
+    # "heldout": the videos the run never trained on (None: a checkpoint from before they were recorded)
+    return model, cfg, diffusion, enc, {"ckpt": str(path), "models": spec, "heldout": state.get("heldout")}
 
 
 def clip_embed(enc, frames: np.ndarray) -> np.ndarray:

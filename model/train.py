@@ -120,6 +120,7 @@ def main(argv=None) -> dict:
     from model.data import check_schema, make_batches, resolve_shards
     from model.diffusion import GaussianDiffusion, linear_betas
     from model.sdit import SDiT, forward_flops
+    from model.split import training_split
     from pipeline.paths import DataRoot, atomic_write_text, safe_name
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -152,10 +153,11 @@ def main(argv=None) -> dict:
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     opt = build_optimizer(model, cfg)
     diffusion = GaussianDiffusion(linear_betas(cfg.diffusion.steps))
-    step = 0
+    step, recorded = 0, None
     resume = ckpt.latest(ckpt_dir)
     if resume is not None:
         state = ckpt.load(resume, map_location=device)
+        recorded = (state.get("heldout") or {}).get("videos")
         ckpt.check_compatible(state, cfg, resume)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
@@ -164,9 +166,14 @@ def main(argv=None) -> dict:
         step = int(state["step"])
         if is_main:
             log.info("resumed %s at step %d (world size now %d)", resume, step, world)
+    # held-out videos (make eval's split) never reach the model; a resumed run keeps its recorded set
+    heldout, urls, split_note = training_split(urls, cfg.data.heldout_fraction, cfg.data.heldout_min_clips, recorded)
+    if is_main:
+        log.info("%s", split_note)
+        atomic_write_text(run_dir / "heldout.json", json.dumps(heldout.record(cfg.data.heldout_min_clips), indent=1))
     net = DDP(model, device_ids=[local_rank] if cuda else None) if world > 1 else model
     local = tc.global_batch // world
-    batches = make_batches(urls, cfg, rank, world, start_step=step)
+    batches = make_batches(urls, cfg, rank, world, start_step=step, exclude=heldout)
     use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and cuda)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
     mult = 4 if cfg.model.grad_checkpoint else 3  # forward + backward (2x) (+ recomputed forward)
@@ -184,7 +191,8 @@ def main(argv=None) -> dict:
         path = None
         if is_main:
             path = ckpt.save(ckpt_dir / f"{kind}_{step:07d}.pt", model=model, ema=ema, opt=opt, step=step, cfg=cfg,
-                             schedule={"name": "warmup_cosine", "step": step})
+                             schedule={"name": "warmup_cosine", "step": step},
+                             heldout=heldout.record(cfg.data.heldout_min_clips))
             if kind == "step":
                 ckpt.prune(ckpt_dir, tc.keep_last)
         if world > 1:
@@ -259,7 +267,7 @@ def main(argv=None) -> dict:
         if step % tc.ckpt_every == 0 or step == tc.max_steps:
             save()
     stats = dict(run=str(run_dir), world_size=world, device=device.type, start_step=first_step, steps=step,
-                 checkpoint=str(ckpt.latest(ckpt_dir)), config=cfg.to_dict(), last=last)
+                 checkpoint=str(ckpt.latest(ckpt_dir)), config=cfg.to_dict(), last=last, heldout=split_note)
     if is_main:
         writer.close()
         atomic_write_text(run_dir / "stats.json", json.dumps(stats, indent=1))

@@ -20,7 +20,8 @@ def _face():
     return np.ascontiguousarray(skimage.data.astronaut())
 
 
-def make_tiny_checkpoint(data: Path, frames: int = 4, latent_size: int = 8, clip_dim: int = 32, seed: int = 0) -> Path:
+def make_tiny_checkpoint(data: Path, frames: int = 4, latent_size: int = 8, clip_dim: int = 32, seed: int = 0,
+                         heldout: dict | None = None, name: str = "tiny") -> Path:
     """A random tiny sDiT saved through model.checkpoint.save, where the trainer would put it."""
     import torch
 
@@ -37,8 +38,8 @@ def make_tiny_checkpoint(data: Path, frames: int = 4, latent_size: int = 8, clip
             if p.abs().sum() == 0:
                 p.normal_(0, 0.02)
     opt = torch.optim.AdamW(m.parameters())
-    return save(data / "train" / "tiny" / "checkpoints" / "step_00000001.pt", model=m, ema=m, opt=opt, step=1,
-                cfg=cfg, schedule={})
+    return save(data / "train" / name / "checkpoints" / "step_00000001.pt", model=m, ema=m, opt=opt, step=1,
+                cfg=cfg, schedule={}, heldout=heldout)
 
 
 @pytest.fixture(scope="module")
@@ -165,16 +166,6 @@ def test_help_is_fast(mod, flag):
         assert f" {heavy}\n" not in r.stderr and f"| {heavy}\n" not in r.stderr
 
 
-def test_heldout_split_is_deterministic_by_video():
-    from model.evaluate import is_held_out
-
-    vids = [f"video{i}" for i in range(2000)]
-    held = [v for v in vids if is_held_out(v, 0.1)]
-    assert 150 < len(held) < 250                              # ~10 %
-    assert held == [v for v in vids if is_held_out(v, 0.1)]   # same answer every time
-    assert set(held) <= {v for v in vids if is_held_out(v, 0.2)}  # nested fractions
-
-
 def test_eval_writes_table1(setup, tmp_path):
     """model.evaluate.run on contract shards: the grid rows in the supplementary's format, FID numeric
     with (random) local Inception weights and 'unavailable' without."""
@@ -191,7 +182,7 @@ def test_eval_writes_table1(setup, tmp_path):
 
     data = tmp_path / "data"
     shutil.copytree(setup / "data", data)
-    write_shards(data, n_clips=6, per_shard=3, clip_dim=32, frames=(6, 9))
+    clips = write_shards(data, n_clips=6, per_shard=3, clip_dim=32, frames=(6, 9))["clips"]
     inc = tmp_path / "inception_v3.pth"
     torch.manual_seed(0)
     torch.save(inception_v3(weights=None, aux_logits=True, init_weights=True).state_dict(), inc)
@@ -207,11 +198,21 @@ def test_eval_writes_table1(setup, tmp_path):
         assert isinstance(r["FID"], float) and r["FID"] >= 0 and -1 <= r["CSIM"] <= 1
     assert len(res["clips"]) == 2 and all(c["cross_identity"] for c in res["clips"])
     assert all(c["frames"] == 6 for c in res["clips"])
+    assert "WARNING" in res["note"]  # this checkpoint has no held-out record: the split is recomputed
     ec = EvalConfig(max_clips=1, max_frames=6, grid="mine", grids={"mine": grid[:1]},
                     inception=str(tmp_path / "none.pth"))
     res = run(data, ec)
     assert res["rows"][0]["FID"].startswith("unavailable: ")
     assert "| unavailable |" in (data / "eval" / "table1.md").read_text()
+    # a checkpoint that records its held-out videos is scored on exactly those
+    video = {k: c["meta"]["video_id"] for k, c in clips.items()}
+    rec = make_tiny_checkpoint(data, heldout={"fraction": 0.1, "min_clips": 2, "videos": ["vid2"]}, name="rec")
+    res = run(data, EvalConfig(ckpt=str(rec), max_clips=2, max_frames=6, grid="mine", grids={"mine": grid[:1]},
+                               inception=str(inc), fid_size=75))
+    assert {video[c["driving"]] for c in res["clips"]} == {"vid2"} and "WARNING" not in res["note"]
+    none = make_tiny_checkpoint(data, heldout={"fraction": 0.0, "min_clips": 2, "videos": []}, name="none")
+    with pytest.raises(SystemExit, match="held out no video"):
+        run(data, EvalConfig(ckpt=str(none), grid="mine", grids={"mine": grid[:1]}))
 
 
 def test_dag_defaults_and_flags(tmp_path):
