@@ -4,6 +4,13 @@
 
 Ray Data runs the DAG (an embedded local Ray; RAY_ADDRESS or --ray-address for a cluster);
 --engine sequential runs the same stages in this process. Re-running skips finished videos.
+
+An existing cluster: `ray start --head --port 6379` there, then RAY_ADDRESS=<head>:6379 (or
+ray://<head>:10001) here. This checkout is shipped to the workers; the data root must be storage
+every node sees. Ray >= 2.5x token auth: the token this machine has (RAY_AUTH_TOKEN or
+~/.ray/auth_token) is presented when one exists; RAY_AUTH_MODE=token|disabled overrides that and
+must match the cluster's. An address nobody answers on is a one-line error (exit 2), nothing
+written. stats.json "ray" records which Ray ran: {address, embedded, gcs_address, job_id, cluster_cpus}.
 """
 from __future__ import annotations
 
@@ -26,19 +33,22 @@ def load_inputs(sources_csv: Path, optout_csv: Path | None) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.curate", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m pipeline.curate", description=__doc__.split("\n\n")[0],
+                                 epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="data", help="data root (everything is written under it)")
     ap.add_argument("--sources", default="manifests/sources.csv", help="CSV: url, video_id, license, note")
     ap.add_argument("--optout", default=None, help="CSV of opted-out ids/urls (default: optout.csv next to --sources)")
     ap.add_argument("--dag", default="dags/curate.yaml", help="stage parameters and resources")
     ap.add_argument("--engine", choices=["ray", "sequential"], default="ray")
     ap.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"),
-                    help="existing Ray cluster (default: $RAY_ADDRESS; unset = embedded local Ray)")
+                    help="existing Ray cluster, host:port or ray://host:port (default: $RAY_ADDRESS; "
+                         "unset = embedded local Ray)")
     ap.add_argument("--force", action="store_true", help="re-process videos that have a finished state")
     args = ap.parse_args(argv)
 
     from pipeline.paths import DataRoot
-    from pipeline.runner import curate
+    from pipeline.runner import check_ray_address, curate
     from pipeline.stages import load_dag
 
     sources = Path(args.sources)
@@ -46,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_dag(args.dag)
         items = load_inputs(sources, optout)
-    except Exception as e:  # ManifestError, a bad YAML key, a missing file: one line, nothing written
+        if args.engine == "ray":
+            check_ray_address(args.ray_address)   # seconds, not Ray's minutes of retries
+    except Exception as e:  # ManifestError, a bad YAML key, a missing file, no cluster: one line, nothing written
         print(f"curate: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     root = DataRoot.of(args.data)

@@ -128,29 +128,80 @@ def _download_fn(root: str, params: dict):
     return fn
 
 
-def ray_init(address: str | None, cfg: CurateConfig) -> None:
+class EngineError(RuntimeError):
+    """The Ray engine cannot start or reach its cluster (a run-level problem, not one video's)."""
+
+
+def check_ray_address(address: str | None, timeout_s: float = 3.0) -> None:
+    """Fail in seconds with one line when the address names no reachable cluster: ray.init itself
+    retries an unreachable GCS for minutes before it gives up. "auto"/"local" are left to Ray."""
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    host, _, port = hostport.rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise EngineError(f"bad Ray address {address!r}: expected host:port (GCS) or ray://host:port (Ray Client)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise EngineError(f"no Ray cluster at {address}: {e.strerror or e}; start one with `ray start --head` "
+                          f"or unset RAY_ADDRESS / --ray-address for an embedded Ray") from None
+
+
+def _token_auth_if_available() -> None:
+    """Ray >= 2.5x: `ray start` turns token auth on when a token exists (~/.ray/auth_token, which any
+    earlier embedded ray.init writes), but a driver given an explicit address never does, and then
+    fails with 'InvalidAuthToken' after 20 s of retries. Apply Ray's own rule for address="auto":
+    present the local token when there is one (a token-mode driver also joins a cluster without
+    auth). An explicit RAY_AUTH_MODE (token | disabled) in the environment always wins."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:     # a Ray without token auth: nothing to do
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def ray_init(address: str | None, cfg: CurateConfig) -> dict:
+    """Start (embedded) or join (address) Ray; returns which Ray this run uses, for stats.json."""
     import ray
 
-    if ray.is_initialized():
-        return
-    if address:
-        # Ship this checkout's code to the cluster's workers (their image provides the dependencies);
-        # the data root must be storage every node sees.
-        repo = Path(__file__).resolve().parents[1]
-        env = {"working_dir": str(repo), "excludes": [".venv", "data", ".git", ".pytest_cache", "*.mp4", "*.tar"]}
-        ray.init(address=address, log_to_driver=True, runtime_env=env)
-        return
-    ray.init(num_cpus=cfg.engine.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
-             object_store_memory=cfg.engine.object_store_mb * 1024 * 1024, ignore_reinit_error=True)
+    if not ray.is_initialized():
+        if address:
+            check_ray_address(address)
+            _token_auth_if_available()
+            # Ship this checkout's code to the cluster's workers (their image provides the dependencies);
+            # the data root must be storage every node sees.
+            repo = Path(__file__).resolve().parents[1]
+            env = {"working_dir": str(repo), "excludes": [".venv", "data", ".git", ".pytest_cache", "*.mp4", "*.tar"]}
+            try:
+                ray.init(address=address, log_to_driver=True, runtime_env=env)
+            except ConnectionError as e:
+                raise EngineError(f"cannot join the Ray cluster at {address}: {_clean(e)} (a cluster with token "
+                                  f"auth needs its token here: RAY_AUTH_TOKEN or ~/.ray/auth_token)") from None
+        else:
+            ray.init(num_cpus=cfg.engine.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
+                     object_store_memory=cfg.engine.object_store_mb * 1024 * 1024, ignore_reinit_error=True)
+    ctx = ray.get_runtime_context()
+    return {"address": address or "", "embedded": not address, "gcs_address": ctx.gcs_address,
+            "job_id": ctx.get_job_id(), "cluster_cpus": float(ray.cluster_resources().get("CPU", 0.0))}
 
 
 def run_ray(items: list[dict], root: DataRoot, cfg: CurateConfig, address: str | None = None,
-            log=_log) -> list[dict]:
+            log=_log, info: dict | None = None) -> list[dict]:
     """download tasks (I/O-bound, fractional CPUs) -> analyse actor pool (fractional CPUs, so the
-    read and download tasks always find room on 2 cores) -> rows streamed back as videos finish."""
+    read and download tasks always find room on 2 cores) -> rows streamed back as videos finish.
+    `info`, when given, receives which Ray ran (ray_init's record)."""
     import ray
 
-    ray_init(address, cfg)
+    ray_info = ray_init(address, cfg)
+    if info is not None:
+        info.update(ray_info)
+    log(f"curate: ray {'embedded' if ray_info['embedded'] else 'cluster'} at {ray_info['gcs_address']}, "
+        f"{ray_info['cluster_cpus']:g} CPUs, job {ray_info['job_id']}")
     dl, an = cfg.resources["download"], cfg.resources["analyse"]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.map(_download_fn(str(root.root), cfg.download.params), num_cpus=dl.num_cpus,
@@ -186,10 +237,11 @@ def curate(root: DataRoot, sources: list[dict], cfg: CurateConfig, engine: str =
     if engine not in ("ray", "sequential"):
         raise ValueError(f"engine must be 'ray' or 'sequential', got {engine!r}")
     engine_error = ""
+    ray_info: dict = {}
     if todo:
         try:
             if engine == "ray":
-                run_ray(todo, root, cfg, ray_address, log)
+                run_ray(todo, root, cfg, ray_address, log, ray_info)
             else:
                 run_sequential(todo, root, cfg, log)
         except Exception as e:  # the engine itself failed (lost cluster...): keep what finished, say so
@@ -211,5 +263,7 @@ def curate(root: DataRoot, sources: list[dict], cfg: CurateConfig, engine: str =
                                                            "message": "no result: " + (engine_error or "worker lost")}}
         states.append(st)
     info = {"engine": engine if todo else "none", "processed": len(todo), "skipped": len(uniq) - len(todo),
-            "wall_s": round(time.time() - t0, 2), "config": fp, "engine_error": engine_error}
+            "wall_s": round(time.time() - t0, 2), "config": fp, "engine_error": engine_error,
+            # which Ray ran it: {address (as asked, "" = embedded), embedded, gcs_address, job_id, cluster_cpus}
+            "ray": ray_info or None}
     return write_outputs(root, states, info)
