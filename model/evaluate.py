@@ -12,8 +12,8 @@ Per grid row:
         frame's, averaged over clips;
   FID   generated frames of all clips vs the real held-out frames (VAE reconstructions of the
         shards' posterior means: shards hold no pixels), or "unavailable: <why>" without weights.
-Also `consistency_study`: anchored vs naive similarity to the anchor over distance, and LMSE with
-and without landmark guidance (figures for the README).
+`--consistency` runs model/consistency.py instead: anchored vs naive similarity to the anchor over
+distance, and LMSE with and without landmark guidance (figures for the README).
 """
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ class EvalConfig:
     inception: str = ""
     fid_size: int = 299
     grid: str = "auto"
+    consistency_clips: int = 4        # --consistency: held-out clips (one per video, longest first)
+    consistency_seeds: int = 3        # --consistency: seeds per clip
     grids: dict = field(default_factory=lambda: {"cpu": [{"steps": 50, "cfg": 1, "guidance": "clip+landmarks"}]})
 
 
@@ -243,101 +245,6 @@ def run(data: Path, ec: EvalConfig) -> dict:
     return result
 
 
-# ----------------------------------------------------------------------------- consistency study
-
-def anchor_similarity(frames: np.ndarray, anchor: int = 0, size: int = 64) -> np.ndarray:
-    """ASIM_i: Pearson correlation of the pixels (RGB, resized to size x size) of frame i with the anchor
-    frame. 1 = the same picture up to brightness/contrast; it falls as the content drifts away."""
-    from model.metrics import load_frames
-
-    x = load_frames(frames, size=size).reshape(len(frames), -1).astype(np.float64)
-    x -= x.mean(1, keepdims=True)
-    x /= np.linalg.norm(x, axis=1, keepdims=True) + 1e-12
-    return x @ x[anchor]
-
-
-def by_distance(values: np.ndarray, anchor: int, width: int) -> list[dict]:
-    """Mean of values[i] over |i - anchor| in bins [1, width], [width+1, 2 width], ..."""
-    d = np.abs(np.arange(len(values)) - anchor)
-    out = []
-    for lo in range(1, int(d.max()) + 1, width):
-        m = (d >= lo) & (d < lo + width)
-        if m.any():
-            out.append({"from": lo, "to": int(min(lo + width - 1, d.max())), "mean": float(values[m].mean())})
-    return out
-
-
-def consistency_study(data: Path, ckpt: str | None = None, models: str = "", steps: int = 50,
-                      n_frames: int = 48, seed: int = 0, clip_key: str | None = None, plot: bool = True,
-                      clip_x0: float = 0.0) -> dict:
-    """For a trained (tiny) model: how consistent far-apart frames are under anchored vs naive sampling,
-    and the landmark error with vs without landmark guidance. Self-reenactment of the longest held-out
-    clip (source = its own first frame), so the real clip's curve is the reference.
-
-    Anchor similarity ASIM(d): mean Pearson pixel correlation of frame i with frame 0 (the anchor) for
-    frames at distance d (binned by F); ACLIP(d): the same with cosine of CLIP embeddings.
-    Writes <data>/eval/consistency.json (+ .png); returns the dict."""
-    from model.anchored import SampleConfig
-    from model.metrics import LMSE_SIZE, cosine, landmarks_of, lmse_landmarks
-    from model.reenact import clip_embed, generate, load_all
-    from pipeline.paths import DataRoot, atomic_write_text
-
-    root = DataRoot.of(data)
-    model, cfg, diffusion, enc, info = load_all(root.root, ckpt, models)
-    held, split_note = load_heldout(root.root, cfg, info["heldout"])
-    clip = next((s for s in held if s["__key__"] == clip_key), None) if clip_key else \
-        max(held, key=lambda s: len(s["time_s.npy"]))
-    if clip is None:
-        raise SystemExit(f"evaluate: error: clip {clip_key!r} not among the held-out clips")
-    T = min(len(clip["time_s.npy"]), n_frames)
-    filled, lm, ok, times, lat = driving_of({k: (v[:T] if isinstance(v, np.ndarray) else v) for k, v in clip.items()}, 0)
-    src_emb = clip["clip_emb.npy"][0].astype(np.float32)
-    F = cfg.model.frames
-    real = real_frames(enc, lat)
-    res = {"clip": clip["__key__"], "frames": int(T), "F": F, "steps": steps, "seed": seed, "clip_x0": clip_x0, **info,
-           "split": split_note,
-           "measure": "ASIM(d) = mean Pearson pixel correlation (64x64 RGB) of frame i with frame 0 at |i| = d",
-           "curves": {}, "lmse": {}}
-    gens = {"real": real}
-    for name, sampler, guidance in (("anchored", "anchored", "clip+landmarks"), ("naive", "naive", "clip+landmarks"),
-                                    ("anchored_no_landmarks", "anchored", "clip")):
-        sc = SampleConfig(steps=steps, guidance=guidance, seed=seed, clip_x0=clip_x0)
-        _, gens[name], _ = generate(model, cfg, diffusion, enc, filled, times, src_emb, sc, sampler, 0, seed)
-    for name in ("real", "anchored", "naive"):
-        asim = anchor_similarity(gens[name])
-        emb = clip_embed(enc, gens[name])
-        res["curves"][name] = {"asim": by_distance(asim, 0, F), "aclip": by_distance(cosine(emb, emb[0][None]), 0, F),
-                               "asim_far": float(asim[T - T // 3:].mean()), "asim_near": float(asim[1:1 + T // 3].mean())}
-    for name in ("anchored", "anchored_no_landmarks"):
-        glm, gok = landmarks_of(gens[name])
-        r = lmse_landmarks(glm, lm * LMSE_SIZE, gok, ok)
-        res["lmse"][name] = {"lmse": r["lmse"], "frames_used": r["frames_used"], "frames": r["frames_total"]}
-    out_dir = root.dir("eval")
-    atomic_write_text(out_dir / "consistency.json", json.dumps(res, indent=1))
-    if plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        for name, style in (("real", "k--"), ("anchored", "C0-o"), ("naive", "C1-s")):
-            c = res["curves"][name]["asim"]
-            ax.plot([(b["from"] + b["to"]) / 2 for b in c], [b["mean"] for b in c], style, label=name, ms=4)
-        ax.set_xlabel("distance to the anchor frame (frames)")
-        ax.set_ylabel("ASIM (pixel correlation)")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out_dir / "consistency.png", dpi=120)
-        plt.close(fig)
-    c = res["curves"]
-    print(f"consistency: far-frame ASIM anchored {c['anchored']['asim_far']:.3f}, naive {c['naive']['asim_far']:.3f}, "
-          f"real {c['real']['asim_far']:.3f}; LMSE with landmarks {res['lmse']['anchored']['lmse']}, "
-          f"without {res['lmse']['anchored_no_landmarks']['lmse']}")
-    return res
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m model.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="data")
@@ -348,7 +255,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     ec = load_eval_config(args.config, args.overrides)
     if args.consistency:
-        consistency_study(Path(args.data), ec.ckpt or None, ec.models, seed=ec.seed, clip_x0=ec.clip_x0)
+        from model.consistency import consistency_study
+
+        consistency_study(Path(args.data), ec.ckpt or None, ec.models, seeds=ec.consistency_seeds,
+                          clips=ec.consistency_clips, clip_x0=ec.clip_x0)
     else:
         run(Path(args.data), ec)
     return 0

@@ -230,3 +230,42 @@ def test_dag_defaults_and_flags(tmp_path):
     dag.write_text("stpes: 7\n")
     with pytest.raises(ReenactError, match="unknown key"):
         apply_defaults(build_parser().parse_args(base + ["--dag", str(dag)]))
+
+
+def test_anchor_similarity_measures_drift_from_the_anchor():
+    from model.consistency import anchor_similarity, by_distance
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    dimmer = (img * 0.5 + 20).astype(np.uint8)                  # same picture, other brightness/contrast
+    other = rng.integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    a = anchor_similarity(np.stack([img, dimmer, other]))
+    assert a[0] == pytest.approx(1) and a[1] > 0.99 and abs(a[2]) < 0.05
+    bins = by_distance(np.arange(9.0), anchor=0, width=4)     # d = 1..4, 5..8
+    assert [(b["from"], b["to"], b["mean"]) for b in bins] == [(1, 4, 2.5), (5, 8, 6.5)]
+
+
+def test_consistency_study_over_clips_and_seeds(setup, tmp_path):
+    import shutil
+    import sys as _sys
+
+    from model.consistency import consistency_study
+
+    _sys.path.insert(0, str(Path(__file__).parent))
+    from shardfixtures import write_shards
+
+    data = tmp_path / "data"
+    shutil.copytree(setup / "data", data)
+    write_shards(data, n_clips=8, per_shard=2, clip_dim=32, frames=(10, 12))   # vid0..vid3, 2 clips each
+    ck = make_tiny_checkpoint(data, heldout={"fraction": 0.1, "min_clips": 2, "videos": ["vid1", "vid3"]}, name="c")
+    res = consistency_study(data, str(ck), steps=2, n_frames=10, seeds=2, clips=4)
+    runs, s = res["runs"], res["summary"]
+    assert res["videos"] == ["vid1", "vid3"] and len(runs) == 4 == s["runs"]   # held-out videos only, x 2 seeds
+    assert [r["seed"] for r in runs] == [0, 1, 0, 1]
+    for name in ("real", "anchored", "naive"):
+        assert s["asim_far"][name]["mean"] == pytest.approx(np.mean([r["curves"][name]["asim_far"] for r in runs]))
+    assert runs[0]["curves"]["real"] == runs[1]["curves"]["real"]               # the reference has no seed
+    assert runs[0]["curves"]["anchored"] != runs[1]["curves"]["anchored"]       # the seed changes the samples
+    assert 0 <= s["anchored_beats_naive"] <= 4 and 0 <= s["anchored_closer_to_real"] <= 4
+    assert json.loads((data / "eval" / "consistency.json").read_text())["summary"] == s
+    assert (data / "eval" / "consistency.png").read_bytes()[:4] == b"\x89PNG"
