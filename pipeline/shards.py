@@ -9,6 +9,7 @@ without recomputing, and a re-run with nothing new writes no shard, index or tab
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import re
@@ -54,41 +55,50 @@ class ShardsConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
 
+# YAML keys that name a field differently (section, key) -> ShardsConfig field
+_RENAME = {("stills", "frames"): "stills_frames", ("stills", "fps"): "stills_fps",
+           ("decode", "num_cpus"): "decode_cpus", ("encode", "num_cpus"): "encode_cpus",
+           ("encode", "num_gpus"): "encode_gpus", ("tiny", "seed"): "tiny_seed",
+           ("tiny", "fit_steps"): "tiny_fit_steps", ("tiny", "fit_frames"): "tiny_fit_frames",
+           ("tiny", "fit_batch"): "tiny_fit_batch"}
+_STAGES = ("decode", "encode", "stills", "write")
+
+
 def load_dag(path: str | Path | None) -> ShardsConfig:
-    """dags/shards.yaml -> ShardsConfig; unknown keys are an error (a typo must not be ignored)."""
-    import yaml
+    """dags/shards.yaml -> ShardsConfig; unknown keys are an error (a typo must not be ignored).
+
+    Top-level keys and `inputs:` set ShardsConfig fields; `tiny:` and `stages:` (decode, encode,
+    stills, write) set their renamed fields (_RENAME), and decode/encode also EncoderConfig's."""
+    from pipeline.configfile import check_keys, load_yaml
 
     cfg = ShardsConfig()
     if not path:
         return cfg
-    doc = yaml.safe_load(Path(path).read_text()) or {}
-    flat = {}
-    for k, v in doc.items():
+    where = str(path)
+    doc = load_yaml(path)
+    top = {f.name for f in dataclasses.fields(ShardsConfig)} - {"encoder"}
+    enc = {f.name for f in dataclasses.fields(EncoderConfig)}
+    own = {"": top | {"inputs", "stages", "tiny"}, "inputs": top, "tiny": set(), "decode": enc, "encode": enc | top, "stills": set(), "write": top}
+
+    def put(section: str, vals) -> None:
+        check_keys(vals, own[section] | {k for s, k in _RENAME if s == section}, where, section)
+        for k, v in vals.items():
+            if (section, k) in _RENAME:
+                setattr(cfg, _RENAME[(section, k)], v)
+            elif section in ("decode", "encode") and k in enc:
+                setattr(cfg.encoder, k, v)
+            else:
+                setattr(cfg, k, v)
+
+    for k, v in doc.items():          # in file order: a later key wins, as it reads
         if k == "stages":
+            check_keys(v or {}, _STAGES, where, "stages")
             for stage, kv in (v or {}).items():
-                for kk, vv in (kv or {}).items():
-                    flat[(stage, kk)] = vv
+                put(stage, kv or {})
         elif k in ("inputs", "tiny"):
-            for kk, vv in (v or {}).items():
-                flat[(k, kk)] = vv
+            put(k, v or {})
         else:
-            flat[("", k)] = v
-    top = {f.name for f in cfg.__dataclass_fields__.values()} - {"encoder"}
-    enc = set(cfg.encoder.__dataclass_fields__)
-    rename = {("stills", "frames"): "stills_frames", ("stills", "fps"): "stills_fps",
-              ("decode", "num_cpus"): "decode_cpus", ("encode", "num_cpus"): "encode_cpus",
-              ("encode", "num_gpus"): "encode_gpus", ("tiny", "seed"): "tiny_seed",
-              ("tiny", "fit_steps"): "tiny_fit_steps", ("tiny", "fit_frames"): "tiny_fit_frames",
-              ("tiny", "fit_batch"): "tiny_fit_batch"}
-    for (stage, k), v in flat.items():
-        if (stage, k) in rename:
-            setattr(cfg, rename[(stage, k)], v)
-        elif stage in ("decode", "encode") and k in enc:
-            setattr(cfg.encoder, k, v)
-        elif stage in ("", "inputs", "encode", "write") and k in top:
-            setattr(cfg, k, v)
-        else:
-            raise ValueError(f"{path}: unknown key {stage + '.' if stage else ''}{k}")
+            put("", {k: v})
     return cfg
 
 

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.configfile import ConfigError, check_keys, fill_dataclass, load_yaml
 from pipeline.faces import FaceScanner, FacesConfig, make_detector, place_crop, segment
 from pipeline.filters import FiltersConfig, judge, split_long
 from pipeline.probe import ProbeConfig, TruncatedDecode, probe_video, scan
@@ -62,47 +63,39 @@ class CurateConfig:
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _fill(dc_type, raw: dict, where: str):
-    names = {f.name for f in dataclasses.fields(dc_type)}
-    unknown = set(raw) - names
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}")
-    defaults = {f.name: getattr(dc_type(), f.name) for f in dataclasses.fields(dc_type)}
-    # YAML says 3600 for 3600.0: coerce to the default's type so the fingerprint does not change
-    raw = {k: float(v) if isinstance(defaults[k], float) and isinstance(v, int) else v for k, v in raw.items()}
-    return dc_type(**raw)
-
-
 def load_dag(path: str | Path | None) -> CurateConfig:
-    """Read dags/curate.yaml: {engine: {...}, stages: [{name, params: {...}, resources: {...}}]}."""
-    import yaml
-
+    """Read dags/curate.yaml: {engine: {...}, stages: [{name, params: {...}, resources: {...}}]}.
+    Unknown keys, stages or a wrong order raise ConfigError (a ValueError) naming the file."""
     cfg = CurateConfig()
     if path is None:
         return cfg
-    doc = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(doc, dict) or not isinstance(doc.get("stages", []), list):
-        raise ValueError(f"{path}: expected a mapping with a 'stages' list")
-    cfg.engine = _fill(EngineConfig, doc.get("engine") or {}, f"{path}: engine")
+    doc = load_yaml(path)
+    where = str(path)
+    check_keys(doc, ("engine", "stages"), where)
+    if not isinstance(doc.get("stages") or [], list):
+        raise ConfigError(f"{where}: expected a mapping with a 'stages' list")
+    cfg.engine = fill_dataclass(EngineConfig, doc.get("engine"), where, "engine")
     seen = []
-    for st in doc.get("stages", []):
+    for st in doc.get("stages") or []:
+        check_keys(st, ("name", "params", "resources"), where, f"stages[{len(seen)}]")
         name = st.get("name")
         if name not in STAGES:
-            raise ValueError(f"{path}: unknown stage {name!r}; stages are {', '.join(STAGES)}")
+            raise ConfigError(f"{where}: unknown stage {name!r}; stages are {', '.join(STAGES)}")
         seen.append(name)
         params = st.get("params") or {}
         if name == "download":
             from pipeline.download import DownloadConfig
 
-            DownloadConfig.from_params(params)   # a typo fails here, not in every worker
+            # a typo fails here, naming the file, not in every worker
+            fill_dataclass(DownloadConfig, params, where, "download.params")
             cfg.download = DownloadParams(dict(params))
         elif name != "manifest":
-            setattr(cfg, name, _fill(type(getattr(cfg, name)), params, f"{path}: {name}.params"))
+            setattr(cfg, name, fill_dataclass(type(getattr(cfg, name)), params, where, f"{name}.params"))
         if st.get("resources"):
             step = "download" if name == "download" else "analyse"
-            cfg.resources[step] = _fill(Resources, st["resources"], f"{path}: {name}.resources")
+            cfg.resources[step] = fill_dataclass(Resources, st["resources"], where, f"{name}.resources")
     if seen and seen != [s for s in STAGES if s in seen]:
-        raise ValueError(f"{path}: stages out of order: {seen}; the order is {' -> '.join(STAGES)}")
+        raise ConfigError(f"{where}: stages out of order: {seen}; the order is {' -> '.join(STAGES)}")
     return cfg
 
 
