@@ -5,6 +5,8 @@ removed clips) -> encode clips that have no cached features (Ray Data actor pool
 -> pack not-yet-sharded clips into NEW shards -> index.json, shards.parquet, stats.json.
 Features are cached per clip under shards/cache/<encoder fingerprint>/ so a killed run resumes
 without recomputing, and a re-run with nothing new writes no shard, index or table.
+This module holds the config, the run's order and the CLI; the encoders' runners and the shard
+packing are in pipeline/shardwriter.py (re-exported here).
 """
 from __future__ import annotations
 
@@ -22,7 +24,15 @@ import numpy as np
 
 from pipeline.encoders import EncoderConfig, work_units
 from pipeline.paths import DataRoot, atomic_write_text
-from pipeline.shardio import cache_path, load_cache, save_cache
+from pipeline.shardio import cache_path
+from pipeline.shardwriter import (  # noqa: F401  (re-exported: importable from here as before)
+    encode_item,
+    encode_ray,
+    encode_sequential,
+    iter_decoded,
+    save_item,
+    write_new_shards,
+)
 
 _KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")   # a tar key: no dots (webdataset splits there), no slashes
 
@@ -123,147 +133,6 @@ def clip_items(root: DataRoot, cfg: ShardsConfig) -> tuple[list[dict], list[dict
                       "end_frame": int(r["end_frame"]), "fps": float(r["fps"]), "crop_x0": int(r["crop_x0"]),
                       "crop_y0": int(r["crop_y0"]), "crop_size": int(r["crop_size"])})
     return items, bad
-
-
-def iter_decoded(unit: list[dict], root: str, cfg: ShardsConfig):
-    from pipeline.encoders import decode_unit
-
-    return decode_unit(unit, root, cfg.encoder, cfg.stills_frames, cfg.stills_fps)
-
-
-def encode_item(enc, item: dict, frames, idx, t, cache_dir: Path) -> int:
-    save_item(enc, item, enc.encode(frames), idx, t, cache_dir)
-    return len(frames)
-
-
-def save_item(enc, item: dict, feats: dict, idx, t, cache_dir: Path) -> None:
-    from pipeline.schema import SCHEMA_VERSION
-
-    feats = {**feats, "frame_index": idx, "time_s": t}
-    meta = {"clip_id": item["clip_id"], "video_id": item["video_id"], "origin": item["origin"],
-            "fps": float(item["fps"]), "clip_dim": int(feats["clip_emb"].shape[1]),
-            "schema_version": SCHEMA_VERSION, **enc.meta()}
-    save_cache(cache_path(cache_dir, item["clip_id"]), feats, meta)
-
-
-# ---------------------------------------------------------------- runners
-
-def _failed(it: dict, e: Exception) -> dict:
-    return {"clip_id": it["clip_id"], "status": "error", "reason": f"{type(e).__name__}: {e}"[:300], "nframes": 0,
-            "model_s": 0.0}
-
-
-def encode_sequential(items, root: DataRoot, cfg: ShardsConfig, models, cache_dir: Path, log) -> list[dict]:
-    from pipeline.encoders import Encoders
-
-    enc = Encoders(models, cfg.encoder)
-    out = []
-    try:
-        for unit in work_units(items):
-            t0 = time.perf_counter()
-            for it, got in iter_decoded(unit, str(root.root), cfg):
-                try:   # one bad clip never stops the run
-                    if isinstance(got, Exception):
-                        raise got
-                    k = encode_item(enc, it, *got, cache_dir)
-                    out.append({"clip_id": it["clip_id"], "status": "ok", "reason": "", "nframes": k,
-                                "model_s": enc.last_s})
-                except Exception as e:
-                    out.append(_failed(it, e))
-                log(f"encoded {len(out)}/{len(items)} {it['clip_id']} {out[-1]['status']} "
-                    f"{time.perf_counter() - t0:.2f}s")
-                t0 = time.perf_counter()
-    finally:
-        enc.close()
-    return out
-
-
-class _Decode:
-    """Ray task UDF: one unit (a video's clips) in, one row per decoded clip out, as soon as it is ready."""
-
-    def __init__(self, root: str, cfg: ShardsConfig):
-        self.root, self.cfg = root, cfg
-
-    def __call__(self, batch):
-        import pandas as pd
-
-        for unit_json in batch["unit"]:
-            for it, got in iter_decoded(json.loads(unit_json), self.root, self.cfg):
-                row = {"item": json.dumps(it), "status": "ok", "reason": "", "frames": b"", "shape": "[]",
-                       "frame_index": b"", "time_s": b""}
-                if isinstance(got, Exception):
-                    row.update(status="error", reason=f"{type(got).__name__}: {got}"[:300])
-                else:
-                    frames, idx, t = got
-                    row.update(frames=frames.tobytes(), shape=json.dumps(list(frames.shape)),
-                               frame_index=idx.astype(np.int64).tobytes(), time_s=t.astype(np.float32).tobytes())
-                yield pd.DataFrame([row])
-
-
-class _EncodeActor:
-    """One per Ray actor: models loaded once, then batches of decoded clips."""
-
-    def __init__(self, models, cfg: ShardsConfig, cache_dir: str):
-        from pipeline.encoders import Encoders
-
-        self.enc, self.cache_dir = Encoders(models, cfg.encoder), Path(cache_dir)
-
-    def __call__(self, batch):
-        import pandas as pd
-
-        rows, ok = [], []
-        for r in batch.to_dict("records"):
-            it = json.loads(r["item"])
-            rows.append({"clip_id": it["clip_id"], "status": r["status"], "reason": r["reason"], "nframes": 0,
-                         "model_s": 0.0})
-            if r["status"] == "ok":
-                ok.append((len(rows) - 1, it, np.frombuffer(r["frames"], dtype=np.uint8).reshape(json.loads(r["shape"])),
-                           np.frombuffer(r["frame_index"], dtype=np.int64), np.frombuffer(r["time_s"], dtype=np.float32)))
-        if ok:
-            # the frames of all clips in this batch go through the models together (full batches on a GPU)
-            try:
-                feats = self.enc.encode(np.concatenate([o[2] for o in ok]))
-                total, start = sum(len(o[2]) for o in ok), 0
-                for k, it, frames, idx, t in ok:
-                    n = len(frames)
-                    save_item(self.enc, it, {key: v[start:start + n] for key, v in feats.items()}, idx, t,
-                              self.cache_dir)
-                    rows[k].update(nframes=n, model_s=self.enc.last_s * n / total)
-                    start += n
-            except Exception:   # find the culprit: clip by clip, so the others still get their features
-                for k, it, frames, idx, t in ok:
-                    try:
-                        rows[k].update(nframes=encode_item(self.enc, it, frames, idx, t, self.cache_dir),
-                                       model_s=self.enc.last_s)
-                    except Exception as e:
-                        rows[k] = _failed(it, e)
-        return pd.DataFrame(rows, columns=["clip_id", "status", "reason", "nframes", "model_s"])
-
-
-def encode_ray(items, root: DataRoot, cfg: ShardsConfig, models, cache_dir: Path, log) -> list[dict]:
-    import os
-
-    import ray
-    import torch
-
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False,
-                 ignore_reinit_error=True)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    gpus = cfg.encode_gpus if torch.cuda.is_available() else 0
-    units = [{"unit": json.dumps(u)} for u in work_units(items)]
-    ds = ray.data.from_items(units, override_num_blocks=len(units))
-    ds = ds.map_batches(_Decode(str(root.root), cfg), batch_size=1, batch_format="pandas", num_cpus=cfg.decode_cpus)
-    ds = ds.map_batches(_EncodeActor, fn_constructor_args=(models, cfg, str(cache_dir)), batch_format="pandas",
-                        batch_size=cfg.clips_per_batch, concurrency=(1, max(1, cfg.max_actors)),
-                        num_cpus=cfg.encode_cpus, num_gpus=gpus)
-    out = []
-    for r in ds.iter_rows():
-        out.append({k: r[k] for k in ("clip_id", "status", "reason")} | {"nframes": int(r["nframes"]),
-                                                                          "model_s": float(r["model_s"])})
-        log(f"encoded {len(out)}/{len(items)} {r['clip_id']} {r['status']}")
-    return out
 
 
 # ---------------------------------------------------------------- models
@@ -378,35 +247,6 @@ def run(data: str | Path, cfg: ShardsConfig, log=print) -> dict:
     stats["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     atomic_write_text(sdir / "stats.json", json.dumps(stats, indent=1, default=str) + "\n")
     return stats
-
-
-def write_new_shards(sdir: Path, cfg: ShardsConfig, index, table, ready, cache_dir: Path, log) -> list[dict]:
-    """Pack clips into new shards numbered after the last existing one; never touch an existing shard."""
-    import pandas as pd
-
-    from pipeline import shardio
-
-    nxt = max((shardio.shard_number(s["name"]) for s in index["shards"]), default=-1) + 1
-    written = []
-    for s in range(0, len(ready), cfg.samples_per_shard):
-        chunk = ready[s:s + cfg.samples_per_shard]
-        samples, rows = [], []
-        name = shardio.shard_name(cfg.name, nxt)
-        for it in chunk:
-            feats, meta = load_cache(cache_path(cache_dir, it["clip_id"]))
-            samples.append((it["clip_id"], shardio.sample_members(feats, meta)))
-            rows.append({"clip_id": it["clip_id"], "video_id": it["video_id"], "url": it.get("url", ""),
-                         "origin": it["origin"], "shard": name, "nframes": int(len(feats["frame_index"]))})
-        entry = shardio.write_shard(sdir / name, samples)
-        # the shard is visible and complete; now record it (a kill before this line -> recover() redoes it)
-        index["shards"].append(entry)
-        shardio.save_index(sdir, index)
-        table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True) if len(table) else pd.DataFrame(rows)
-        shardio.save_table(sdir, table)
-        written.append(entry)
-        log(f"wrote {name}: {entry['nsamples']} samples, {entry['bytes']} bytes")
-        nxt += 1
-    return written
 
 
 def summary(stats: dict) -> str:

@@ -31,7 +31,7 @@ def _corpus_key(seed: int) -> str:
     import importlib.metadata as md
 
     h = hashlib.sha1(str(seed).encode())
-    for f in ("pipeline/testmedia.py", "pipeline/landmarks.py"):
+    for f in ("pipeline/testmedia.py", "pipeline/testfaces.py", "pipeline/landmarks.py"):
         h.update((REPO / f).read_bytes())
     for pkg in ("av", "opencv-python", "numpy", "mediapipe", "scikit-image", "imageio-ffmpeg"):
         try:
