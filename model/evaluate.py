@@ -49,19 +49,21 @@ class EvalConfig:
 
 
 def load_eval_config(path: str | None, overrides: list[str] = ()) -> EvalConfig:
+    """EvalConfig <- the YAML (dags/eval.yaml is optional, a file you name is not) <- key=value overrides."""
     import yaml
 
-    doc = yaml.safe_load(Path(path).read_text()) if path and Path(path).is_file() else {}
-    if path and not Path(path).is_file() and path != "dags/eval.yaml":
-        raise SystemExit(f"evaluate: error: config file not found: {path}")
-    for ov in overrides:
-        k, _, v = ov.partition("=")
-        doc[k] = yaml.safe_load(v)
-    known = {f.name: f for f in fields(EvalConfig)}
+    from pipeline.configfile import ConfigError, check_keys, load_yaml
+
+    try:
+        doc = load_yaml(path, default_path="dags/eval.yaml")
+        for ov in overrides:
+            k, _, v = ov.partition("=")
+            doc[k] = yaml.safe_load(v)
+        check_keys(doc, (f.name for f in fields(EvalConfig)), path or "eval config")
+    except ConfigError as e:
+        raise SystemExit(f"evaluate: error: {e}") from None
     cfg = EvalConfig()
-    for k, v in (doc or {}).items():
-        if k not in known:
-            raise SystemExit(f"evaluate: error: unknown eval config key {k!r} (known: {', '.join(known)})")
+    for k, v in doc.items():
         cur = getattr(cfg, k)
         setattr(cfg, k, v if isinstance(cur, dict) else type(cur)(v))
     return cfg

@@ -325,17 +325,13 @@ DEFAULTS = {"steps": 50, "cfg": 1.0, "guidance": "clip+landmarks", "sampler": "a
 
 def apply_defaults(args) -> None:
     """None flags <- the --dag YAML <- DEFAULTS; an unknown YAML key is an error."""
-    import yaml
+    from pipeline.configfile import ConfigError, check_keys, load_yaml
 
-    doc = {}
-    p = Path(args.dag)
-    if p.is_file():
-        doc = yaml.safe_load(p.read_text()) or {}
-    elif args.dag != "dags/reenact.yaml":
-        raise ReenactError(f"defaults file not found: {args.dag}")
-    unknown = set(doc) - set(DEFAULTS)
-    if unknown:
-        raise ReenactError(f"{p}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(DEFAULTS)})")
+    try:
+        doc = load_yaml(args.dag, default_path="dags/reenact.yaml")
+        check_keys(doc, DEFAULTS, args.dag)
+    except ConfigError as e:
+        raise ReenactError(str(e)) from None
     for k, v in DEFAULTS.items():
         if getattr(args, k) is None:
             setattr(args, k, type(v)(doc.get(k, v)))

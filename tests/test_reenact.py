@@ -228,8 +228,26 @@ def test_dag_defaults_and_flags(tmp_path):
     apply_defaults(args)
     assert args.steps == 7 and args.guidance == "none" and args.cfg == 1.0
     dag.write_text("stpes: 7\n")
-    with pytest.raises(ReenactError, match="unknown key"):
+    with pytest.raises(ReenactError, match="unknown key stpes"):
         apply_defaults(build_parser().parse_args(base + ["--dag", str(dag)]))
+    with pytest.raises(ReenactError, match="config file not found"):
+        apply_defaults(build_parser().parse_args(base + ["--dag", str(tmp_path / "nope.yaml")]))
+
+
+def test_eval_config_file_and_overrides(tmp_path):
+    from model.evaluate import EvalConfig, load_eval_config
+
+    ec = load_eval_config(str(ROOT / "dags" / "eval.yaml"), ["max_clips=7"])
+    assert ec.max_clips == 7 and ec.grids["cpu"] and ec.consistency_seeds == EvalConfig().consistency_seeds
+    bad = tmp_path / "e.yaml"
+    bad.write_text("max_clip: 3\n")
+    with pytest.raises(SystemExit, match=r"evaluate: error: .*unknown key max_clip \(known: "):
+        load_eval_config(str(bad))
+    bad.write_text("max_clips: [3\n")
+    with pytest.raises(SystemExit, match="malformed YAML"):
+        load_eval_config(str(bad))
+    with pytest.raises(SystemExit, match="config file not found"):
+        load_eval_config(str(tmp_path / "nope.yaml"))
 
 
 def test_anchor_similarity_measures_drift_from_the_anchor():
