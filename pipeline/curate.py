@@ -49,13 +49,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.paths import DataRoot
     from pipeline.runner import check_ray_address, curate
-    from pipeline.stages import load_dag
+    from pipeline.stages import Models, load_dag
 
     sources = Path(args.sources)
     optout = Path(args.optout) if args.optout else sources.with_name("optout.csv")
     try:
         cfg = load_dag(args.dag)
         items = load_inputs(sources, optout)
+        # Build the face detector and quality scorer once here: missing or corrupt model files are one
+        # error before the run, not the same error recorded for every video by every worker.
+        preflight = Models(cfg)
+        preflight.detector, preflight.scorer  # noqa: B018
+        del preflight
         if args.engine == "ray":
             check_ray_address(args.ray_address)   # seconds, not Ray's minutes of retries
     except Exception as e:  # ManifestError, a bad YAML key, a missing file, no cluster: one line, nothing written

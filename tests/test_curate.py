@@ -301,3 +301,14 @@ def test_malformed_sources_csv_is_one_clear_line_and_writes_nothing(tmp_path):
     (tmp_path / "bad.yaml").write_text("stages:\n  - name: faces\n    params: {strid: 2}\n")
     r = _cli("--data", tmp_path / "data", "--sources", tmp_path / "sources.csv", "--dag", tmp_path / "bad.yaml")
     assert r.returncode == 2 and "strid" in r.stderr
+    # face model files that cannot be loaded: one line before the run, not an error per video
+    (tmp_path / "sources.csv").write_text("url,video_id,license,note\nhttp://a/x.mp4,a,cc,\n")
+    models = tmp_path / "insightface"
+    models.mkdir()
+    (models / "det_10g.onnx").write_bytes(b"not an onnx model")
+    (models / "w600k_r50.onnx").write_bytes(b"not an onnx model")
+    (tmp_path / "if.yaml").write_text(f"stages:\n  - name: faces\n    params: {{backend: insightface, model_dir: '{models}'}}\n")
+    r = _cli("--data", tmp_path / "data", "--sources", tmp_path / "sources.csv", "--dag", tmp_path / "if.yaml",
+             "--engine", "sequential")
+    assert r.returncode == 2 and "det_10g.onnx" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "data").exists()
