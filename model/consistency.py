@@ -74,12 +74,13 @@ def _mean_sd(xs: list[float]) -> dict:
 
 
 def consistency_study(data: Path, ckpt: str | None = None, models: str = "", steps: int = 50,
-                      n_frames: int = 48, seeds: int = 3, clips: int = 4, clip_key: str | None = None,
+                      n_frames: int = 32, seeds: int = 3, clips: int = 4, clip_key: str | None = None,
                       plot: bool = True, clip_x0: float = 0.0) -> dict:
     """For a trained (tiny) model: how consistent far-apart frames are under anchored vs naive sampling,
     and the landmark error with vs without landmark guidance, over the `clips` longest held-out clips
-    (one per video, or just `clip_key`) x `seeds` seeds. Self-reenactment (source = the clip's own first
-    frame), so the real clip's curve is the reference.
+    (one per video, at least `n_frames` long, all cut to `n_frames`; or just `clip_key`) x `seeds`
+    seeds. Self-reenactment (source = the clip's own first frame), so the real clip's curve is the
+    reference.
 
     Anchor similarity ASIM(d): mean Pearson pixel correlation of frame i with frame 0 (the anchor) for
     frames at distance d (binned by F); ACLIP(d): the same with cosine of CLIP embeddings; `asim_far`:
@@ -97,16 +98,18 @@ def consistency_study(data: Path, ckpt: str | None = None, models: str = "", ste
         chosen = [s for s in held if s["__key__"] == clip_key]
         if not chosen:
             raise SystemExit(f"evaluate: error: clip {clip_key!r} not among the held-out clips")
-    else:  # the longest clip of each held-out video with a face, longest first
+    else:  # the longest clip of each held-out video with a face and >= n_frames frames, longest first;
+        # every run is cut to n_frames, so the distance bins of all runs are the same and can be averaged
         best: dict[str, dict] = {}
         for s in held:
             v = s["meta.json"]["video_id"]
-            if s["landmarks_ok.npy"].any() and len(s["time_s.npy"]) >= 2 * F and \
+            if s["landmarks_ok.npy"].any() and len(s["time_s.npy"]) >= n_frames and \
                     (v not in best or len(s["time_s.npy"]) > len(best[v]["time_s.npy"])):
                 best[v] = s
         chosen = sorted(best.values(), key=lambda s: -len(s["time_s.npy"]))[:clips]
         if not chosen:
-            raise SystemExit(f"evaluate: error: no held-out clip with a face and >= {2 * F} frames")
+            raise SystemExit(f"evaluate: error: no held-out clip with a face and >= {n_frames} frames "
+                             f"(n_frames={n_frames}; F={F})")
     runs = []
     for clip in chosen:
         for seed in range(seeds):

@@ -45,6 +45,7 @@ class EvalConfig:
     grid: str = "auto"
     consistency_clips: int = 4        # --consistency: held-out clips (one per video, longest first)
     consistency_seeds: int = 3        # --consistency: seeds per clip
+    consistency_frames: int = 32      # --consistency: frames per clip (clips at least this long)
     grids: dict = field(default_factory=lambda: {"cpu": [{"steps": 50, "cfg": 1, "guidance": "clip+landmarks"}]})
 
 
@@ -260,7 +261,7 @@ def main(argv=None) -> int:
         from model.consistency import consistency_study
 
         consistency_study(Path(args.data), ec.ckpt or None, ec.models, seeds=ec.consistency_seeds,
-                          clips=ec.consistency_clips, clip_x0=ec.clip_x0)
+                          clips=ec.consistency_clips, n_frames=ec.consistency_frames, clip_x0=ec.clip_x0)
     else:
         run(Path(args.data), ec)
     return 0
