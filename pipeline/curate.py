@@ -56,13 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_dag(args.dag)
         items = load_inputs(sources, optout)
-        # Build the face detector and quality scorer once here: missing or corrupt model files are one
-        # error before the run, not the same error recorded for every video by every worker.
-        preflight = Models(cfg)
-        preflight.detector, preflight.scorer  # noqa: B018
-        del preflight
         if args.engine == "ray":
             check_ray_address(args.ray_address)   # seconds, not Ray's minutes of retries
+        # Models loaded from user-supplied files are built once here: a missing or corrupt file is one
+        # error before the run, not the same error recorded for every video by every worker.
+        preflight = Models(cfg)
+        if cfg.faces.backend != "mediapipe":      # MediaPipe ships inside its wheel: nothing to check
+            preflight.detector  # noqa: B018
+        if cfg.quality.scorer != "sharpness":     # the weight-free scorer loads nothing
+            preflight.scorer  # noqa: B018
+        del preflight
     except Exception as e:  # ManifestError, a bad YAML key, a missing file, no cluster: one line, nothing written
         print(f"curate: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
