@@ -1,8 +1,8 @@
 """Checkpoints: the whole training state in a file that `torch.load(weights_only=True)` accepts.
 
 Contents: model and EMA weights, optimizer state, schedule position, step, RNG states (as tensors),
-the config (a plain dict), the held-out videos of the run. Written to a temporary sibling, fsynced, then renamed, so a crash never
-leaves a half-written checkpoint under the real name. Weights are whole (DDP replicates them), so a
+the config (a plain dict), the held-out videos of the run. Written to a temporary sibling, fsynced,
+then renamed, so a crash never leaves a half-written checkpoint under the real name. Weights are whole (DDP replicates them), so a
 checkpoint resumes on any world size.
 """
 from __future__ import annotations

@@ -23,8 +23,6 @@ SIZES["tiny"] = dict(depth=2, hidden=64, heads=4, patch=4)  # trains on a laptop
 SIZES["mini"] = dict(depth=4, hidden=128, heads=4, patch=2)
 
 
-
-
 @dataclass
 class ModelConfig:
     size: str = "XL/2"            # paper: sDiT-XL, patch 2x2

@@ -76,18 +76,14 @@ def load_heldout(data: Path, cfg, record: dict | None) -> tuple[list[dict], str]
     `record`: the checkpoint's held-out record ({fraction, min_clips, videos}); None for a checkpoint
     that predates it (the rule is recomputed from its config and the note says it may have seen them)."""
     from model.data import decode, resolve_shards
-    from model.split import HeldOut, heldout_videos
+    from model.split import HeldOut, catalog, heldout_videos, shard_videos
     from pipeline.shardio import read_samples
 
-    samples = []
-    for url in resolve_shards("", data):
-        for key, members in read_samples(Path(url)):
-            samples.append(decode({"__key__": key, **{suffix: data_ for suffix, data_ in members}}))
-    if not samples:
+    urls = resolve_shards("", data)
+    by_shard = shard_videos(urls) or {}        # video ids from the meta members only: nothing decoded yet
+    counts = catalog(by_shard)
+    if not counts:
         raise SystemExit(f"evaluate: error: no shard samples under {data / 'shards'}")
-    counts: dict[str, int] = {}
-    for s in samples:
-        counts[s["meta.json"]["video_id"]] = counts.get(s["meta.json"]["video_id"], 0) + 1
     if record is None:
         f, m = cfg.data.heldout_fraction, cfg.data.heldout_min_clips
         held = HeldOut(heldout_videos(counts, f, m), f)
@@ -102,7 +98,14 @@ def load_heldout(data: Path, cfg, record: dict | None) -> tuple[list[dict], str]
                              "(data.heldout_fraction=0): every shard clip was trained on")
         held = HeldOut(set(record["videos"]), record["fraction"])
         note = f"split: the {len(record['videos'])} videos the training run held out"
-    out = sorted((s for s in samples if s["meta.json"]["video_id"] in held), key=lambda s: s["__key__"])
+    out = []
+    for url in urls:      # decode only the held-out samples, reading only shards that hold one
+        if any(v in held for v in by_shard.get(url, [])):
+            for key, members in read_samples(Path(url)):
+                raw = dict(members)
+                if json.loads(raw["meta.json"])["video_id"] in held:
+                    out.append(decode({"__key__": key, **raw}))
+    out.sort(key=lambda s: s["__key__"])
     if not out:
         raise SystemExit("evaluate: error: none of the checkpoint's held-out videos is in the shards any more")
     return out, note

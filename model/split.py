@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 log = logging.getLogger("reenactfaces.split")
@@ -68,20 +69,16 @@ def shard_videos(urls: list[str]) -> dict[str, list[str]] | None:
 
 def catalog(by_shard: dict[str, list[str]]) -> dict[str, int]:
     """{video_id: number of clips} over all shards."""
-    counts: dict[str, int] = {}
-    for vids in by_shard.values():
-        for v in vids:
-            counts[v] = counts.get(v, 0) + 1
-    return counts
+    return dict(Counter(v for vids in by_shard.values() for v in vids))
 
 
 class HeldOut:
     """Membership test for held-out videos: an explicit set, or the hash rule alone when the shards
     could not be catalogued (remote URLs). Picklable, so DataLoader workers get it."""
 
-    def __init__(self, videos: set[str] | None, fraction: float):
+    def __init__(self, videos: set[str] | None, fraction: float, min_clips: int = 0):
         self.videos = frozenset(videos) if videos is not None else None
-        self.fraction = fraction
+        self.fraction, self.min_clips = fraction, min_clips
 
     def __contains__(self, video_id) -> bool:
         if not isinstance(video_id, str):
@@ -90,9 +87,9 @@ class HeldOut:
             return video_id in self.videos
         return is_held_out(video_id, self.fraction)
 
-    def record(self, min_clips: int) -> dict:
+    def record(self) -> dict:
         """What a checkpoint stores (plain types: loads with weights_only=True)."""
-        return {"fraction": float(self.fraction), "min_clips": int(min_clips),
+        return {"fraction": float(self.fraction), "min_clips": int(self.min_clips),
                 "videos": sorted(self.videos) if self.videos is not None else None}
 
 
@@ -103,13 +100,14 @@ def training_split(urls: list[str], fraction: float, min_clips: int,
     `recorded`: the held-out videos of the checkpoint being resumed; they stay held out."""
     by_shard = shard_videos(urls)
     if by_shard is None:
-        return HeldOut(None, fraction), urls, f"held out by rule: sha1(video_id) < {fraction} (remote shards)"
-    held = heldout_videos(catalog(by_shard), fraction, min_clips) | set(recorded or ())
+        return HeldOut(None, fraction, min_clips), urls, f"held out by rule: sha1(video_id) < {fraction} (remote shards)"
+    counts = catalog(by_shard)
+    held = heldout_videos(counts, fraction, min_clips) | set(recorded or ())
     keep = [u for u in urls if not by_shard[u] or any(v not in held for v in by_shard[u])]
-    n_train = sum(v not in held for vids in by_shard.values() for v in vids)
-    n_held = sum(v in held for vids in by_shard.values() for v in vids)
-    if n_train == 0 and any(by_shard.values()):
+    n_held = sum(n for v, n in counts.items() if v in held)
+    n_train = sum(counts.values()) - n_held
+    if n_train == 0 and counts:
         raise ValueError(f"every clip is held out for evaluation ({len(held)} videos, data.heldout_fraction="
                          f"{fraction}); add videos or set data.heldout_fraction=0 to train on all of them")
-    return HeldOut(held, fraction), keep, f"held out {len(held)} videos ({n_held} clips) for eval; " \
-                                          f"training on {n_train} clips in {len(keep)} shards"
+    note = f"held out {len(held)} videos ({n_held} clips) for eval; training on {n_train} clips in {len(keep)} shards"
+    return HeldOut(held, fraction, min_clips), keep, note

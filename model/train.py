@@ -170,7 +170,7 @@ def main(argv=None) -> dict:
     heldout, urls, split_note = training_split(urls, cfg.data.heldout_fraction, cfg.data.heldout_min_clips, recorded)
     if is_main:
         log.info("%s", split_note)
-        atomic_write_text(run_dir / "heldout.json", json.dumps(heldout.record(cfg.data.heldout_min_clips), indent=1))
+        atomic_write_text(run_dir / "heldout.json", json.dumps(heldout.record(), indent=1))
     net = DDP(model, device_ids=[local_rank] if cuda else None) if world > 1 else model
     local = tc.global_batch // world
     batches = make_batches(urls, cfg, rank, world, start_step=step, exclude=heldout)
@@ -192,7 +192,7 @@ def main(argv=None) -> dict:
         if is_main:
             path = ckpt.save(ckpt_dir / f"{kind}_{step:07d}.pt", model=model, ema=ema, opt=opt, step=step, cfg=cfg,
                              schedule={"name": "warmup_cosine", "step": step},
-                             heldout=heldout.record(cfg.data.heldout_min_clips))
+                             heldout=heldout.record())
             if kind == "step":
                 ckpt.prune(ckpt_dir, tc.keep_last)
         if world > 1:

@@ -6,7 +6,7 @@ removed clips) -> encode clips that have no cached features (Ray Data actor pool
 Features are cached per clip under shards/cache/<encoder fingerprint>/ so a killed run resumes
 without recomputing, and a re-run with nothing new writes no shard, index or table.
 This module holds the config, the run's order and the CLI; the encoders' runners and the shard
-packing are in pipeline/shardwriter.py (re-exported here).
+packing are in pipeline/shardwriter.py.
 """
 from __future__ import annotations
 
@@ -25,14 +25,7 @@ import numpy as np
 from pipeline.encoders import EncoderConfig, work_units
 from pipeline.paths import DataRoot, atomic_write_text
 from pipeline.shardio import cache_path
-from pipeline.shardwriter import (  # noqa: F401  (re-exported: importable from here as before)
-    encode_item,
-    encode_ray,
-    encode_sequential,
-    iter_decoded,
-    save_item,
-    write_new_shards,
-)
+from pipeline.shardwriter import encode_ray, encode_sequential, iter_decoded, write_new_shards
 
 _KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")   # a tar key: no dots (webdataset splits there), no slashes
 
@@ -88,7 +81,8 @@ def load_dag(path: str | Path | None) -> ShardsConfig:
     doc = load_yaml(path)
     top = {f.name for f in dataclasses.fields(ShardsConfig)} - {"encoder"}
     enc = {f.name for f in dataclasses.fields(EncoderConfig)}
-    own = {"": top | {"inputs", "stages", "tiny"}, "inputs": top, "tiny": set(), "decode": enc, "encode": enc | top, "stills": set(), "write": top}
+    own = {"": top | {"inputs", "stages", "tiny"}, "inputs": top, "tiny": set(), "decode": enc,
+           "encode": enc | top, "stills": set(), "write": top}   # plus each section's _RENAME keys
 
     def put(section: str, vals) -> None:
         check_keys(vals, own[section] | {k for s, k in _RENAME if s == section}, where, section)

@@ -4,8 +4,8 @@ Photos: `skimage.data.astronaut()` (Eileen Collins) and matplotlib's `grace_hopp
 "identities" are mirrored, colour-shifted variants of them (same person, different look).
 `head(identity)` cuts the face out with a soft elliptical mask and prepares the expression
 fields (mouth opens, eyes blink) around MediaPipe face-mesh points found once per photo;
-`_expressed` / `_expressed_mesh` apply them to the pixels / the mesh. pipeline/testmedia.py
-places these heads on `_background`s, moves them and writes the videos and ground truth.
+`expressed` / `expressed_mesh` apply them to the pixels / the mesh. pipeline/testmedia.py
+places these heads on `background`s, moves them and writes the videos and ground truth.
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def head(identity: str) -> Head:
     return h
 
 
-def _expressed(h: Head, mouth: float, eyes: float) -> tuple[np.ndarray, np.ndarray]:
+def expressed(h: Head, mouth: float, eyes: float) -> tuple[np.ndarray, np.ndarray]:
     """Backward warp: src_y = y - k_m*m*(y-my)*g_m + k_e*e*(y-ey)*g_e. k_m < 1, k_e < 2.2: no folds."""
     import cv2
 
@@ -115,7 +115,7 @@ def _expressed(h: Head, mouth: float, eyes: float) -> tuple[np.ndarray, np.ndarr
     return rgb, h.alpha
 
 
-def _expressed_mesh(h: Head, mouth: float, eyes: float) -> np.ndarray:
+def expressed_mesh(h: Head, mouth: float, eyes: float) -> np.ndarray:
     """Where the mesh points land after the warp: solve q_y + d(q) = p_y by fixed-point iteration."""
     side = h.rgb.shape[0]
     q = h.mesh.copy()
@@ -131,7 +131,7 @@ def _expressed_mesh(h: Head, mouth: float, eyes: float) -> np.ndarray:
 BG_TINTS = {"brick": (1.0, 0.55, 0.4), "grass": (0.45, 1.0, 0.45), "gravel": (0.6, 0.7, 1.0)}
 
 
-def _background(kind: str, w: int, h: int, rng: np.random.Generator) -> np.ndarray:
+def background(kind: str, w: int, h: int, rng: np.random.Generator) -> np.ndarray:
     """A background 25% larger than the frame (so it can pan), uint8 RGB."""
     import cv2
 

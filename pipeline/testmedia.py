@@ -28,8 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-# BG_TINTS and Head are re-exported: importable from here as before the split
-from pipeline.testfaces import BG_TINTS, Head, _background, _expressed, _expressed_mesh, head  # noqa: F401
+from pipeline.testfaces import background, expressed, expressed_mesh, head
 
 GT_VERSION = 1
 SMALL_FACE = 0.15   # a face whose box height is below this fraction of the frame height is "small"
@@ -109,7 +108,7 @@ def _render(spec: VideoSpec, seed: int):
     rng = np.random.default_rng([seed, *spec.name.encode()])
     W, H = spec.width, spec.height
     for sc in spec.scenes:
-        bg = _background(sc.bg, W, H, rng)
+        bg = background(sc.bg, W, H, rng)
         pan = rng.uniform(-1, 1, 2) * [bg.shape[1] - W, bg.shape[0] - H] / sc.frames / 2
         mouth, eyes = _expression(rng, sc.frames, spec.fps)
         n_faces = len(sc.faces)
@@ -136,7 +135,7 @@ def _render(spec: VideoSpec, seed: int):
                 c, sn = s * math.cos(ang), s * math.sin(ang)
                 M = np.array([[c, sn, tx - c * fc[0] - sn * fc[1]], [-sn, c, ty + sn * fc[0] - c * fc[1]]],
                              np.float32)
-                rgb, alpha = _expressed(hd, mouth[i], eyes[i])
+                rgb, alpha = expressed(hd, mouth[i], eyes[i])
                 # Warp only into the region the patch lands on (a full-frame warp costs 10x more).
                 P = rgb.shape[0]
                 corners = np.float32([[0, 0], [P, 0], [0, P], [P, P]]) @ M[:, :2].T + M[:, 2]
@@ -149,7 +148,7 @@ def _render(spec: VideoSpec, seed: int):
                     a = cv2.warpAffine(alpha, Mr, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR)[..., None]
                     roi = frame[y0:y1, x0:x1].astype(np.float32)
                     frame[y0:y1, x0:x1] = cv2.convertScaleAbs(roi + (fg - roi) * a)
-                p = _expressed_mesh(hd, mouth[i], eyes[i]) @ M[:, :2].T + M[:, 2]
+                p = expressed_mesh(hd, mouth[i], eyes[i]) @ M[:, :2].T + M[:, 2]
                 boxes.append([round(float(v), 1) for v in (*p.min(0), *p.max(0))])
             if sc.blur:
                 frame = cv2.GaussianBlur(frame, (0, 0), sc.blur * H)
