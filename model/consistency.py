@@ -36,33 +36,47 @@ def by_distance(values: np.ndarray, anchor: int, width: int) -> list[dict]:
     return out
 
 
-def _one_consistency_run(clip: dict, n_frames: int, steps: int, seed: int, clip_x0: float, model, cfg, diffusion,
-                         enc) -> dict:
-    """Anchored vs naive vs real ASIM/ACLIP curves, and LMSE with vs without landmark guidance, for one
-    (held-out clip, seed): self-reenactment, source = the clip's own first frame."""
-    from model.anchored import SampleConfig
-    from model.metrics import LMSE_SIZE, cosine, landmarks_of, lmse_landmarks
-    from model.reenact import clip_embed, generate
+def _curves(frames: np.ndarray, enc, F: int) -> dict:
+    """ASIM / ACLIP by distance to frame 0, and the near / far ASIM means (first / last third)."""
+    from model.metrics import cosine
+    from model.reenact import clip_embed
 
+    T = len(frames)
+    asim = anchor_similarity(frames)
+    emb = clip_embed(enc, frames)
+    return {"asim": by_distance(asim, 0, F), "aclip": by_distance(cosine(emb, emb[0][None]), 0, F),
+            "asim_far": float(asim[T - T // 3:].mean()), "asim_near": float(asim[1:1 + T // 3].mean())}
+
+
+def _clip_inputs(clip: dict, n_frames: int, enc, F: int) -> dict:
+    """What every seed of one clip shares: the driving inputs (cut to n_frames) and the real curve."""
     T = min(len(clip["time_s.npy"]), n_frames)
     filled, lm, ok, times, lat = driving_of({k: (v[:T] if isinstance(v, np.ndarray) else v) for k, v in clip.items()}, 0)
-    src_emb = clip["clip_emb.npy"][0].astype(np.float32)
-    F = cfg.model.frames
-    gens = {"real": real_frames(enc, lat)}
+    return {"filled": filled, "lm": lm, "ok": ok, "times": times, "frames": T,
+            "src_emb": clip["clip_emb.npy"][0].astype(np.float32), "real": _curves(real_frames(enc, lat), enc, F)}
+
+
+def _one_consistency_run(clip: dict, inp: dict, steps: int, seed: int, clip_x0: float, model, cfg, diffusion,
+                         enc) -> dict:
+    """Anchored vs naive ASIM/ACLIP curves (the real one from `inp`), and LMSE with vs without landmark
+    guidance, for one (held-out clip, seed): self-reenactment, source = the clip's own first frame."""
+    from model.anchored import SampleConfig
+    from model.metrics import LMSE_SIZE, landmarks_of, lmse_landmarks
+    from model.reenact import generate
+
+    gens = {}
     for name, sampler, guidance in (("anchored", "anchored", "clip+landmarks"), ("naive", "naive", "clip+landmarks"),
                                     ("anchored_no_landmarks", "anchored", "clip")):
         sc = SampleConfig(steps=steps, guidance=guidance, seed=seed, clip_x0=clip_x0)
-        _, gens[name], _ = generate(model, cfg, diffusion, enc, filled, times, src_emb, sc, sampler, 0, seed)
-    out = {"clip": clip["__key__"], "video_id": clip["meta.json"]["video_id"], "seed": seed, "frames": int(T),
-           "curves": {}, "lmse": {}}
-    for name in ("real", "anchored", "naive"):
-        asim = anchor_similarity(gens[name])
-        emb = clip_embed(enc, gens[name])
-        out["curves"][name] = {"asim": by_distance(asim, 0, F), "aclip": by_distance(cosine(emb, emb[0][None]), 0, F),
-                               "asim_far": float(asim[T - T // 3:].mean()), "asim_near": float(asim[1:1 + T // 3].mean())}
+        _, gens[name], _ = generate(model, cfg, diffusion, enc, inp["filled"], inp["times"], inp["src_emb"], sc,
+                                    sampler, 0, seed)
+    F = cfg.model.frames
+    out = {"clip": clip["__key__"], "video_id": clip["meta.json"]["video_id"], "seed": seed, "frames": inp["frames"],
+           "curves": {"real": inp["real"], "anchored": _curves(gens["anchored"], enc, F),
+                      "naive": _curves(gens["naive"], enc, F)}, "lmse": {}}
     for name in ("anchored", "anchored_no_landmarks"):
         glm, gok = landmarks_of(gens[name])
-        r = lmse_landmarks(glm, lm * LMSE_SIZE, gok, ok)
+        r = lmse_landmarks(glm, inp["lm"] * LMSE_SIZE, gok, inp["ok"])
         out["lmse"][name] = {"lmse": r["lmse"], "frames_used": r["frames_used"], "frames": r["frames_total"]}
     return out
 
@@ -112,8 +126,9 @@ def consistency_study(data: Path, ckpt: str | None = None, models: str = "", ste
                              f"(n_frames={n_frames}; F={F})")
     runs = []
     for clip in chosen:
+        inp = _clip_inputs(clip, n_frames, enc, F)   # the real clip's decode and curve: once, not per seed
         for seed in range(seeds):
-            r = _one_consistency_run(clip, n_frames, steps, seed, clip_x0, model, cfg, diffusion, enc)
+            r = _one_consistency_run(clip, inp, steps, seed, clip_x0, model, cfg, diffusion, enc)
             runs.append(r)
             c = r["curves"]
             print(f"consistency [{len(runs)}/{len(chosen) * seeds}] clip {r['clip']} seed {seed}: far ASIM anchored "
