@@ -7,7 +7,6 @@ checkpoint resumes on any world size.
 """
 from __future__ import annotations
 
-import os
 import random
 import re
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from model.config import Config, from_dict
+from pipeline.paths import atomic_open
 
 # keys that change the network or the diffusion chain: a checkpoint that differs on them cannot be resumed
 _ARCH_IGNORE = {"grad_checkpoint"}          # model.* keys that do not change the weights
@@ -63,12 +63,8 @@ def save(path: Path, *, model, ema, opt, step: int, cfg: Config, schedule: dict,
     }
     if heldout is not None:
         state["heldout"] = heldout
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_open(path) as f:
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path
 
 

@@ -13,16 +13,14 @@ and resumed run writes exactly what an uninterrupted run writes.
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipeline.paths import DataRoot, atomic_write_bytes, atomic_write_text, safe_name
+from pipeline.paths import DataRoot, atomic_write_parquet, atomic_write_text, safe_name
 from pipeline.schema import CLIPS
 
 STATE_VERSION = 1
@@ -78,12 +76,6 @@ def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pydict(cols, schema=schema)
 
 
-def _write_parquet(path: Path, table: pa.Table) -> None:
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def build_tables(states: list[dict]) -> tuple[pa.Table, pa.Table, pa.Table]:
     clips, videos, rejections = [], [], []
     for st in sorted(states, key=lambda s: s["video_id"]):
@@ -97,9 +89,9 @@ def write_outputs(root: DataRoot, states: list[dict], run_info: dict) -> dict:
     """Write the three tables, stats.json and summary.txt; returns the stats."""
     out = root.dir("curate")
     clips, videos, rejections = build_tables(states)
-    _write_parquet(out / "clips.parquet", clips)
-    _write_parquet(out / "videos.parquet", videos)
-    _write_parquet(out / "rejections.parquet", rejections)
+    atomic_write_parquet(out / "clips.parquet", clips)
+    atomic_write_parquet(out / "videos.parquet", videos)
+    atomic_write_parquet(out / "rejections.parquet", rejections)
     stats = make_stats(states, clips, videos, rejections, run_info)
     atomic_write_text(out / "stats.json", json.dumps(stats, indent=2, sort_keys=True))
     atomic_write_text(out / "summary.txt", summary_text(stats))

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.paths import DataRoot, atomic_write_text, safe_name
+from pipeline.paths import DataRoot, atomic_write_parquet, atomic_write_text, safe_name
 
 
 class ManifestProblem(ValueError):
@@ -208,8 +208,6 @@ def _drop_clip_rows(root: DataRoot, vid: str) -> int:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from pipeline.paths import atomic_write_bytes
-
     p = root.path("curate", "clips.parquet")
     if not p.exists():
         return 0
@@ -217,11 +215,7 @@ def _drop_clip_rows(root: DataRoot, vid: str) -> int:
     keep = pc.invert(pc.equal(t["video_id"], vid))
     n = t.num_rows - pc.sum(keep.cast("int64")).as_py() if t.num_rows else 0
     if n:
-        import pyarrow as pa
-
-        buf = pa.BufferOutputStream()
-        pq.write_table(t.filter(keep), buf)
-        atomic_write_bytes(p, buf.getvalue().to_pybytes())
+        atomic_write_parquet(p, t.filter(keep))
     return int(n)
 
 
@@ -263,7 +257,7 @@ def verify(data: str | Path, optout_path: str, log=print) -> list[str]:
     problems, nshards, nsamples = [], 0, 0
     for path in sorted(sdir.glob("*.tar")) if sdir.is_dir() else []:
         nshards += 1
-        for key, members in shardio.read_samples(path):
+        for key, members in shardio.read_samples(path, {"meta.json"}):
             nsamples += 1
             meta = json.loads(dict(members).get("meta.json", b"{}"))
             vid = meta.get("video_id", "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,16 +51,43 @@ class DataRoot:
         return p
 
 
+TMP_TAG = ".tmp-"   # temp siblings are ".<name>.tmp-<pid>"; shardio.recover() deletes what a kill leaves
+
+
+@contextmanager
+def atomic_open(path: Path):
+    """A binary file under a temporary sibling name; fsync + rename onto `path` when the block ends.
+
+    Readers see the old file or the new one, never half. If the block raises, the temp file is
+    removed; a process killed before the rename leaves it for recovery code to find by TMP_TAG.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary sibling, fsync, rename: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_open(path) as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_parquet(path: Path, table) -> None:
+    """A pyarrow Table as a parquet file, written atomically (pyarrow imported only here)."""
+    import pyarrow.parquet as pq
+
+    with atomic_open(path) as f:
+        pq.write_table(table, f)

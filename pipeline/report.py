@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.paths import DataRoot
+
 # The paper's dataset statistics (supplementary §5), shown beside ours for comparison.
 PAPER = {
     "duration_s": (3.29, 2.07),
@@ -78,18 +80,38 @@ def _bar(path: Path, counts: dict, title: str) -> None:
     plt.close(fig)
 
 
-def _frame_with_box(data_root: Path, row, side: int = 160):
-    """Middle frame of a clip, downscaled, with its crop box drawn; None if the media is gone."""
-    import cv2
+def _middle_frames(root, rows) -> dict:
+    """{(media_path, frame): rgb} for the middle frame of every row: one decode pass per video.
 
+    Media that is gone, unreadable or outside the data root just has no frames."""
     from pipeline.video_io import VideoError, read_frames
 
-    media = data_root / str(row["media_path"])
-    mid = (int(row["start_frame"]) + int(row["end_frame"])) // 2
-    try:
-        img = read_frames(media, [mid]).get(mid)
-    except VideoError:
-        return None
+    wanted: dict[str, set[int]] = {}
+    for row in rows:
+        wanted.setdefault(str(row["media_path"]), set()).add(_mid(row))
+    out = {}
+    for media, mids in wanted.items():
+        try:
+            path = root.path(media)
+        except ValueError:   # a media_path escaping the data root is never read
+            continue
+        try:
+            got = read_frames(path, mids)
+        except VideoError:
+            continue
+        out.update({(media, i): img for i, img in got.items()})
+    return out
+
+
+def _mid(row) -> int:
+    return (int(row["start_frame"]) + int(row["end_frame"])) // 2
+
+
+def _frame_with_box(frames: dict, row, side: int = 160):
+    """Middle frame of a clip (from _middle_frames), downscaled, with its crop box drawn; None if missing."""
+    import cv2
+
+    img = frames.get((str(row["media_path"]), _mid(row)))
     if img is None:
         return None
     h, w = img.shape[:2]
@@ -133,7 +155,7 @@ def _tsne(path: Path, shards_dir: Path, max_points: int = 600) -> dict:
     # Only indexed shards count: a half-written or orphaned tar is not part of the dataset.
     embs, vids = [], []
     for entry in load_index(shards_dir)["shards"]:
-        for _key, members in read_samples(shards_dir / entry["name"]):
+        for _key, members in read_samples(shards_dir / entry["name"], {"clip_emb.npy", "meta.json"}):
             m = dict(members)
             if "clip_emb.npy" not in m:
                 continue
@@ -210,9 +232,14 @@ def build_report(data_root: str | Path, examples_per_reason: int = 3, max_sheet:
     _bar(out / "rejections.png", reasons, "Rejections per reason")
     report["figures"]["rejections"] = "rejections.png"
 
+    sheet_acc = [row for _, row in acc.head(max_sheet).iterrows()]
+    sheet_rej = [(reason, row) for reason, group in clips[clips["status"] != "accepted"].groupby("reason")
+                 for _, row in group.head(examples_per_reason).iterrows()]
+    frames = _middle_frames(DataRoot.of(data_root), sheet_acc + [row for _, row in sheet_rej])
+
     tiles, labels = [], []
-    for _, row in acc.head(max_sheet).iterrows():
-        t = _frame_with_box(data_root, row)
+    for row in sheet_acc:
+        t = _frame_with_box(frames, row)
         if t is not None:
             tiles.append(t)
             labels.append(f"{row['clip_id'][:8]} {row['duration_s']:.1f}s q{row['quality']:.0f}")
@@ -221,13 +248,11 @@ def build_report(data_root: str | Path, examples_per_reason: int = 3, max_sheet:
     report["contact_sheet_clips"] = len(tiles)
 
     tiles, labels = [], []
-    rej_clips = clips[clips["status"] != "accepted"]
-    for reason, group in rej_clips.groupby("reason"):
-        for _, row in group.head(examples_per_reason).iterrows():
-            t = _frame_with_box(data_root, row)
-            if t is not None:
-                tiles.append(t)
-                labels.append(str(reason)[:28])
+    for reason, row in sheet_rej:
+        t = _frame_with_box(frames, row)
+        if t is not None:
+            tiles.append(t)
+            labels.append(str(reason)[:28])
     if _sheet(out / "rejected.png", tiles, labels):
         report["figures"]["rejected"] = "rejected.png"
 

@@ -10,20 +10,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import tarfile
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.paths import atomic_write_bytes, atomic_write_text, safe_name
+from pipeline.paths import TMP_TAG, atomic_write_bytes, atomic_write_parquet, atomic_write_text, safe_name
 from pipeline.schema import SCHEMA_VERSION, SHARD_MEMBERS
 
 MEMBER_ORDER = list(SHARD_MEMBERS)
 NPY_DTYPES = {"latent_mean.npy": np.float16, "latent_std.npy": np.float16, "clip_emb.npy": np.float16,
               "landmarks.npy": np.float32, "landmarks_ok.npy": np.bool_, "frame_index.npy": np.int64,
               "time_s.npy": np.float32}
-TMP_TAG = ".tmp-"
 
 
 def npy_bytes(a: np.ndarray) -> bytes:
@@ -59,8 +57,11 @@ def tar_bytes(samples: list[tuple[str, list[tuple[str, bytes]]]]) -> bytes:
     return buf.getvalue()
 
 
-def read_samples(path: Path) -> list[tuple[str, list[tuple[str, bytes]]]]:
-    """Inverse of tar_bytes: samples in file order, members in file order."""
+def read_samples(path: Path, suffixes: set[str] | None = None) -> list[tuple[str, list[tuple[str, bytes]]]]:
+    """Inverse of tar_bytes: samples in file order, members in file order.
+
+    `suffixes` keeps only those members (every sample is still listed); the others are seeked
+    over, never read."""
     out: list[tuple[str, list[tuple[str, bytes]]]] = []
     with tarfile.open(path, mode="r:") as tf:
         for m in tf:
@@ -68,10 +69,10 @@ def read_samples(path: Path) -> list[tuple[str, list[tuple[str, bytes]]]]:
                 continue
             base = m.name.rsplit("/", 1)[-1]
             key, suffix = base.split(".", 1)
-            data = tf.extractfile(m).read()
             if not out or out[-1][0] != key:
                 out.append((key, []))
-            out[-1][1].append((suffix, data))
+            if suffixes is None or suffix in suffixes:
+                out[-1][1].append((suffix, tf.extractfile(m).read()))
     return out
 
 
@@ -83,19 +84,10 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _publish(tmp: Path, final: Path) -> None:
-    os.replace(tmp, final)
-
-
 def write_shard(path: Path, samples) -> dict:
-    """Write under a temporary sibling name, fsync, rename: a visible shard is always complete."""
+    """Write atomically (paths.atomic_write_bytes): a visible shard is always complete."""
     data = tar_bytes(samples)
-    tmp = path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    _publish(tmp, path)
+    atomic_write_bytes(path, data)
     return {"name": path.name, "nsamples": len(samples), "bytes": len(data),
             "sha256": hashlib.sha256(data).hexdigest()}
 
@@ -136,15 +128,11 @@ def load_table(shard_dir: Path):
 
 def save_table(shard_dir: Path, table) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from pipeline.paths import atomic_write_bytes
 
     t = table.sort_values(["shard", "clip_id"]).reset_index(drop=True)
     schema = pa.schema([(c, pa.int64() if c == "nframes" else pa.string()) for c in SHARDS_COLUMNS])
-    buf = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pandas(t[SHARDS_COLUMNS], schema=schema, preserve_index=False), buf)
-    atomic_write_bytes(shard_dir / "shards.parquet", buf.getvalue().to_pybytes())
+    atomic_write_parquet(shard_dir / "shards.parquet",
+                         pa.Table.from_pandas(t[SHARDS_COLUMNS], schema=schema, preserve_index=False))
 
 
 def recover(shard_dir: Path, index: dict) -> list[str]:

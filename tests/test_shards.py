@@ -299,7 +299,7 @@ def test_missing_and_corrupt_media_are_recorded_and_skipped(tmp_path_factory, tm
 
 
 def test_kill_between_write_and_rename_leaves_no_partial_shard(tmp_path_factory, tmp_path, monkeypatch):
-    from pipeline import shardio
+    from pipeline import paths
     from pipeline.shards import run
 
     root, models = copy_world(tmp_path_factory, tmp_path)
@@ -310,22 +310,23 @@ def test_kill_between_write_and_rename_leaves_no_partial_shard(tmp_path_factory,
     (root / "shards" / "shards.parquet").unlink()
 
     calls = {"n": 0}
-    real = shardio._publish
+    real = paths.os.replace
 
-    def dies_on_second(tmp, final):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("killed")   # like SIGINT mid-run; the tmp file stays behind
+    def dies_on_second(tmp, final):   # the rename that publishes a shard; other renames go through
+        if str(final).endswith(".tar"):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt("killed")   # like SIGINT mid-run; the tmp file stays behind
         real(tmp, final)
 
-    monkeypatch.setattr(shardio, "_publish", dies_on_second)
+    monkeypatch.setattr(paths.os, "replace", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
         run(root, make_cfg(root, models), log=lambda m: None)
     visible = sorted(p.name for p in (root / "shards").glob("*.tar"))
     assert visible == ["faces-000000.tar"]   # the finished one only, never a partial
     assert list((root / "shards").glob(".faces-000001.tar.tmp-*"))
     assert [s["name"] for s in json.loads((root / "shards" / "index.json").read_text())["shards"]] == visible
-    monkeypatch.setattr(shardio, "_publish", real)
+    monkeypatch.setattr(paths.os, "replace", real)
     stats = run(root, make_cfg(root, models), log=lambda m: None)
     assert stats["encoded"] == 0 and stats["cache_hits"] == 3   # resumed from the feature cache
     assert shard_hashes(root) == clean
