@@ -29,14 +29,11 @@ def plain_decode_cpu(path: Path) -> tuple[float, int]:
 
 def run(data_root: Path, repeats: int = 2) -> dict:
     from pipeline.stages import Models, analyse_video, load_dag
-    from pipeline.testmedia import generate_corpus, load_corpus
+    from pipeline.testmedia import ensure_corpus
 
     data_root = Path(data_root)
     corpus_dir = data_root / "corpus"
-    gts = load_corpus(corpus_dir) if (corpus_dir / "COMPLETE").exists() else []
-    if not gts:
-        gts = generate_corpus(corpus_dir)
-        (corpus_dir / "COMPLETE").write_text("ok\n")
+    gts = ensure_corpus(corpus_dir)
     cfg = load_dag(Path(__file__).resolve().parents[1] / "dags" / "curate.yaml")
     t0 = time.process_time()
     models = Models(cfg)

@@ -110,6 +110,7 @@ def _read_rates(urls: list[str], min_s: float = 1.0) -> dict:
 def run(data_root: Path, size: int = 128, max_frames: int = 16, max_clips: int = 8, repeats: int = 3) -> dict:
     from pipeline import shards as S
     from pipeline.encoders import Encoders, build_tiny_models, decode_clip, resolve_models
+    from pipeline.shardio import load_index
 
     bench = Path(data_root)
     bench.mkdir(parents=True, exist_ok=True)
@@ -153,7 +154,7 @@ def run(data_root: Path, size: int = 128, max_frames: int = 16, max_clips: int =
            # the steadiest figure: stage wall time / the encoders' own time inside that same run
            "stage_overhead_same_run_x": min(in_run), "same_run_samples": [round(x, 3) for x in in_run], "stage_overhead_cpu_x": sc / fc, "target_overhead_x": 1.15,
            "wall_samples": {"forward": [round(x[0], 2) for x in forward], "stage": [round(x[0], 2) for x in stage]}}
-    urls = [str(root / "shards" / s["name"]) for s in json.loads((root / "shards" / "index.json").read_text())["shards"]]
+    urls = [str(root / "shards" / s["name"]) for s in load_index(root / "shards")["shards"]]
     out.update(_read_rates(urls))
     return out
 

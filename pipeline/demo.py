@@ -65,16 +65,12 @@ def main(argv=None) -> int:
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
 
-    from pipeline.testmedia import generate_corpus, load_corpus, make_portraits
+    from pipeline.testmedia import ensure_corpus, make_portraits
     from pipeline.testserver import SourceServer
 
     corpus_dir = data / "corpus"
     t0 = time.perf_counter()
-    gts = load_corpus(corpus_dir) if (corpus_dir / "COMPLETE").exists() else None
-    if not gts:
-        print("=== demo: generating the test corpus", flush=True)
-        gts = generate_corpus(corpus_dir)
-        (corpus_dir / "COMPLETE").write_text("ok\n")
+    gts = ensure_corpus(corpus_dir, log=lambda m: print(f"=== demo: {m}", flush=True))
     portraits = make_portraits(data / "portraits", n=4)
     timings["corpus"] = round(time.perf_counter() - t0, 1)
 

@@ -272,6 +272,17 @@ def load_corpus(out_dir: str | Path) -> list[dict]:
     return out
 
 
+def ensure_corpus(out_dir: str | Path, seed: int = 0, log=lambda m: None) -> list[dict]:
+    """The corpus in out_dir: loaded if a finished one is there (OUT/COMPLETE), else generated and marked finished."""
+    out_dir = Path(out_dir)
+    gts = load_corpus(out_dir) if (out_dir / "COMPLETE").exists() else []
+    if not gts:
+        log("generating the test corpus")
+        gts = generate_corpus(out_dir, seed)
+        (out_dir / "COMPLETE").write_text("ok\n")
+    return gts
+
+
 def make_portraits(out_dir: str | Path, n: int = 8, size: int = 256, seed: int = 0) -> list[Path]:
     """A folder of still portraits (PNG) for the still-image pseudo-clip augmentation.
 

@@ -43,7 +43,7 @@ def _corpus_key(seed: int) -> str:
 
 @pytest.fixture(scope="session")
 def corpus_dir(request, tmp_path_factory) -> Path:
-    from pipeline.testmedia import generate_corpus
+    from pipeline.testmedia import ensure_corpus
 
     seed = 0
     cache = getattr(request.config, "cache", None)       # absent with -p no:cacheprovider
@@ -53,8 +53,7 @@ def corpus_dir(request, tmp_path_factory) -> Path:
         # Build in a private folder and rename, so parallel sessions never see half a corpus.
         tmp = final.with_name(f".build-{final.name}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        generate_corpus(tmp, seed=seed)
-        (tmp / "COMPLETE").write_text("ok\n")
+        ensure_corpus(tmp, seed=seed)
         try:
             os.rename(tmp, final)
         except OSError:          # another session finished first: use theirs
