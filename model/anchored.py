@@ -85,15 +85,21 @@ def plan_anchored(n_frames: int, F: int, anchor: int = 0, seed: int = 0) -> Sequ
             if not any(col[s] in frames[s, 1:k + 1] for s in range(S)):
                 break
         frames[:, k + 1] = col
-    owner = np.zeros((S, F), dtype=bool)
+    owner = _first_owners(frames, first_slot=1)
     owner[0, 0] = True  # the anchor: identical everywhere, taken from sequence 0
+    return SequencePlan(frames, owner, anchor, n_frames)
+
+
+def _first_owners(frames: np.ndarray, first_slot: int = 0) -> np.ndarray:
+    """(S, F) bool: the first slot (row-major, from `first_slot` on) where each frame appears owns it."""
+    owner = np.zeros(frames.shape, dtype=bool)
     seen: set[int] = set()
-    for s in range(S):
-        for f in range(1, F):
-            if frames[s, f] not in seen:
+    for s in range(frames.shape[0]):
+        for f in range(first_slot, frames.shape[1]):
+            if int(frames[s, f]) not in seen:
                 seen.add(int(frames[s, f]))
                 owner[s, f] = True
-    return SequencePlan(frames, owner, anchor, n_frames)
+    return owner
 
 
 def plan_naive(n_frames: int, F: int) -> SequencePlan:
@@ -102,14 +108,7 @@ def plan_naive(n_frames: int, F: int) -> SequencePlan:
     if starts[-1] + F < n_frames:
         starts.append(n_frames - F)  # last chunk ends at the last frame; its earlier frames are context
     frames = np.array([np.arange(s, s + F) for s in starts], dtype=np.int64)
-    owner = np.zeros_like(frames, dtype=bool)
-    seen: set[int] = set()
-    for s in range(len(starts)):
-        for f in range(F):
-            if frames[s, f] not in seen:
-                seen.add(int(frames[s, f]))
-                owner[s, f] = True
-    return SequencePlan(frames, owner, None, n_frames)
+    return SequencePlan(frames, _first_owners(frames), None, n_frames)
 
 
 @dataclass
@@ -175,15 +174,12 @@ def model_rows(model, x, t_model, lm, offsets, clip, drop_lm: bool, drop_clip: b
 
 
 def _p_step(diffusion, out, x, i: int, clip_x0: float = 0.0):
-    """p_mean_variance on frames flattened into the batch: (S, F, ...) -> mean, log_variance."""
+    """p_mean_variance on frames flattened into the batch: (S, F, ...) -> mean, log_variance.
+    The clamp of x_0 (clip_x0) is elementwise, so the anchor stays in sync."""
     S, F = x.shape[:2]
     tt = torch.full((S * F,), i, dtype=torch.long)
-    xf = x.reshape(S * F, *x.shape[2:])
-    r = diffusion.p_mean_variance(out.reshape(S * F, *out.shape[2:]), xf, tt)
-    mean = r["mean"]
-    if clip_x0 > 0:  # posterior mean from the clamped x_0 prediction (elementwise: the anchor stays in sync)
-        mean = diffusion.q_posterior(r["pred_xstart"].clamp(-clip_x0, clip_x0), xf, tt)[0]
-    return mean.reshape(x.shape), r["log_variance"].reshape(x.shape).expand_as(x)
+    r = diffusion.p_mean_variance(out.reshape(S * F, *out.shape[2:]), x.reshape(S * F, *x.shape[2:]), tt, clip_x0)
+    return r["mean"].reshape(x.shape), r["log_variance"].reshape(x.shape).expand_as(x)
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.configfile import ConfigError, check_keys, load_yaml  # one error type for every config file
+from pipeline.configfile import ConfigError, check_keys, coerce, load_yaml  # shared by every config
 
 # DiT's registry (Peebles & Xie, Table 1): name -> depth, hidden width, heads; "/p" = patch size.
 _BASE = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
@@ -127,22 +127,6 @@ PRESETS: dict[str, dict] = {
 _SECTIONS = ("model", "diffusion", "data", "train")
 
 
-def _coerce(name: str, value, current):
-    """Cast a YAML/CLI value to the type of the default it replaces; refuse nonsense."""
-    if isinstance(current, bool):
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{name}: expected true/false, got {value!r}")
-    if isinstance(current, tuple):
-        if not isinstance(value, (list, tuple)) or len(value) != len(current):
-            raise ConfigError(f"{name}: expected a list of {len(current)} numbers, got {value!r}")
-        return tuple(float(v) for v in value)
-    try:
-        return type(current)(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}: expected {type(current).__name__}, got {value!r}") from None
-
-
 def apply(cfg: Config, updates: dict, origin: str) -> Config:
     check_keys(updates, ("preset", *_SECTIONS), origin)
     for sec, vals in updates.items():
@@ -151,7 +135,7 @@ def apply(cfg: Config, updates: dict, origin: str) -> Config:
         obj = getattr(cfg, sec)
         check_keys(vals, (f.name for f in dataclasses.fields(obj)), origin, sec)
         for k, v in vals.items():
-            setattr(obj, k, _coerce(f"{sec}.{k}", v, getattr(obj, k)))
+            setattr(obj, k, coerce(f"{sec}.{k}", v, getattr(obj, k)))
     return cfg
 
 

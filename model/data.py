@@ -126,8 +126,9 @@ def check_schema(urls: list[str], cfg) -> dict:
         if cfg.model.latent_size == 0:  # 0 = adopt the shards' latent size / CLIP width
             cfg.model.latent_size = int(s["latent_mean.npy"].shape[-1])
             cfg.model.arch()
+        clip_dim = int(meta.get("clip_dim", s["clip_emb.npy"].shape[-1]))
         if cfg.model.clip_dim == 0:
-            cfg.model.clip_dim = int(meta.get("clip_dim", s["clip_emb.npy"].shape[-1]))
+            cfg.model.clip_dim = clip_dim
         if meta.get("schema_version") != SCHEMA_VERSION:
             raise SchemaError(f"{url}: schema_version {meta.get('schema_version')!r}, trainer expects {SCHEMA_VERSION}")
         want = (cfg.model.latent_channels, cfg.model.latent_size, cfg.model.latent_size)
@@ -135,7 +136,7 @@ def check_schema(urls: list[str], cfg) -> dict:
         if got != want:
             raise SchemaError(f"{url}: latents are {got} per frame, config model expects {want} "
                               f"(set model.latent_size / latent_channels)")
-        if int(meta.get("clip_dim", s["clip_emb.npy"].shape[-1])) != cfg.model.clip_dim:
+        if clip_dim != cfg.model.clip_dim:
             raise SchemaError(f"{url}: clip_dim {meta.get('clip_dim')} != model.clip_dim {cfg.model.clip_dim}")
         return meta
     raise SchemaError(f"none of the {len(urls)} shards is readable (first: {urls[0]})")

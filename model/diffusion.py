@@ -81,7 +81,9 @@ class GaussianDiffusion:
         return mean, _take(self.posterior_variance, t, n), _take(self.posterior_log_variance_clipped, t, n)
 
     # ---- reverse process ----
-    def p_mean_variance(self, model_output, x_t, t, clip_denoised: bool = False) -> dict:
+    def p_mean_variance(self, model_output, x_t, t, clip_x0: float = 0.0) -> dict:
+        """`clip_x0` > 0 clamps the predicted x_0 to [-clip_x0, clip_x0] before the posterior mean
+        (static thresholding); 0 = off, as DiT samples latents."""
         n, C = x_t.dim(), x_t.shape[-3]
         if model_output.shape[-3] == 2 * C:
             eps, v = model_output.split(C, dim=-3)
@@ -92,8 +94,8 @@ class GaussianDiffusion:
             eps = model_output
             log_var = _take(self.posterior_log_variance_clipped, t, n).expand_as(x_t)
         x0 = _take(self.sqrt_recip_acp, t, n) * x_t - _take(self.sqrt_recipm1_acp, t, n) * eps
-        if clip_denoised:
-            x0 = x0.clamp(-1, 1)
+        if clip_x0 > 0:
+            x0 = x0.clamp(-clip_x0, clip_x0)
         mean, _, _ = self.q_posterior(x0, x_t, t)
         return dict(mean=mean, variance=torch.exp(log_var), log_variance=log_var, pred_xstart=x0)
 

@@ -53,20 +53,21 @@ def load_eval_config(path: str | None, overrides: list[str] = ()) -> EvalConfig:
     """EvalConfig <- the YAML (dags/eval.yaml is optional, a file you name is not) <- key=value overrides."""
     import yaml
 
-    from pipeline.configfile import ConfigError, check_keys, load_yaml
+    from pipeline.configfile import ConfigError, check_keys, coerce, load_yaml
 
+    cfg = EvalConfig()
     try:
         doc = load_yaml(path, default_path="dags/eval.yaml")
         for ov in overrides:
-            k, _, v = ov.partition("=")
+            k, sep, v = ov.partition("=")
+            if not sep:
+                raise ConfigError(f"override {ov!r}: expected key=value")
             doc[k] = yaml.safe_load(v)
         check_keys(doc, (f.name for f in fields(EvalConfig)), path or "eval config")
+        for k, v in doc.items():
+            setattr(cfg, k, coerce(k, v, getattr(cfg, k)))
     except ConfigError as e:
         raise SystemExit(f"evaluate: error: {e}") from None
-    cfg = EvalConfig()
-    for k, v in doc.items():
-        cur = getattr(cfg, k)
-        setattr(cfg, k, v if isinstance(cur, dict) else type(cur)(v))
     return cfg
 
 
@@ -143,25 +144,30 @@ def real_frames(enc, latent_mean: np.ndarray) -> np.ndarray:
 
 def evaluate_row(row: dict, jobs, model, cfg, diffusion, enc, ec: EvalConfig, real, net, mesh) -> dict:
     from model.anchored import SampleConfig
-    from model.metrics import LMSE_SIZE, csim_embeddings, fid_from_features, inception_features, landmarks_of
+    from model.metrics import (
+        LMSE_SIZE,
+        csim_embeddings,
+        fid_from_features,
+        inception_features,
+        landmarks_of,
+        lmse_landmarks,
+    )
     from model.reenact import clip_embed, generate
 
     sc = SampleConfig(steps=int(row["steps"]), cfg=float(row["cfg"]), guidance=str(row["guidance"]),
                       max_batch=ec.max_batch, seed=ec.seed, clip_x0=ec.clip_x0)
-    se, n_used, csims, gens = 0.0, 0, [], []
+    per_clip, csims, gens = [], [], []
     for k, (filled, lm, ok, times, src_emb) in enumerate(jobs):
         _, gen, _ = generate(model, cfg, diffusion, enc, filled, times, src_emb, sc, ec.sampler, ec.anchor,
                              ec.seed + k)
         gens.append(gen)
         glm, gok = landmarks_of(gen, mesh=mesh)
-        use = gok & ok
-        if use.any():
-            se += float(((glm[use] - lm[use] * LMSE_SIZE) ** 2).sum())
-            n_used += int(use.sum())
+        per_clip.append(lmse_landmarks(glm, lm * LMSE_SIZE, gok, ok))
         csims.append(csim_embeddings(src_emb, clip_embed(enc, gen)))
-    n_coord = n_used * lm.shape[1] * 3
+    n_used = sum(r["frames_used"] for r in per_clip)   # LMSE pooled over every frame with a face on both sides
+    lmse = sum(r["lmse"] * r["frames_used"] for r in per_clip if r["frames_used"]) / n_used if n_used else None
     out = {"Timesteps": sc.steps, "CFG": sc.cfg, "Guidance": LABEL[sc.guidance],
-           "LMSE": se / n_coord if n_coord else None, "CSIM": float(np.mean(csims)),
+           "LMSE": lmse, "CSIM": float(np.mean(csims)),
            "lmse_frames": n_used, "frames": int(sum(len(g) for g in gens))}
     if isinstance(net, str):
         out["FID"] = net
@@ -206,25 +212,24 @@ def run(data: Path, ec: EvalConfig) -> dict:
     except ReenactError as e:
         raise SystemExit(f"evaluate: error: {e}") from None
     held, split_note = load_heldout(root.root, cfg, info["heldout"])
-    jobs, real, used = [], [], []
+    jobs, lats, used = [], [], []
     for drv, src in pairs(held, ec.max_clips):
         filled, lm, ok, times, lat = driving_of(drv, ec.max_frames)
         if len(times) < cfg.model.frames or not ok.any():
             continue  # too short for one sequence, or no face at all: recorded in the stats
         jobs.append((filled, lm, ok, times, src["clip_emb.npy"][0].astype(np.float32)))
-        real.append(real_frames(enc, lat))
+        lats.append(lat)
         used.append({"driving": drv["__key__"], "source": src["__key__"], "frames": int(len(times)),
                      "cross_identity": drv["meta.json"]["video_id"] != src["meta.json"]["video_id"]})
     if not jobs:
         raise SystemExit("evaluate: error: no held-out clip long enough with a face (need >= F frames)")
-    weights = Path(ec.inception) if ec.inception else find_inception_weights(root.root)[0]
+    weights, why = ((Path(ec.inception), f"no Inception-v3 weights at {ec.inception}") if ec.inception
+                    else find_inception_weights(root.root))
     if weights is None or not weights.is_file():
-        net = "unavailable: " + (find_inception_weights(root.root)[1] if weights is None
-                                 else f"no Inception-v3 weights at {weights}")
-        real_feats = None
-    else:
+        net, real_feats = "unavailable: " + why, None
+    else:  # the real frames are VAE-decoded only when there is an FID to compute
         net = load_inception(weights)
-        real_feats = inception_features(np.concatenate(real), net, ec.fid_size)
+        real_feats = inception_features(np.concatenate([real_frames(enc, lat) for lat in lats]), net, ec.fid_size)
     rows = []
     with FaceMesh478(static=True) as mesh:
         for i, row in enumerate(grid):

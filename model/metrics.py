@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -199,12 +199,3 @@ def fid(frames_a, frames_b, weights: str | Path | None = None, data_root: str | 
     except Exception as e:  # a corrupt or foreign file: say so instead of a number
         return f"unavailable: cannot load {Path(weights).name} ({type(e).__name__})"
     return fid_from_features(inception_features(frames_a, net, size), inception_features(frames_b, net, size))
-
-
-def summarize(values: Sequence[float | str | None]) -> float | str | None:
-    """Mean of numeric values; the first "unavailable: ..." string if none is numeric."""
-    nums = [v for v in values if isinstance(v, (int, float)) and np.isfinite(v)]
-    if nums:
-        return float(np.mean(nums))
-    strs = [v for v in values if isinstance(v, str)]
-    return strs[0] if strs else None

@@ -112,8 +112,10 @@ def fill_missing(lm: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, list[int]]
 # ----------------------------------------------------------------------------- models
 
 def newest_checkpoint(data: Path) -> Path:
-    cands = [p for pat in ("train/*/checkpoints/*.pt", "train/*/ckpt*.pt", "train/*/*.pt")
-             for p in data.glob(pat) if p.is_file()]
+    """The latest step checkpoint (checkpoint.latest: never a crash dump) of the most recent run."""
+    from model.checkpoint import latest
+
+    cands = [p for run in (data / "train").glob("*/checkpoints") if (p := latest(run)) is not None]
     if not cands:
         raise ReenactError(f"no checkpoint under {data / 'train'}; train first or pass --ckpt")
     return max(cands, key=lambda p: p.stat().st_mtime)
@@ -172,7 +174,7 @@ def load_all(data: Path, ckpt: str | None, models: str = "", config: str | None 
 
 def clip_embed(enc, frames: np.ndarray) -> np.ndarray:
     """(T, D) float32 L2-normalised CLIP embeddings, exactly as the shards compute them."""
-    return enc.forward_models(np.ascontiguousarray(frames))["clip_emb"].astype(np.float32)
+    return enc.clip_embed(frames).astype(np.float32)
 
 
 def decode_latents(enc, latents, batch: int = 8) -> np.ndarray:
@@ -206,27 +208,16 @@ def generate(model, cfg, diffusion, enc, landmarks: np.ndarray, times: np.ndarra
     """Latents (N, C, h, w) and decoded frames (N, S, S, 3) for driving landmarks/times and a source embedding."""
     import torch
 
-    from model.anchored import AnchoredSampler, Conditioning, NaiveChunkSampler
+    from model.anchored import Conditioning, plan_anchored, plan_naive, sample
 
     F = cfg.model.frames
-    cls = AnchoredSampler if sampler == "anchored" else NaiveChunkSampler
-    smp = cls(model, diffusion, F, anchor=anchor, plan_seed=plan_seed)
-    plan = smp.plan(len(times))
+    plan = plan_anchored(len(times), F, anchor, plan_seed) if sampler == "anchored" else plan_naive(len(times), F)
     cond = Conditioning(torch.from_numpy(np.nan_to_num(landmarks).astype(np.float32)),
                         torch.from_numpy(np.asarray(times, np.float32)), torch.from_numpy(clip_emb.astype(np.float32)))
     shape = (cfg.model.latent_channels, cfg.model.latent_size, cfg.model.latent_size)
     cb = progress_printer(sc.steps) if progress else None
-    from model.anchored import sample
-
     lat = sample(model, diffusion, plan, cond, shape, sc, cb)
     return lat, decode_latents(enc, lat), plan
-
-
-def resize(img: np.ndarray, size: int) -> np.ndarray:
-    import cv2
-
-    interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
-    return cv2.resize(img, (size, size), interpolation=interp)
 
 
 def side_by_side(source: np.ndarray, driving: np.ndarray, generated: np.ndarray) -> np.ndarray:
@@ -237,7 +228,7 @@ def run(args) -> dict:
     import torch
 
     from model.anchored import GUIDANCE, SampleConfig
-    from model.metrics import LMSE_SIZE, csim_embeddings, landmarks_of, lmse_landmarks
+    from model.metrics import LMSE_SIZE, csim_embeddings, landmarks_of, lmse_landmarks, load_frames
     from pipeline.landmarks import FaceMesh478
     from pipeline.paths import DataRoot, safe_name
     from pipeline.video_io import write_mp4
@@ -260,7 +251,7 @@ def run(args) -> dict:
                            f"F={cfg.model.frames}")
     size = cfg.model.latent_size * 8
     if size != SIZE:  # a model trained at another resolution (the tiny one: 64 px)
-        src, drv = resize(src, size), np.stack([resize(f, size) for f in drv])
+        src, drv = load_frames([src], size=size)[0], load_frames(drv, size=size)
     src_emb = clip_embed(enc, src[None])[0]
     sc = SampleConfig(steps=args.steps, cfg=args.cfg, guidance=args.guidance, max_batch=args.max_batch,
                       seed=args.seed, clip_x0=args.clip_x0)
@@ -325,16 +316,16 @@ DEFAULTS = {"steps": 50, "cfg": 1.0, "guidance": "clip+landmarks", "sampler": "a
 
 def apply_defaults(args) -> None:
     """None flags <- the --dag YAML <- DEFAULTS; an unknown YAML key is an error."""
-    from pipeline.configfile import ConfigError, check_keys, load_yaml
+    from pipeline.configfile import ConfigError, check_keys, coerce, load_yaml
 
     try:
         doc = load_yaml(args.dag, default_path="dags/reenact.yaml")
         check_keys(doc, DEFAULTS, args.dag)
+        for k, v in DEFAULTS.items():
+            if getattr(args, k) is None:
+                setattr(args, k, coerce(f"{args.dag}: {k}", doc.get(k, v), v))
     except ConfigError as e:
         raise ReenactError(str(e)) from None
-    for k, v in DEFAULTS.items():
-        if getattr(args, k) is None:
-            setattr(args, k, type(v)(doc.get(k, v)))
 
 
 def main(argv=None) -> int:

@@ -92,7 +92,6 @@ def set_lr(opt, cfg, step: int) -> float:
     f = lr_factor(step, cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.min_lr_ratio)
     for g, base in zip(opt.param_groups, (cfg.train.lr, cfg.train.lr_mapping)):
         g["lr"] = base * f
-        g["betas"], g["eps"], g["weight_decay"] = tuple(cfg.train.betas), cfg.train.eps, cfg.train.weight_decay
     return f
 
 
@@ -162,6 +161,8 @@ def main(argv=None) -> dict:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
+        for g in opt.param_groups:   # the checkpoint's groups carry its hyper-parameters: this config's win
+            g["betas"], g["eps"], g["weight_decay"] = tuple(tc.betas), tc.eps, tc.weight_decay
         ckpt.set_rng_state(state["rng"])
         step = int(state["step"])
         if is_main:
@@ -209,6 +210,7 @@ def main(argv=None) -> dict:
     acc, n_acc, wait, t_last, bad = None, 0, 0.0, time.perf_counter(), {}
     shape = (cfg.model.frames, cfg.model.latent_channels, cfg.model.latent_size, cfg.model.latent_size)
     first_step, last = step, {}
+    grid_vae = None   # the VAE decoding sample grids: None = not looked for yet, False = none found
     while step < tc.max_steps:
         t0 = time.perf_counter()
         batch = next(batches)
@@ -259,9 +261,12 @@ def main(argv=None) -> dict:
                          f" MFU {100 * last['mfu']:.1f}%" if last["mfu"] else "")
             acc, n_acc, wait, t_last = None, 0, 0.0, time.perf_counter()
         if tc.sample_every and step % tc.sample_every == 0 and is_main:
-            vae_dirs = [Path(tc.vae_path)] if tc.vae_path else [root.path("models", "vae"), root.path("models", "tiny", "vae")]
+            if grid_vae is None:   # found and loaded once, at the first grid
+                vae_dirs = [Path(tc.vae_path)] if tc.vae_path else [root.path("models", "vae"),
+                                                                    root.path("models", "tiny", "vae")]
+                grid_vae = find_vae(vae_dirs, device) or False
             grid = sample_grid(ema, diffusion, batch, cfg, run_dir / "samples" / f"step_{step:07d}.png", device,
-                               float(meta["vae_scaling_factor"]), vae_dirs)
+                               float(meta["vae_scaling_factor"]), grid_vae) if grid_vae else None
             if grid is not None:
                 writer.add_image("samples/real_landmarks_generated", grid, step)
         if step % tc.ckpt_every == 0 or step == tc.max_steps:
@@ -292,23 +297,26 @@ def landmark_images(landmarks, size: int):
     return img
 
 
-def sample_grid(ema, diffusion, batch, cfg, out: Path, device, scaling: float, vae_dirs: list[Path]):
+def find_vae(vae_dirs: list[Path], device):
+    """The first local diffusers VAE of `vae_dirs`, loaded; None (sample grids skipped) without one."""
+    vae_dir = next((d for d in vae_dirs if (d / "config.json").is_file()), None)
+    if vae_dir is None:
+        log.info("sample grids skipped: no VAE in %s", ", ".join(map(str, vae_dirs)))
+        return None
+    from pipeline.encoders import load_vae
+
+    return load_vae(str(vae_dir), device)
+
+
+def sample_grid(ema, diffusion, batch, cfg, out: Path, device, scaling: float, vae):
     """Sample the first sequence of `batch` with the EMA model (plain DDPM, respaced) and save a grid of
-    rows [real frames | their driving landmarks | generated] as a PNG, decoded with a local diffusers VAE.
-    Returns the grid (3, H, W) for TensorBoard, or None (skipped) without a VAE."""
+    rows [real frames | their driving landmarks | generated] as a PNG, decoded with `vae` (find_vae).
+    Returns the grid (3, H, W) for TensorBoard."""
     import torch
+    from torchvision.utils import make_grid, save_image
 
     from model.diffusion import respace
 
-    vae_dir = next((d for d in vae_dirs if (d / "config.json").is_file()), None)
-    if vae_dir is None:
-        log.info("sample grid skipped: no VAE in %s", ", ".join(map(str, vae_dirs)))
-        return None
-    from torchvision.utils import save_image
-
-    from pipeline.encoders import load_vae
-
-    vae = load_vae(str(vae_dir), device)
     sampler = respace(diffusion, cfg.diffusion.sample_steps)
     cond = {k: batch[k][:1].to(device) for k in ("landmarks", "offsets", "clip_emb")}
     x = sampler.p_sample_loop(lambda x, t: ema(x, t, **cond), batch["latents"][:1].shape, device=device,
@@ -321,8 +329,6 @@ def sample_grid(ema, diffusion, batch, cfg, out: Path, device, scaling: float, v
     rows = torch.cat([img[:f], marks, img[f:]])                                        # (3F, 3, H, W)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image(rows, str(out), nrow=f)
-    from torchvision.utils import make_grid
-
     return make_grid(rows, nrow=f)
 
 

@@ -73,6 +73,27 @@ def check_keys(raw: Any, known: Iterable[str], where: str, section: str = "") ->
                           f"(known: {', '.join(sorted(known)) or 'none'})")
 
 
+def coerce(name: str, value: Any, current: Any) -> Any:
+    """Cast a YAML/CLI value to the type of the default it replaces (`current`); refuse nonsense with
+    a ConfigError naming the key. A mapping default takes a mapping as it is."""
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true/false, got {value!r}")
+    if isinstance(current, tuple):
+        if not isinstance(value, (list, tuple)) or len(value) != len(current):
+            raise ConfigError(f"{name}: expected a list of {len(current)} numbers, got {value!r}")
+        return tuple(float(v) for v in value)
+    if isinstance(current, dict):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+        return dict(value)
+    try:
+        return type(current)(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected {type(current).__name__}, got {value!r}") from None
+
+
 def fill_dataclass(dc_type: type[T], raw: Mapping[str, Any] | None, where: str, section: str = "") -> T:
     """dc_type(**raw) after check_keys; None means all defaults. An int where the default is a float
     becomes a float (YAML reads 3600 for 3600.0; config fingerprints must not change with that)."""

@@ -7,9 +7,8 @@ tests and the offline demo) and `fit_vae` teaches the tiny VAE just enough to re
 """
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +29,6 @@ class EncoderConfig:
     clip_pretrained: str = DEFAULT_CLIP[1]  # tag or checkpoint file; ignored for a local dir
     batch_frames: int = 16          # frames per model forward
     device: str = "auto"            # auto | cpu | cuda
-
-    def fingerprint(self) -> str:
-        """What makes cached features comparable: same models, same frames."""
-        keys = ("size", "stride", "max_frames", "vae", "clip_model", "clip_pretrained")
-        return hashlib.sha1(json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True).encode()).hexdigest()[:12]
 
 
 # ---------------------------------------------------------------- frames
@@ -203,26 +197,43 @@ class Encoders:
         return {"vae": self.models.vae_label, "vae_scaling_factor": self.scaling_factor,
                 "clip_model": self.models.clip_label, "size": self.cfg.size}
 
+    def _batches(self, frames: np.ndarray):
+        """uint8 frames (T,S,S,3) -> float (B,3,S,S) in [0, 1] on the device, cfg.batch_frames at a time."""
+        import torch
+
+        for s in range(0, len(frames), self.cfg.batch_frames):
+            x = torch.from_numpy(np.ascontiguousarray(frames[s:s + self.cfg.batch_frames])).to(self.device)
+            yield x.permute(0, 3, 1, 2).float() / 255.0
+
+    def _clip(self, x):
+        """(B,3,S,S) in [0, 1] -> (B, D) float16 L2-normalised CLIP image embeddings (cpu)."""
+        import torch.nn.functional as F
+
+        c = F.interpolate(x, size=(self.clip_size, self.clip_size), mode="bicubic",
+                          align_corners=False, antialias=True).clamp(0, 1)
+        c = (c - self.clip_mean.to(c)) / self.clip_std.to(c)
+        return F.normalize(self.clip.encode_image(c).float(), dim=-1).half().cpu()
+
     def forward_models(self, frames: np.ndarray) -> dict:
         """VAE + CLIP on uint8 frames (T,S,S,3), in batches of cfg.batch_frames."""
         import torch
-        import torch.nn.functional as F
 
         means, stds, embs = [], [], []
         with torch.inference_mode():
-            for s in range(0, len(frames), self.cfg.batch_frames):
-                x = torch.from_numpy(frames[s:s + self.cfg.batch_frames]).to(self.device)
-                x = x.permute(0, 3, 1, 2).float() / 255.0
+            for x in self._batches(frames):
                 post = self.vae.encode(x * 2 - 1).latent_dist
                 means.append(post.mean.half().cpu())
                 stds.append(post.std.half().cpu())
-                c = F.interpolate(x, size=(self.clip_size, self.clip_size), mode="bicubic",
-                                  align_corners=False, antialias=True).clamp(0, 1)
-                c = (c - self.clip_mean.to(c)) / self.clip_std.to(c)
-                e = self.clip.encode_image(c).float()
-                embs.append(F.normalize(e, dim=-1).half().cpu())
+                embs.append(self._clip(x))
         return {"latent_mean": torch.cat(means).numpy(), "latent_std": torch.cat(stds).numpy(),
                 "clip_emb": torch.cat(embs).numpy()}
+
+    def clip_embed(self, frames: np.ndarray) -> np.ndarray:
+        """CLIP alone (no VAE pass), exactly as forward_models computes it: (T, D) float16."""
+        import torch
+
+        with torch.inference_mode():
+            return torch.cat([self._clip(x) for x in self._batches(frames)]).numpy()
 
     def encode(self, frames: np.ndarray) -> dict:
         import time
@@ -340,6 +351,3 @@ def fit_tiny_models(model_dir: Path, frames: np.ndarray, steps: int = 300, seed:
     (model_dir / "models.json").write_text(json.dumps(info, indent=1))
     return info
 
-
-def config_dict(cfg: EncoderConfig) -> dict:
-    return asdict(cfg)

@@ -248,6 +248,10 @@ def test_eval_config_file_and_overrides(tmp_path):
         load_eval_config(str(bad))
     with pytest.raises(SystemExit, match="config file not found"):
         load_eval_config(str(tmp_path / "nope.yaml"))
+    with pytest.raises(SystemExit, match="expected key=value"):       # was a TypeError traceback
+        load_eval_config(None, ["max_clips"])
+    with pytest.raises(SystemExit, match="max_clips: expected int"):
+        load_eval_config(None, ["max_clips=many"])
 
 
 def test_anchor_similarity_measures_drift_from_the_anchor():
