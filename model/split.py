@@ -53,17 +53,16 @@ def shard_videos(urls: list[str]) -> dict[str, list[str]] | None:
     (the loader's own bad-shard handling reports it)."""
     if not all(Path(u).is_file() for u in urls):
         return None
+    from pipeline.shardio import read_samples
+
     out: dict[str, list[str]] = {}
     for u in urls:
-        vids: list[str] = []
         try:
-            with tarfile.open(u, mode="r:") as tf:
-                for m in tf:
-                    if m.isfile() and m.name.endswith(".meta.json"):
-                        vids.append(str(json.loads(tf.extractfile(m).read())["video_id"]))
+            samples = read_samples(Path(u), {"meta.json"})
+            out[u] = [str(json.loads(dict(members)["meta.json"])["video_id"]) for _, members in samples if members]
         except (tarfile.TarError, OSError, ValueError, KeyError) as e:
             log.warning("split: cannot read the sample metadata of %s (%s)", u, e)
-        out[u] = vids
+            out[u] = []
     return out
 
 
