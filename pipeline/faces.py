@@ -282,13 +282,14 @@ def segment(dets: dict[int, Det], cuts: list[int], cfg: FacesConfig):
     for k, f in enumerate(frames):
         d = dets[f]
         prev = dets[frames[k - 1]] if k else None
+        # The previous detection in the same state ended runs[-1] (state "ok") or bad[-1] (any other).
+        same = prev is not None and prev.state == d.state
         if d.state == "ok":
-            if runs and prev is not None and prev.state == "ok" and runs[-1][-1] == frames[k - 1] \
-                    and not disagreement(prev, d, cfg):
+            if same and not disagreement(prev, d, cfg):
                 runs[-1].append(f)
             else:
                 runs.append([f])
-        elif bad and bad[-1][2] == REASON_OF_STATE[d.state] and prev is not None and prev.state == d.state:
+        elif same:
             bad[-1] = (bad[-1][0], f + 1, bad[-1][2])
         else:
             bad.append((f, f + 1, REASON_OF_STATE[d.state]))

@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.video_io import VideoError, VideoInfo, _rotation_of, _to_display
+from pipeline.video_io import VideoError, VideoInfo, _rotation_of, _to_display, small_size
 from pipeline.video_io import probe as _probe
 
 
@@ -72,11 +72,6 @@ class Frame:
         return _to_display(self._av.to_ndarray(format="rgb24"), self._rot)
 
 
-def small_size(w: int, h: int, max_side: int) -> tuple[int, int]:
-    s = min(1.0, max_side / max(w, h))
-    return max(2, int(round(w * s)) // 2 * 2), max(2, int(round(h * s)) // 2 * 2)
-
-
 def scan(path: str | Path, max_side: int, consumers: dict[str, Callable[[Frame], None]],
          timings: dict[str, float] | None = None, max_frames: int | None = None) -> int:
     """Decode `path` once; call every consumer on every frame, in order. Returns frames decoded.
@@ -112,7 +107,7 @@ def scan(path: str | Path, max_side: int, consumers: dict[str, Callable[[Frame],
                 raise TruncatedDecode(n, f"decode stopped after frame {n} ({type(e).__name__})") from None
             if size is None:
                 size = small_size(av_frame.width, av_frame.height, max_side)
-            rot = _rotation_of(s, av_frame)
+            rot = _rotation_of(av_frame)
             small = scaler.reformat(av_frame, width=size[0], height=size[1], format="rgb24",
                                     interpolation="AREA").to_ndarray()
             frame = Frame(n, _to_display(small, rot), av_frame, rot)

@@ -52,13 +52,11 @@ def _open(path: str | Path):
     return c
 
 
-def _rotation_of(stream, first_frame=None) -> int:
-    if first_frame is not None:
-        try:
-            return int(round(first_frame.rotation)) % 360
-        except Exception:
-            pass
-    return 0
+def _rotation_of(frame) -> int:
+    try:
+        return int(round(frame.rotation)) % 360
+    except Exception:
+        return 0
 
 
 def probe(path: str | Path) -> VideoInfo:
@@ -74,7 +72,7 @@ def probe(path: str | Path) -> VideoInfo:
             first = next(c.decode(video=0))
         except Exception as e:
             raise VideoError(f"no decodable frame ({type(e).__name__}): {Path(path).name}") from None
-        rot = _rotation_of(s, first)
+        rot = _rotation_of(first)
         w, h = first.width, first.height
         if rot in (90, 270):
             w, h = h, w
@@ -92,30 +90,34 @@ def _to_display(img: np.ndarray, rot: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(img, k=k)) if k else img
 
 
-def iter_frames(path: str | Path, start: int = 0, end: int | None = None, stride: int = 1,
-                max_side: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (frame_index, rgb) for start <= index < end, every `stride`-th frame.
+def small_size(w: int, h: int, max_side: int) -> tuple[int, int]:
+    """(w, h) shrunk so the longer side is at most max_side, rounded down to even sides (>= 2)."""
+    s = min(1.0, max_side / max(w, h))
+    return max(2, int(round(w * s)) // 2 * 2), max(2, int(round(h * s)) // 2 * 2)
 
-    `max_side` downscales (keeping aspect) in the decoder's scaler, which is far cheaper
-    than decoding full size and resizing in numpy.
-    """
+
+def _decode(path: str | Path, end: int | None, keep, max_side: int | None) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, rgb) of the frames before `end` for which keep(index) holds; the others are
+    decoded but never converted (the RGB conversion costs more than the decode)."""
+    from av.video.reformatter import VideoReformatter
+
     c = _open(path)
     try:
         s = c.streams.video[0]
         s.thread_type = "AUTO"
+        # One reformatter for the whole video: it keeps its scaler context (frame.to_ndarray(width=...)
+        # builds a new one per frame). Downscaling in the scaler is far cheaper than in numpy.
+        scaler = VideoReformatter()
         for i, frame in enumerate(c.decode(s)):
             if end is not None and i >= end:
                 break
-            if i < start or (i - start) % stride:
+            if not keep(i):
                 continue
             w, h = frame.width, frame.height
             if max_side and max(w, h) > max_side:
-                scale = max_side / max(w, h)
-                w, h = max(2, int(round(w * scale))) // 2 * 2, max(2, int(round(h * scale))) // 2 * 2
-                img = frame.to_ndarray(format="rgb24", width=w, height=h)
-            else:
-                img = frame.to_ndarray(format="rgb24")
-            yield i, _to_display(img, _rotation_of(s, frame))
+                w, h = small_size(w, h, max_side)
+            img = scaler.reformat(frame, width=w, height=h, format="rgb24").to_ndarray()
+            yield i, _to_display(img, _rotation_of(frame))
     except VideoError:
         raise
     except Exception as e:
@@ -124,17 +126,19 @@ def iter_frames(path: str | Path, start: int = 0, end: int | None = None, stride
         c.close()
 
 
+def iter_frames(path: str | Path, start: int = 0, end: int | None = None, stride: int = 1,
+                max_side: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (frame_index, rgb) for start <= index < end, every `stride`-th frame, the longer
+    side downscaled (keeping aspect) to at most `max_side` when given."""
+    return _decode(path, end, lambda i: i >= start and (i - start) % stride == 0, max_side)
+
+
 def read_frames(path: str | Path, indices: Iterable[int], max_side: int | None = None) -> dict[int, np.ndarray]:
     """Decode only the wanted frames (one sequential pass); returns {index: rgb}."""
-    want = sorted(set(int(i) for i in indices))
+    want = set(int(i) for i in indices)
     if not want:
         return {}
-    out: dict[int, np.ndarray] = {}
-    wanted = set(want)
-    for i, img in iter_frames(path, want[0], want[-1] + 1, 1, max_side):
-        if i in wanted:
-            out[i] = img
-    return out
+    return dict(_decode(path, max(want) + 1, want.__contains__, max_side))
 
 
 def crop_square(img: np.ndarray, x0: int, y0: int, size: int, out_size: int | None = None) -> np.ndarray:
@@ -153,8 +157,7 @@ def crop_square(img: np.ndarray, x0: int, y0: int, size: int, out_size: int | No
     return crop
 
 
-def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float, crf: int = 20,
-              rotation: int = 0) -> int:
+def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float, crf: int = 20) -> int:
     """Write RGB frames as H.264 MP4 (yuv420p, even sizes). Returns frames written."""
     import av
 
@@ -171,8 +174,6 @@ def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float, crf: i
                 s.width, s.height = w - w % 2, h - h % 2
                 s.pix_fmt = "yuv420p"
                 s.options = {"crf": str(crf), "preset": "veryfast"}
-                if rotation:
-                    s.metadata["rotate"] = str(rotation)
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img[: s.height, : s.width]), format="rgb24")
             for pkt in s.encode(frame):
                 c.mux(pkt)
