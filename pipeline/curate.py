@@ -25,7 +25,7 @@ def load_inputs(sources_csv: Path, optout_csv: Path | None) -> list[dict]:
     from pipeline.sources import load_optout, load_sources
 
     srcs = load_sources(sources_csv)
-    opt = load_optout(optout_csv) if optout_csv and optout_csv.exists() else None
+    opt = load_optout(optout_csv) if optout_csv else None     # a missing file: nobody opted out
     out = []
     for s in srcs:
         out.append({"video_id": s.video_id, "url": s.url, "opted_out": bool(opt and opt.matches(s.video_id, s.url))})
@@ -65,12 +65,12 @@ def main(argv: list[str] | None = None) -> int:
             preflight.detector  # noqa: B018
         if cfg.quality.scorer != "sharpness":     # the weight-free scorer loads nothing
             preflight.scorer  # noqa: B018
-        del preflight
     except Exception as e:  # ManifestError, a bad YAML key, a missing file, no cluster: one line, nothing written
         print(f"curate: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     root = DataRoot.of(args.data)
-    stats = curate(root, items, cfg, engine=args.engine, ray_address=args.ray_address, force=args.force)
+    stats = curate(root, items, cfg, engine=args.engine, ray_address=args.ray_address, force=args.force,
+                   models=preflight)      # the sequential engine reuses them; Ray actors build their own
     print((root.path("curate", "summary.txt")).read_text(), end="")
     return 1 if stats.get("engine_error") or not stats["videos"] else 0
 

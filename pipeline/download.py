@@ -6,11 +6,12 @@ Transient failures (HTTP 408/425/429/5xx, 403, timeouts, refused/reset connectio
 bodies) are retried; permanent ones (404/410/other 4xx, private/removed/unsupported, empty
 file, not a decodable video, over the size or duration cap) are not.
 A download lands in <data>/media/.partial/<safe id>/ and is renamed into place only after
-PyAV has decoded a frame of it, so a partial or broken file never counts. Opted-out videos are
-never requested. Ids only ever reach the disk through safe_name + DataRoot.path.
+PyAV has decoded a frame of it, so a partial or broken file never counts. Opted-out videos never
+get here (pipeline.runner.download_step skips them). Ids only ever reach the disk through
+safe_name + DataRoot.path.
 
-Result record: {video_id, url, status: ok|failed|skipped_optout, error_class: permanent|
-transient|None, message (one line), media_path (relative to the data root), bytes, attempts}.
+Result record: {video_id, url, status: ok|failed, error_class: permanent|transient|None,
+message (one line), media_path (relative to the data root), bytes, attempts}.
 """
 from __future__ import annotations
 
@@ -201,14 +202,12 @@ def _existing(root: DataRoot, safe: str) -> Path | None:
     return found[0] if found else None
 
 
-def download(url: str, video_id: str, root: DataRoot | str | os.PathLike, optout=None, **params) -> dict:
+def download(url: str, video_id: str, root: DataRoot | str | os.PathLike, **params) -> dict:
     """Fetch one video; never raises for a bad video (ValueError only for unknown options)."""
     cfg = DownloadConfig.from_params(params)
     root = root if isinstance(root, DataRoot) else DataRoot.of(root)
     rec = {"video_id": video_id, "url": url, "status": "failed", "error_class": None, "message": "",
            "media_path": None, "bytes": 0, "attempts": 0}
-    if optout is not None and optout.matches(video_id, url):
-        return {**rec, "status": "skipped_optout", "message": "listed in optout.csv; not requested"}
     try:
         safe = safe_name(video_id or "")
     except ValueError:
@@ -252,16 +251,3 @@ def download(url: str, video_id: str, root: DataRoot | str | os.PathLike, optout
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {**rec, "error_class": fail.error_class, "message": one_line(fail.message)}
-
-
-class Downloader:
-    """The stage as a callable over Source objects (pipeline.sources) or {url, video_id} rows."""
-
-    def __init__(self, root: DataRoot | str | os.PathLike, optout=None, **params):
-        DownloadConfig.from_params(params)               # fail fast on a typo in the DAG
-        self.root = root if isinstance(root, DataRoot) else DataRoot.of(root)
-        self.optout, self.params = optout, params
-
-    def __call__(self, source) -> dict:
-        get = source.get if isinstance(source, dict) else lambda k: getattr(source, k)
-        return download(get("url"), get("video_id"), self.root, self.optout, **self.params)

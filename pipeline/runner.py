@@ -8,13 +8,15 @@ message on that video's row.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from pipeline.manifest import read_state, write_outputs, write_state
+from pipeline.download import download, one_line
+from pipeline.manifest import read_state, state_path, write_outputs, write_state
 from pipeline.paths import DataRoot
 from pipeline.stages import CurateConfig, Models, analyse_video
 
@@ -26,11 +28,6 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _clean(msg) -> str:
-    """One line, bounded: messages end up in tables and summaries."""
-    return " ".join(str(msg).split())[:300]
-
-
 def download_step(item: dict, root: str, params: dict) -> dict:
     """One source -> its download record merged into the item (status "ok" with media_path, or why not)."""
     t0 = time.time()
@@ -40,23 +37,15 @@ def download_step(item: dict, root: str, params: dict) -> dict:
                    media_path="", bytes=0, attempts=0)
     else:
         try:
-            from pipeline.download import download
-
             rec = download(item["url"], item["video_id"], DataRoot.of(root), **params)
             out.update({k: rec.get(k) for k in ("status", "error_class", "message", "media_path", "bytes",
                                                  "attempts")})
         except Exception as e:  # the downloader records its own failures; this is a bug guard
-            out.update(status="error", error_class=type(e).__name__, message=_clean(e), media_path="",
+            out.update(status="error", error_class=type(e).__name__, message=one_line(e), media_path="",
                        bytes=0, attempts=0)
-    mp = out.get("media_path") or ""
-    if mp and Path(mp).is_absolute():
-        try:
-            mp = str(Path(mp).resolve().relative_to(Path(root).resolve()))
-        except ValueError:  # the downloader wrote outside the data root: refuse to use it
-            out.update(status="error", error_class="PathError", message="media outside the data root")
-            mp = ""
-    out["media_path"] = mp
-    out["message"] = _clean(out.get("message") or "")
+    out["media_path"] = out.get("media_path") or ""    # download() gives it relative to the data root
+    # one line, bounded: messages end up in tables and summaries
+    out["message"] = one_line(out.get("message") or "")
     out["download_s"] = time.time() - t0
     return out
 
@@ -64,11 +53,12 @@ def download_step(item: dict, root: str, params: dict) -> dict:
 def analyse_step(item: dict, root: str, cfg: CurateConfig, models: Models) -> dict:
     """Downloaded item -> state written to <data>/curate/state/; returns a short progress row."""
     dr = DataRoot.of(root)
+    fp = cfg.fingerprint()
     video = {"video_id": item["video_id"], "url": item["url"], "status": item.get("status") or "error",
              "error_class": item.get("error_class") or "", "message": item.get("message") or "",
              "media_path": item.get("media_path") or "", "bytes": int(item.get("bytes") or 0),
-             "attempts": int(item.get("attempts") or 0), "config": cfg.fingerprint()}
-    state = {"video_id": item["video_id"], "fingerprint": cfg.fingerprint(), "video": video, "clips": [],
+             "attempts": int(item.get("attempts") or 0), "config": fp}
+    state = {"video_id": item["video_id"], "fingerprint": fp, "video": video, "clips": [],
              "rejections": [], "times": {"download": float(item.get("download_s") or 0.0)},
              "final": video["error_class"] not in RETRYABLE}
     if video["status"] == "ok":
@@ -82,17 +72,17 @@ def analyse_step(item: dict, root: str, cfg: CurateConfig, models: Models) -> di
                                                        "has_audio")})
             video.update(num_frames=res["num_frames"], cuts=len(res["cuts"]), cut_frames=res["cuts"], clips=len(res["clips"]),
                          accepted=len(acc), accepted_s=sum(c["duration_s"] for c in acc),
-                         message=_clean(res["message"]))
+                         message=one_line(res["message"]))
             if not acc:
                 reasons = sorted({r["reason"] for r in res["rejections"]})
                 video.update(status="no_clips",
-                             message=_clean(f"no accepted clip; rejected spans: {', '.join(reasons) or 'none'}"
-                                            + (f"; {res['message']}" if res["message"] else "")))
+                             message=one_line(f"no accepted clip; rejected spans: {', '.join(reasons) or 'none'}"
+                                              + (f"; {res['message']}" if res["message"] else "")))
         except Exception as e:
             from pipeline.video_io import VideoError
 
             bad = isinstance(e, VideoError)
-            video.update(status="bad_media" if bad else "error", error_class=type(e).__name__, message=_clean(e))
+            video.update(status="bad_media" if bad else "error", error_class=type(e).__name__, message=one_line(e))
             if not bad:
                 _log(f"curate: {item['video_id']}: unexpected {type(e).__name__}\n{traceback.format_exc(limit=4)}")
     write_state(dr, state)
@@ -102,8 +92,10 @@ def analyse_step(item: dict, root: str, cfg: CurateConfig, models: Models) -> di
 
 # ---------------------------------------------------------------- engines
 
-def run_sequential(items: list[dict], root: DataRoot, cfg: CurateConfig, log=_log) -> list[dict]:
-    models = Models(cfg)
+def run_sequential(items: list[dict], root: DataRoot, cfg: CurateConfig, log=_log,
+                   models: Models | None = None) -> list[dict]:
+    """`models`: reuse ones already built (the CLI's preflight) instead of loading them again."""
+    models = models or Models(cfg)
     out = []
     for k, it in enumerate(items, 1):
         row = analyse_step(download_step(it, str(root.root), cfg.download.params), str(root.root), cfg, models)
@@ -180,7 +172,7 @@ def ray_init(address: str | None, cfg: CurateConfig) -> dict:
             try:
                 ray.init(address=address, log_to_driver=True, runtime_env=env)
             except ConnectionError as e:
-                raise EngineError(f"cannot join the Ray cluster at {address}: {_clean(e)} (a cluster with token "
+                raise EngineError(f"cannot join the Ray cluster at {address}: {one_line(e)} (a cluster with token "
                                   f"auth needs its token here: RAY_AUTH_TOKEN or ~/.ray/auth_token)") from None
         else:
             ray.init(num_cpus=cfg.engine.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
@@ -221,8 +213,9 @@ def _progress(k: int, n: int, row: dict) -> str:
 
 
 def curate(root: DataRoot, sources: list[dict], cfg: CurateConfig, engine: str = "ray",
-           ray_address: str | None = None, force: bool = False, log=_log) -> dict:
-    """sources: [{"video_id", "url", "opted_out"}]. Runs what is not finished, writes the manifests."""
+           ray_address: str | None = None, force: bool = False, log=_log, models: Models | None = None) -> dict:
+    """sources: [{"video_id", "url", "opted_out"}]. Runs what is not finished, writes the manifests.
+    `models` (sequential engine only; Ray actors build their own) avoids loading them twice."""
     t0 = time.time()
     fp = cfg.fingerprint()
     root.dir("curate", "state")
@@ -243,19 +236,15 @@ def curate(root: DataRoot, sources: list[dict], cfg: CurateConfig, engine: str =
             if engine == "ray":
                 run_ray(todo, root, cfg, ray_address, log, ray_info)
             else:
-                run_sequential(todo, root, cfg, log)
+                run_sequential(todo, root, cfg, log, models)
         except Exception as e:  # the engine itself failed (lost cluster...): keep what finished, say so
-            engine_error = _clean(f"{type(e).__name__}: {e}")
+            engine_error = one_line(f"{type(e).__name__}: {e}")
             log(f"curate: engine failed, writing what finished: {engine_error}")
     states = []
     for s in uniq:
         st = read_state(root, s["video_id"])
         if st is None:  # retryable failure or lost worker: state not final; still report it
-            from pipeline.manifest import state_path
-
             try:
-                import json
-
                 st = json.loads(state_path(root, s["video_id"]).read_text())
             except (OSError, ValueError):
                 st = {"video_id": s["video_id"], "video": {"video_id": s["video_id"], "url": s["url"],

@@ -86,9 +86,10 @@ def load_dag(path: str | Path | None) -> CurateConfig:
         if name == "download":
             from pipeline.download import DownloadConfig
 
-            # a typo fails here, naming the file, not in every worker
-            fill_dataclass(DownloadConfig, params, where, "download.params")
-            cfg.download = DownloadParams(dict(params))
+            # a typo fails here, naming the file, not in every worker; the keys given are kept as
+            # fill_dataclass typed them (2 and 2.0 are one config, with one fingerprint)
+            typed = fill_dataclass(DownloadConfig, params, where, "download.params")
+            cfg.download = DownloadParams({k: getattr(typed, k) for k in params})
         elif name != "manifest":
             setattr(cfg, name, fill_dataclass(type(getattr(cfg, name)), params, where, f"{name}.params"))
         if st.get("resources"):

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from pipeline import download as dl
-from pipeline.download import DownloadConfig, Downloader, download, ydl_options
-from pipeline.sources import OptOut, load_optout, load_sources
+from pipeline.curate import load_inputs
+from pipeline.download import DownloadConfig, download, ydl_options
+from pipeline.runner import download_step
+from pipeline.sources import OptOut
 
 # A generous socket timeout: the machine is shared, and a starved server thread must not look "slow".
 FAST = dict(backoff_base_s=0.01, backoff_max_s=0.05, socket_timeout_s=3.0, max_attempts=3)
@@ -94,15 +96,18 @@ def test_backoff_is_exponential_and_capped(source_server, data_root, monkeypatch
 def test_optout_is_never_requested(source_server, data_root, tmp_path):
     (tmp_path / "optout.csv").write_text("video_id_or_url,date,reason\n"
                                          f"by_id,2026-01-01,asked\n{source_server.url('multi_360p24')},2026-01-02,\n")
-    opt = load_optout(tmp_path / "optout.csv")
-    a = download(source_server.url(VIDEO), "by_id", data_root, optout=opt, **FAST)
-    b = download(source_server.url("multi_360p24"), "other", data_root, optout=opt, **FAST)
+    # Opt-out is applied where the product applies it: load_inputs marks the row, download_step skips it.
+    (tmp_path / "listed.csv").write_text(f"url,video_id\n{source_server.url(VIDEO)},by_id\n"
+                                         f"{source_server.url('multi_360p24')},other\n")
+    a, b = [download_step(it, str(data_root.root), FAST)
+            for it in load_inputs(tmp_path / "listed.csv", tmp_path / "optout.csv")]
     assert a["status"] == b["status"] == "skipped_optout" and a["attempts"] == b["attempts"] == 0
     assert source_server.hits() == 0 and _media(data_root) == []
-    # The same through the Downloader over parsed sources: only the one not opted out is fetched.
+    # Over parsed sources: only the one not opted out is fetched.
     (tmp_path / "sources.csv").write_text(f"url,video_id\n{source_server.url(VIDEO)},by_id\n"
                                           f"{source_server.url('cuts_360p25', 'page')},fine\n")
-    recs = [Downloader(data_root, opt, **FAST)(s) for s in load_sources(tmp_path / "sources.csv")]
+    recs = [download_step(it, str(data_root.root), FAST)
+            for it in load_inputs(tmp_path / "sources.csv", tmp_path / "optout.csv")]
     assert [r["status"] for r in recs] == ["skipped_optout", "ok"]
     assert {r["path"] for r in source_server.requests} <= {"/page/cuts_360p25.html", "/v/cuts_360p25.mp4"}
 
