@@ -57,13 +57,16 @@ def write_state(root: DataRoot, state: dict) -> Path:
     return p
 
 
-def read_state(root: DataRoot, video_id: str, fingerprint: str | None = None) -> dict | None:
-    """The finished state of a video, or None if absent, unreadable, not final, or made with other params."""
+def read_state(root: DataRoot, video_id: str, fingerprint: str | None = None, final_only: bool = True) -> dict | None:
+    """The finished state of a video, or None if absent, unreadable, not final, or made with other params.
+    final_only=False: whatever state the file holds (a retryable failure's, say), None only if unreadable."""
     p = state_path(root, video_id)
     try:
         st = json.loads(p.read_text())
     except (OSError, ValueError):
         return None
+    if not final_only:
+        return st
     if st.get("version") != STATE_VERSION or st.get("video_id") != video_id or not st.get("final"):
         return None
     if fingerprint is not None and st.get("fingerprint") != fingerprint:

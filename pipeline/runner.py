@@ -8,7 +8,6 @@ message on that video's row.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -16,7 +15,7 @@ import traceback
 from pathlib import Path
 
 from pipeline.download import download, one_line
-from pipeline.manifest import read_state, state_path, write_outputs, write_state
+from pipeline.manifest import read_state, write_outputs, write_state
 from pipeline.paths import DataRoot
 from pipeline.stages import CurateConfig, Models, analyse_video
 
@@ -242,12 +241,10 @@ def curate(root: DataRoot, sources: list[dict], cfg: CurateConfig, engine: str =
             log(f"curate: engine failed, writing what finished: {engine_error}")
     states = []
     for s in uniq:
-        st = read_state(root, s["video_id"])
-        if st is None:  # retryable failure or lost worker: state not final; still report it
-            try:
-                st = json.loads(state_path(root, s["video_id"]).read_text())
-            except (OSError, ValueError):
-                st = {"video_id": s["video_id"], "video": {"video_id": s["video_id"], "url": s["url"],
+        # final or not (a retryable failure is reported too); no state at all = a lost worker
+        st = read_state(root, s["video_id"], final_only=False)
+        if st is None:
+            st = {"video_id": s["video_id"], "video": {"video_id": s["video_id"], "url": s["url"],
                                                            "status": "error", "error_class": "Lost",
                                                            "message": "no result: " + (engine_error or "worker lost")}}
         states.append(st)
