@@ -36,10 +36,10 @@ lint: install ## ruff
 	$(PY) -m ruff check pipeline model tests benchmarks
 
 corpus: install ## generate the synthetic face-video corpus under $(DATA)/corpus
-	$(PY) -m pipeline.testmedia --out $(DATA)/corpus
+	$(PY) -m pipeline.synth.corpus --out $(DATA)/corpus
 
 serve: install ## serve the corpus on loopback and write manifests/sources.csv
-	$(PY) -m pipeline.testserver --corpus $(DATA)/corpus --write-sources manifests/sources.csv
+	$(PY) -m pipeline.synth.server --corpus $(DATA)/corpus --write-sources manifests/sources.csv
 
 curate: install ## links in manifests/sources.csv -> $(DATA)/curate/clips.parquet (Ray; RAY_ADDRESS for a cluster)
 	$(PY) -m pipeline.curate --data $(DATA) --sources manifests/sources.csv --dag dags/curate.yaml
@@ -48,7 +48,7 @@ shards: install ## accepted clips -> WebDataset shards with latents, CLIP, landm
 	$(PY) -m pipeline.shards --data $(DATA) --dag dags/shards.yaml
 
 verify-optout: install ## fail if any clip of an opted-out video remains in a shard
-	$(PY) -m pipeline.optout verify --data $(DATA)
+	$(PY) -m pipeline.shards.optout verify --data $(DATA)
 
 train: install ## torchrun the sDiT on the shards (CPU here, all GPUs elsewhere)
 	$(PY) -m model.launch --data $(DATA) --config dags/train.yaml

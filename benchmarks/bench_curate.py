@@ -2,7 +2,7 @@
 
 Reference: PyAV decodes every frame single-threaded and converts it to an RGB ndarray at full
 size (what any stage that "reads the video" pays). Curation: probe + the one decode pass with
-scenes, faces and quality + segmentation, crops and filters (`pipeline.stages.analyse_video`),
+scenes, faces and quality + segmentation, crops and filters (`pipeline.curate.stages.analyse_video`),
 models loaded beforehand (their one-off load time is reported apart). Download is network-bound
 and excluded. Figures are process CPU seconds (all threads), best of `repeats` per video.
 Target: ratio <= 3.
@@ -28,8 +28,8 @@ def plain_decode_cpu(path: Path) -> tuple[float, int]:
 
 
 def run(data_root: Path, repeats: int = 2) -> dict:
-    from pipeline.stages import Models, analyse_video, load_dag
-    from pipeline.testmedia import ensure_corpus
+    from pipeline.curate.stages import Models, analyse_video, load_dag
+    from pipeline.synth.corpus import ensure_corpus
 
     data_root = Path(data_root)
     corpus_dir = data_root / "corpus"

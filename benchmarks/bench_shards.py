@@ -108,20 +108,23 @@ def _read_rates(urls: list[str], min_s: float = 1.0) -> dict:
 
 
 def run(data_root: Path, size: int = 128, max_frames: int = 16, max_clips: int = 8, repeats: int = 3) -> dict:
-    from pipeline import shards as S
-    from pipeline.encoders import Encoders, build_tiny_models, decode_clip, resolve_models
-    from pipeline.shardio import load_index
+    from pipeline.paths import DataRoot
+    from pipeline.shards.build import clip_items
+    from pipeline.shards.build import run as build_shards
+    from pipeline.shards.config import ShardsConfig
+    from pipeline.shards.encoders import Encoders, build_tiny_models, decode_clip, resolve_models
+    from pipeline.shards.io import load_index
 
     bench = Path(data_root)
     bench.mkdir(parents=True, exist_ok=True)
     root, source = _inputs(bench, max_clips)
     models_dir = build_tiny_models(bench / "tiny-models", seed=0, sample_size=size)
-    cfg = S.ShardsConfig(runner="sequential", models=str(models_dir), samples_per_shard=4, sources="", optout="")
+    cfg = ShardsConfig(runner="sequential", models=str(models_dir), samples_per_shard=4, sources="", optout="")
     cfg.encoder.size, cfg.encoder.max_frames = size, max_frames
     models = resolve_models(str(models_dir), cfg.encoder)
 
     # reference: the encoders alone on pre-decoded frames (models loaded and warmed up first)
-    items, _ = S.clip_items(S.DataRoot.of(root), cfg)
+    items, _ = clip_items(DataRoot.of(root), cfg)
     frames = [decode_clip(it, root / it["media_path"], cfg.encoder)[0] for it in items]
     enc = Encoders(models, cfg.encoder)
     enc.encode(frames[0][:2])
@@ -139,7 +142,7 @@ def run(data_root: Path, size: int = 128, max_frames: int = 16, max_clips: int =
         forward.append((time.perf_counter() - w0, time.process_time() - c0))
         shutil.rmtree(root / "shards", ignore_errors=True)   # a fresh stage: no cache, no shards
         w0, c0 = time.perf_counter(), time.process_time()
-        stats = S.run(root, cfg, log=lambda m: None)
+        stats = build_shards(root, cfg, log=lambda m: None)
         stage.append((time.perf_counter() - w0, time.process_time() - c0))
         in_run.append(stats["seconds"] / stats["model_s"])
     enc.close()

@@ -53,8 +53,11 @@ def set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(list(s["cuda"]))
 
 
-def save(path: Path, *, model, ema, opt, step: int, cfg: Config, schedule: dict, heldout: dict | None = None) -> Path:
-    """`heldout`: the videos this run never trained on (model.split.HeldOut.record), read by `make eval`."""
+def save(path: Path, *, model, ema, opt, step: int, cfg: Config, schedule: dict, heldout: dict | None = None,
+         encoders: dict | None = None) -> Path:
+    """`heldout`: the videos this run never trained on (model.split.HeldOut.record), read by `make eval`.
+    `encoders`: the encoder identity of the training latents (pipeline.shards.encoders.encoder_identity),
+    checked by `make reenact` / `make eval` against the encoders they load."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
@@ -63,6 +66,8 @@ def save(path: Path, *, model, ema, opt, step: int, cfg: Config, schedule: dict,
     }
     if heldout is not None:
         state["heldout"] = heldout
+    if encoders is not None:
+        state["encoders"] = encoders
     with atomic_open(path) as f:
         torch.save(state, f)
     return path

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.evaluate import driving_of, load_heldout, real_frames
+from model.heldout import driving_of, load_heldout, real_frames
 
 
 def anchor_similarity(frames: np.ndarray, anchor: int = 0, size: int = 64) -> np.ndarray:
@@ -89,7 +89,7 @@ def _mean_sd(xs: list[float]) -> dict:
 
 def consistency_study(data: Path, ckpt: str | None = None, models: str = "", steps: int = 50,
                       n_frames: int = 32, seeds: int = 3, clips: int = 4, clip_key: str | None = None,
-                      plot: bool = True, clip_x0: float = 0.0) -> dict:
+                      plot: bool = True, clip_x0: float = 0.0, force_encoders: bool = False) -> dict:
     """For a trained (tiny) model: how consistent far-apart frames are under anchored vs naive sampling,
     and the landmark error with vs without landmark guidance, over the `clips` longest held-out clips
     (one per video, at least `n_frames` long, all cut to `n_frames`; or just `clip_key`) x `seeds`
@@ -105,7 +105,7 @@ def consistency_study(data: Path, ckpt: str | None = None, models: str = "", ste
     from pipeline.paths import DataRoot, atomic_write_text
 
     root = DataRoot.of(data)
-    model, cfg, diffusion, enc, info = load_all(root.root, ckpt, models)
+    model, cfg, diffusion, enc, info = load_all(root.root, ckpt, models, force_encoders=force_encoders)
     held, split_note = load_heldout(root.root, cfg, info["heldout"])
     F = cfg.model.frames
     if clip_key:

@@ -160,9 +160,9 @@ def respace(diffusion: GaussianDiffusion, num_steps: int) -> GaussianDiffusion:
 
 def expressive_mask(landmarks: torch.Tensor, ok: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """(..., 478, 3) landmarks with x, y in [0, 1] of the crop + (...,) validity -> (..., h, w) 0/1 mask of
-    the latent cells that contain a mouth, eye or iris landmark (pipeline.landmarks.EXPRESSIVE).
+    the latent cells that contain a mouth, eye or iris landmark (pipeline.curate.landmarks.EXPRESSIVE).
     Frames without a face, non-finite points and points outside the crop mark nothing."""
-    from pipeline.landmarks import EXPRESSIVE
+    from pipeline.curate.landmarks import EXPRESSIVE
 
     idx = torch.as_tensor(EXPRESSIVE, device=landmarks.device)
     pts = landmarks[..., idx, :2].float()                                   # (..., K, 2)

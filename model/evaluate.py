@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model.heldout import driving_of, load_heldout, real_frames
+
 LABEL = {"none": "None", "landmarks": "Landmarks", "clip": "CLIP", "clip+landmarks": "CLIP+Landmarks"}
 
 
@@ -46,6 +48,7 @@ class EvalConfig:
     consistency_clips: int = 4        # --consistency: held-out clips (one per video, longest first)
     consistency_seeds: int = 3        # --consistency: seeds per clip
     consistency_frames: int = 32      # --consistency: frames per clip (clips at least this long)
+    force_encoders: bool = False      # --force-encoders: score with other VAE/CLIP than trained on (loudly)
     grids: dict = field(default_factory=lambda: {"cpu": [{"steps": 50, "cfg": 1, "guidance": "clip+landmarks"}]})
 
 
@@ -71,47 +74,6 @@ def load_eval_config(path: str | None, overrides: list[str] = ()) -> EvalConfig:
     return cfg
 
 
-def load_heldout(data: Path, cfg, record: dict | None) -> tuple[list[dict], str]:
-    """Decoded held-out samples (all shard members) sorted by clip id, and a note on the split.
-
-    `record`: the checkpoint's held-out record ({fraction, min_clips, videos}); None for a checkpoint
-    that predates it (the rule is recomputed from its config and the note says it may have seen them)."""
-    from model.data import decode, resolve_shards
-    from model.split import HeldOut, catalog, heldout_videos, shard_videos
-    from pipeline.shardio import read_samples
-
-    urls = resolve_shards("", data)
-    by_shard = shard_videos(urls) or {}        # video ids from the meta members only: nothing decoded yet
-    counts = catalog(by_shard)
-    if not counts:
-        raise SystemExit(f"evaluate: error: no shard samples under {data / 'shards'}")
-    if record is None:
-        f, m = cfg.data.heldout_fraction, cfg.data.heldout_min_clips
-        held = HeldOut(heldout_videos(counts, f, m), f)
-        note = (f"split recomputed (sha1(video_id) < {f}, topped up to {m} clips): WARNING the checkpoint "
-                f"predates held-out records and may have trained on these clips")
-    elif record["videos"] is None:
-        held = HeldOut(None, record["fraction"])
-        note = f"split: sha1(video_id) < {record['fraction']}, excluded from training"
-    else:
-        if not record["videos"]:
-            raise SystemExit("evaluate: error: the checkpoint's training run held out no video "
-                             "(data.heldout_fraction=0): every shard clip was trained on")
-        held = HeldOut(set(record["videos"]), record["fraction"])
-        note = f"split: the {len(record['videos'])} videos the training run held out"
-    out = []
-    for url in urls:      # decode only the held-out samples, reading only shards that hold one
-        if any(v in held for v in by_shard.get(url, [])):
-            for key, members in read_samples(Path(url)):
-                raw = dict(members)
-                if json.loads(raw["meta.json"])["video_id"] in held:
-                    out.append(decode({"__key__": key, **raw}))
-    out.sort(key=lambda s: s["__key__"])
-    if not out:
-        raise SystemExit("evaluate: error: none of the checkpoint's held-out videos is in the shards any more")
-    return out, note
-
-
 def pairs(held: list[dict], max_clips: int) -> list[tuple[dict, dict]]:
     """(driving, source) with the source from another video where possible."""
     out = []
@@ -121,25 +83,6 @@ def pairs(held: list[dict], max_clips: int) -> list[tuple[dict, dict]]:
                    others[0] if others else drv)
         out.append((drv, src))
     return out
-
-
-def driving_of(s: dict, max_frames: int):
-    """(landmarks filled (T,478,3), raw landmarks, ok, times, latent_mean) on <= max_frames spread frames."""
-    from model.reenact import fill_missing
-
-    T = len(s["time_s.npy"])
-    idx = np.unique(np.linspace(0, T - 1, min(T, max_frames)).round().astype(int)) if max_frames else np.arange(T)
-    lm, ok = s["landmarks.npy"][idx].astype(np.float32), s["landmarks_ok.npy"][idx].astype(bool)
-    filled, _ = fill_missing(lm, ok)
-    return filled, lm, ok, s["time_s.npy"][idx].astype(np.float32), s["latent_mean.npy"][idx].astype(np.float32)
-
-
-def real_frames(enc, latent_mean: np.ndarray) -> np.ndarray:
-    import torch
-
-    from model.reenact import decode_latents
-
-    return decode_latents(enc, torch.from_numpy(latent_mean) * enc.scaling_factor)
 
 
 def evaluate_row(row: dict, jobs, model, cfg, diffusion, enc, ec: EvalConfig, real, net, mesh) -> dict:
@@ -198,7 +141,7 @@ def run(data: Path, ec: EvalConfig) -> dict:
 
     from model.metrics import find_inception_weights, inception_features, load_inception
     from model.reenact import ReenactError, load_all
-    from pipeline.landmarks import FaceMesh478
+    from pipeline.curate.landmarks import FaceMesh478
     from pipeline.paths import DataRoot, atomic_write_text
 
     t0 = time.time()
@@ -208,7 +151,7 @@ def run(data: Path, ec: EvalConfig) -> dict:
         raise SystemExit(f"evaluate: error: grid {grid_name!r} not in grids ({', '.join(ec.grids)})")
     grid = ec.grids[grid_name]
     try:
-        model, cfg, diffusion, enc, info = load_all(root.root, ec.ckpt or None, ec.models)
+        model, cfg, diffusion, enc, info = load_all(root.root, ec.ckpt or None, ec.models, force_encoders=ec.force_encoders)
     except ReenactError as e:
         raise SystemExit(f"evaluate: error: {e}") from None
     held, split_note = load_heldout(root.root, cfg, info["heldout"])
@@ -262,14 +205,18 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default="dags/eval.yaml", help="eval config (default dags/eval.yaml)")
     ap.add_argument("--consistency", action="store_true",
                     help="run the anchored-vs-naive consistency study instead of the grid")
+    ap.add_argument("--force-encoders", action="store_true",
+                    help="use VAE/CLIP models other than the checkpoint was trained on (loud warning)")
     ap.add_argument("overrides", nargs="*", help="key=value, e.g. grid=cpu max_clips=2")
     args = ap.parse_args(argv)
     ec = load_eval_config(args.config, args.overrides)
+    ec.force_encoders = ec.force_encoders or args.force_encoders
     if args.consistency:
         from model.consistency import consistency_study
 
         consistency_study(Path(args.data), ec.ckpt or None, ec.models, seeds=ec.consistency_seeds,
-                          clips=ec.consistency_clips, n_frames=ec.consistency_frames, clip_x0=ec.clip_x0)
+                          clips=ec.consistency_clips, n_frames=ec.consistency_frames, clip_x0=ec.clip_x0,
+                          force_encoders=ec.force_encoders)
     else:
         run(Path(args.data), ec)
     return 0

@@ -57,7 +57,7 @@ def load_frames(src, size: int | None = None, max_frames: int | None = None) -> 
 
 def landmarks_of(frames, size: int = LMSE_SIZE, mesh=None) -> tuple[np.ndarray, np.ndarray]:
     """(T, 478, 3) landmarks in pixels of a size x size frame (NaN where no face), (T,) ok mask."""
-    from pipeline.landmarks import FaceMesh478
+    from pipeline.curate.landmarks import FaceMesh478
 
     arr = load_frames(frames, size=size)
     own = mesh is None
@@ -110,7 +110,7 @@ def csim_embeddings(source_emb: np.ndarray, frame_embs: np.ndarray) -> float:
 
 
 def csim(source_img: np.ndarray, frames, embed: Callable[[np.ndarray], np.ndarray]) -> float:
-    """CSIM with `embed`: (T, H, W, 3) uint8 -> (T, D) (e.g. the CLIP encoder of pipeline.encoders)."""
+    """CSIM with `embed`: (T, H, W, 3) uint8 -> (T, D) (e.g. the CLIP encoder of pipeline.shards.encoders)."""
     src = np.asarray(embed(np.asarray(source_img)[None]))[0]
     return csim_embeddings(src, np.asarray(embed(load_frames(frames))))
 

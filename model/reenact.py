@@ -1,7 +1,7 @@
 """`make reenact SOURCE=img DRIVING=video [CKPT=...]`: the source face performing the driving video.
 
 1. Source image: one face found (MediaPipe), cropped with curation's rule (face ≈ 0.45 of the crop
-   width, ≈ 0.53 of its height; pipeline.faces.place_crop), resized to 256, CLIP-embedded with the same
+   width, ≈ 0.53 of its height; pipeline.curate.faces.place_crop), resized to 256, CLIP-embedded with the same
    encoder and preprocessing as the shards.
 2. Driving video: one fixed crop placed the same way from faces detected on up to 16 spread frames;
    every frame cropped to 256 and given MediaPipe's 478x3 landmarks in crop coordinates (x, y in
@@ -31,7 +31,7 @@ class ReenactError(RuntimeError):
 # ----------------------------------------------------------------------------- faces and crops
 
 def _detector():
-    from pipeline.faces import FacesConfig, make_detector
+    from pipeline.curate.faces import FacesConfig, make_detector
 
     cfg = FacesConfig()
     return make_detector(cfg), cfg
@@ -50,7 +50,7 @@ def face_boxes(rgb: np.ndarray, detector, cfg) -> list[tuple]:
 def source_crop(path: str | Path, size: int = SIZE) -> np.ndarray:
     import cv2
 
-    from pipeline.faces import place_crop
+    from pipeline.curate.faces import place_crop
     from pipeline.video_io import crop_square
 
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -72,7 +72,7 @@ def driving_frames(path: str | Path, size: int = SIZE, max_frames: int = 0, prob
 
     Two decoding passes, so a long video is never held at full size: faces on up to `probes` spread
     frames place the crop, then every frame is cropped and resized as it is decoded."""
-    from pipeline.faces import place_crop
+    from pipeline.curate.faces import place_crop
     from pipeline.video_io import VideoError, crop_square, iter_frames, probe, read_frames
 
     try:
@@ -131,11 +131,33 @@ def find_models(data: Path, spec: str = "") -> str:
     return "default"
 
 
-def load_all(data: Path, ckpt: str | None, models: str = "", config: str | None = None):
+def check_encoders(state: dict, enc, ckpt_name: str, spec: str, force: bool, warn=None) -> str:
+    """The checkpoint's training encoders vs the ones loaded: a mismatch is a ReenactError naming both
+    fingerprints, unless `force` (then a loud warning). Returns a note for the stats."""
+    warn = warn or (lambda m: print(m, file=sys.stderr, flush=True))
+    have, want = enc.identity(), state.get("encoders")
+    if want is None:
+        warn(f"WARNING: checkpoint {ckpt_name} does not record its training encoders (made before they were "
+             f"recorded); using {spec} ({have['fingerprint']}) unchecked")
+        return "unchecked (old checkpoint)"
+    if want.get("fingerprint") == have["fingerprint"]:
+        return f"match {have['fingerprint']}"
+    diff = ", ".join(f"{k} {want.get(k)!r} vs {have.get(k)!r}" for k in have
+                     if k != "fingerprint" and want.get(k) != have.get(k))
+    msg = (f"checkpoint {ckpt_name} was trained on encoders {want.get('fingerprint')} but {spec} is "
+           f"{have['fingerprint']} ({diff})")
+    if not force:
+        raise ReenactError(msg + "; pass --models with the training encoders, or --force-encoders")
+    warn(f"WARNING: --force-encoders: {msg}; outputs will not mean what the checkpoint learned")
+    return f"FORCED mismatch {want.get('fingerprint')} -> {have['fingerprint']}"
+
+
+def load_all(data: Path, ckpt: str | None, models: str = "", config: str | None = None,
+             force_encoders: bool = False):
     """-> (model, cfg, diffusion, encoders, info). Every mismatch is a ReenactError naming it."""
     from model.checkpoint import CheckpointMismatch, check_compatible, load, model_from_state, resolve
     from model.diffusion import GaussianDiffusion, linear_betas
-    from pipeline.encoders import EncoderConfig, Encoders, resolve_models
+    from pipeline.shards.encoders import EncoderConfig, Encoders, resolve_models
 
     path = Path(ckpt) if ckpt else newest_checkpoint(data)
     try:
@@ -169,7 +191,9 @@ def load_all(data: Path, ckpt: str | None, models: str = "", config: str | None 
                            f"the VAE has {enc.vae.config.latent_channels}")
     diffusion = GaussianDiffusion(linear_betas(cfg.diffusion.steps))
     # "heldout": the videos the run never trained on (None: a checkpoint from before they were recorded)
-    return model, cfg, diffusion, enc, {"ckpt": str(path), "models": spec, "heldout": state.get("heldout")}
+    enc_note = check_encoders(state, enc, path.name, spec, force_encoders)
+    return model, cfg, diffusion, enc, {"ckpt": str(path), "models": spec, "heldout": state.get("heldout"),
+                                        "encoders": enc_note}
 
 
 def clip_embed(enc, frames: np.ndarray) -> np.ndarray:
@@ -229,7 +253,7 @@ def run(args) -> dict:
 
     from model.anchored import GUIDANCE, SampleConfig
     from model.metrics import LMSE_SIZE, csim_embeddings, landmarks_of, lmse_landmarks, load_frames
-    from pipeline.landmarks import FaceMesh478
+    from pipeline.curate.landmarks import FaceMesh478
     from pipeline.paths import DataRoot, safe_name
     from pipeline.video_io import write_mp4
 
@@ -245,7 +269,8 @@ def run(args) -> dict:
         lm, ok = mesh.batch(drv)          # on the 256 crops: x, y in [0, 1] of the crop, as in the shards
     filled, missing = fill_missing(lm, ok)
     times = np.arange(len(drv), dtype=np.float32) / fps
-    model, cfg, diffusion, enc, info = load_all(root.root, args.ckpt, args.models, args.config)
+    model, cfg, diffusion, enc, info = load_all(root.root, args.ckpt, args.models, args.config,
+                                                force_encoders=args.force_encoders)
     if len(drv) < cfg.model.frames:
         raise ReenactError(f"the driving video has {len(drv)} frames, fewer than the sequence length "
                            f"F={cfg.model.frames}")
@@ -295,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ckpt", default=None, help="checkpoint (default: newest under DATA/train/)")
     ap.add_argument("--config", default=None, help="optional train config the checkpoint must match")
     ap.add_argument("--models", default="", help="dir with vae/ and clip/ (default: DATA/models/tiny, DATA/models, hub)")
+    ap.add_argument("--force-encoders", action="store_true",
+                    help="use VAE/CLIP models other than the checkpoint was trained on (loud warning)")
     ap.add_argument("--dag", default="dags/reenact.yaml", help="defaults file (default dags/reenact.yaml)")
     ap.add_argument("--steps", type=int, default=None, help="respaced DDPM steps, 2..1000 (default 50)")
     ap.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = none)")

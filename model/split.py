@@ -53,7 +53,7 @@ def shard_videos(urls: list[str]) -> dict[str, list[str]] | None:
     (the loader's own bad-shard handling reports it)."""
     if not all(Path(u).is_file() for u in urls):
         return None
-    from pipeline.shardio import read_samples
+    from pipeline.shards.io import read_samples
 
     out: dict[str, list[str]] = {}
     for u in urls:

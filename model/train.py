@@ -121,6 +121,7 @@ def main(argv=None) -> dict:
     from model.sdit import SDiT, forward_flops
     from model.split import training_split
     from pipeline.paths import DataRoot, atomic_write_text, safe_name
+    from pipeline.shards.encoders import encoder_identity
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # ---- distributed setup: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; absent = one plain process ----
@@ -146,6 +147,7 @@ def main(argv=None) -> dict:
     ckpt_dir = run_dir / "checkpoints"
     urls = resolve_shards(cfg.data.shards, root.root)
     meta = check_schema(urls, cfg)  # fails fast, on every rank, with the mismatch named
+    encoders = encoder_identity(meta)   # which VAE/CLIP made these latents: reenact/eval refuse others
     # ---- model, EMA, optimizer, diffusion ----
     torch.manual_seed(tc.seed)
     model = SDiT(cfg.model).to(device)
@@ -193,7 +195,7 @@ def main(argv=None) -> dict:
         if is_main:
             path = ckpt.save(ckpt_dir / f"{kind}_{step:07d}.pt", model=model, ema=ema, opt=opt, step=step, cfg=cfg,
                              schedule={"name": "warmup_cosine", "step": step},
-                             heldout=heldout.record())
+                             heldout=heldout.record(), encoders=encoders)
             if kind == "step":
                 ckpt.prune(ckpt_dir, tc.keep_last)
         if world > 1:
@@ -303,7 +305,7 @@ def find_vae(vae_dirs: list[Path], device):
     if vae_dir is None:
         log.info("sample grids skipped: no VAE in %s", ", ".join(map(str, vae_dirs)))
         return None
-    from pipeline.encoders import load_vae
+    from pipeline.shards.encoders import load_vae
 
     return load_vae(str(vae_dir), device)
 

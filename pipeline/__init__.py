@@ -1,1 +1,9 @@
-"""Data side of reenactfaces: download, curate, shard. Never imports `model`."""
+"""Data side of reenactfaces. Never imports `model`.
+
+Rooms, imports one way (base <- curate <- shards <- report/demo):
+  (this folder)  the shared base: paths (data root, atomic writes), ids, configfile, schema, video_io;
+                 and report.py (dataset report) and demo.py (the whole chain end to end).
+  curate/        links -> downloaded, scene-cut, face-tracked, filtered clips (`make curate`).
+  shards/        accepted clips -> WebDataset shards with latents, CLIP, landmarks; opt-out (`make shards`).
+  synth/         the generated test corpus and its loopback server: used by demo, tests and benchmarks only.
+"""

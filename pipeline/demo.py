@@ -65,8 +65,8 @@ def main(argv=None) -> int:
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
 
-    from pipeline.testmedia import ensure_corpus, make_portraits
-    from pipeline.testserver import SourceServer
+    from pipeline.synth.corpus import ensure_corpus, make_portraits
+    from pipeline.synth.server import SourceServer
 
     corpus_dir = data / "corpus"
     t0 = time.perf_counter()

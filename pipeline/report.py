@@ -150,7 +150,7 @@ def _tsne(path: Path, shards_dir: Path, max_points: int = 600) -> dict:
 
     import numpy as np
 
-    from pipeline.shardio import load_index, read_samples
+    from pipeline.shards.io import load_index, read_samples
 
     # Only indexed shards count: a half-written or orphaned tar is not part of the dataset.
     embs, vids = [], []

@@ -41,5 +41,5 @@ SHARD_MEMBERS = {
     "landmarks_ok.npy": "bool (T,): a face was found on that frame",
     "frame_index.npy": "int64 (T,): source-video frame index of each stored frame",
     "time_s.npy": "float32 (T,): seconds from the clip start of each stored frame",
-    "meta.json": "clip_id, video_id, origin, fps, size, vae, vae_scaling_factor, clip_model, schema_version",
+    "meta.json": "clip_id, video_id, origin, fps, size, vae, vae_scaling_factor, clip_model, weights, schema_version",
 }

@@ -2,15 +2,15 @@
 
 `corpus`        session: the generated face-video corpus, list of ground-truth dicts
                 (each with "name", "path" (absolute .mp4), "fps", "num_frames", "cuts", ...;
-                see pipeline/testmedia.py). Generated once and cached under pytest's cache
+                see pipeline/synth/corpus.py). Generated once and cached under pytest's cache
                 directory, keyed by the generator's source and library versions, so a second
                 session (or another engineer's) reuses it; delete .pytest_cache to force a rebuild.
 `corpus_by_name` session: {name: ground truth}.
 `corpus_dir`    session: the directory holding <name>.mp4 + <name>.json.
-`source_server` session: a pipeline.testserver.SourceServer serving `corpus_dir` on 127.0.0.1.
+`source_server` session: a pipeline.synth.server.SourceServer serving `corpus_dir` on 127.0.0.1.
                 Faults are cleared and the request log reset before every test that uses it.
 `data_root`     function: a fresh pipeline.paths.DataRoot in tmp_path.
-`portraits`     session: a folder of 6 still portrait PNGs (pipeline.testmedia.make_portraits).
+`portraits`     session: a folder of 6 still portrait PNGs (pipeline.synth.corpus.make_portraits).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _corpus_key(seed: int) -> str:
     import importlib.metadata as md
 
     h = hashlib.sha1(str(seed).encode())
-    for f in ("pipeline/testmedia.py", "pipeline/testfaces.py", "pipeline/landmarks.py"):
+    for f in ("pipeline/synth/corpus.py", "pipeline/synth/heads.py", "pipeline/curate/landmarks.py"):
         h.update((REPO / f).read_bytes())
     for pkg in ("av", "opencv-python", "numpy", "mediapipe", "scikit-image", "imageio-ffmpeg"):
         try:
@@ -43,7 +43,7 @@ def _corpus_key(seed: int) -> str:
 
 @pytest.fixture(scope="session")
 def corpus_dir(request, tmp_path_factory) -> Path:
-    from pipeline.testmedia import ensure_corpus
+    from pipeline.synth.corpus import ensure_corpus
 
     seed = 0
     cache = getattr(request.config, "cache", None)       # absent with -p no:cacheprovider
@@ -65,7 +65,7 @@ def corpus_dir(request, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def corpus(corpus_dir) -> list[dict]:
-    from pipeline.testmedia import load_corpus
+    from pipeline.synth.corpus import load_corpus
 
     gts = load_corpus(corpus_dir)
     assert gts, f"empty corpus in {corpus_dir}"
@@ -79,7 +79,7 @@ def corpus_by_name(corpus) -> dict[str, dict]:
 
 @pytest.fixture(scope="session")
 def _server(corpus_dir):
-    from pipeline.testserver import SourceServer
+    from pipeline.synth.server import SourceServer
 
     with SourceServer(corpus_dir) as srv:
         yield srv
@@ -101,6 +101,6 @@ def data_root(tmp_path):
 
 @pytest.fixture(scope="session")
 def portraits(tmp_path_factory) -> list[Path]:
-    from pipeline.testmedia import make_portraits
+    from pipeline.synth.corpus import make_portraits
 
     return make_portraits(tmp_path_factory.mktemp("portraits"), n=6, size=256)

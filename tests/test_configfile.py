@@ -75,7 +75,7 @@ def test_fill_dataclass_types_defaults_and_errors():
 
 
 def test_curate_dag_errors_name_the_file_and_the_dotted_key(tmp_path):
-    from pipeline.stages import load_dag
+    from pipeline.curate.stages import load_dag
 
     p = tmp_path / "curate.yaml"
     cases = {
@@ -101,7 +101,7 @@ def test_curate_dag_errors_name_the_file_and_the_dotted_key(tmp_path):
 
 
 def test_shards_dag_errors_and_values(tmp_path):
-    from pipeline.shards import load_dag
+    from pipeline.shards.config import load_dag
 
     p = tmp_path / "shards.yaml"
     for text, words in {

@@ -18,9 +18,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.curate.stages import load_dag
 from pipeline.ids import clip_id
 from pipeline.schema import CLIPS
-from pipeline.stages import load_dag
 
 REPO = Path(__file__).resolve().parents[1]
 DAG = REPO / "dags" / "curate.yaml"
@@ -206,9 +206,9 @@ def _write_bad_media(d: Path, good: Path) -> None:
 
 @pytest.fixture(scope="module")
 def bad(corpus_dir, tmp_path_factory):
+    from pipeline.curate.runner import curate
     from pipeline.paths import DataRoot
-    from pipeline.runner import curate
-    from pipeline.testserver import SourceServer
+    from pipeline.synth.server import SourceServer
 
     media = tmp_path_factory.mktemp("badmedia")
     _write_bad_media(media, corpus_dir / "talk_360p30.mp4")

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _daemons() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "raylet|gcs_server|pipeline.testserver|torch.distributed.run"],
+    out = subprocess.run(["pgrep", "-f", "raylet|gcs_server|pipeline.synth.server|torch.distributed.run"],
                          capture_output=True, text=True).stdout
     return {int(p) for p in out.split()}
 

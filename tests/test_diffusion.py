@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from model.diffusion import GaussianDiffusion, expressive_mask, linear_betas, respace
-from pipeline.landmarks import EXPRESSIVE, LIPS
+from pipeline.curate.landmarks import EXPRESSIVE, LIPS
 
 
 def test_linear_schedule_matches_ddpm():

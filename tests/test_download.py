@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import download as dl
-from pipeline.curate import load_inputs
-from pipeline.download import DownloadConfig, download, ydl_options
-from pipeline.runner import download_step
-from pipeline.sources import OptOut
+from pipeline.curate import download as dl
+from pipeline.curate.download import DownloadConfig, download, ydl_options
+from pipeline.curate.runner import download_step
+from pipeline.curate.sources import OptOut, load_inputs
 
 # A generous socket timeout: the machine is shared, and a starved server thread must not look "slow".
 FAST = dict(backoff_base_s=0.01, backoff_max_s=0.05, socket_timeout_s=3.0, max_attempts=3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.faces import (
+from pipeline.curate.faces import (
     Det,
     FaceScanner,
     FacesConfig,
@@ -14,7 +14,7 @@ from pipeline.faces import (
     place_crop,
     segment,
 )
-from pipeline.probe import scan
+from pipeline.curate.probe import scan
 from pipeline.video_io import write_mp4
 
 W, H = 320, 240

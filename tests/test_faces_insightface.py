@@ -18,7 +18,7 @@ from onnxfixtures import (
     marker_face,
 )
 
-from pipeline.faces import (
+from pipeline.curate.faces import (
     Det,
     FaceScanner,
     FacesConfig,
@@ -29,7 +29,7 @@ from pipeline.faces import (
     segment,
     signature_distance,
 )
-from pipeline.probe import scan
+from pipeline.curate.probe import scan
 from pipeline.video_io import write_mp4
 
 
@@ -203,7 +203,7 @@ def test_curate_analysis_with_insightface(model_dir, tiles, tmp_path):
     """analyse_video (what the Ray actor runs) with the DAG file's parameters and backend=insightface."""
     from pathlib import Path
 
-    from pipeline.stages import Models, analyse_video, load_dag
+    from pipeline.curate.stages import Models, analyse_video, load_dag
 
     cfg = load_dag(Path(__file__).resolve().parents[1] / "dags" / "curate.yaml")
     cfg.faces.backend, cfg.faces.model_dir = "insightface", str(model_dir)

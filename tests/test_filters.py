@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from pipeline.filters import FiltersConfig, judge, split_long
+from pipeline.curate.filters import FiltersConfig, judge, split_long
 
 
 def test_split_long_makes_equal_parts_within_the_maximum():

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_shards import copy_world, make_cfg, read_clips, shard_hashes, snapshot, write_clips
 
-from pipeline.shardio import read_samples
+from pipeline.shards.io import read_samples
 
 
 def _vid(root, name):
@@ -28,13 +28,13 @@ def _all_keys_and_videos(root):
 
 
 def _run(root, models):
-    from pipeline.shards import run
+    from pipeline.shards.build import run
 
     return run(root, make_cfg(root, models, manifests=True), log=lambda m: None)
 
 
 def _verify_cli(root):
-    return subprocess.run([sys.executable, "-m", "pipeline.optout", "verify", "--data", str(root),
+    return subprocess.run([sys.executable, "-m", "pipeline.shards.optout", "verify", "--data", str(root),
                            "--optout", str(root / "manifests" / "optout.csv")], capture_output=True, text=True)
 
 
@@ -117,7 +117,7 @@ def test_malformed_optout_csv_names_the_row_and_removes_nothing(tmp_path_factory
     media = sorted(p.name for p in (root / "media").iterdir())
     (root / "manifests" / "optout.csv").write_text(
         "video_id_or_url,date,reason\nhttp://127.0.0.1:9/vidA.mp4,2026-03-01,ok\nvidB,yesterday,bad date\n")
-    from pipeline.optout import ManifestProblem
+    from pipeline.shards.optout import ManifestProblem
 
     with pytest.raises(ManifestProblem, match="row 3"):
         _run(root, models)

@@ -7,9 +7,15 @@ import numpy as np
 import pytest
 from skimage.data import astronaut
 
-from pipeline.faces import FaceScanner, FacesConfig, make_detector
-from pipeline.probe import scan
-from pipeline.quality import HyperIQAScorer, QualityConfig, QualitySampler, SharpnessScorer, make_scorer
+from pipeline.curate.faces import FaceScanner, FacesConfig, make_detector
+from pipeline.curate.probe import scan
+from pipeline.curate.quality import (
+    HyperIQAScorer,
+    QualityConfig,
+    QualitySampler,
+    SharpnessScorer,
+    make_scorer,
+)
 from pipeline.video_io import write_mp4
 
 FACE = astronaut()[20:260, 100:340]   # a 240 px head-and-shoulders crop of a real photo
@@ -22,7 +28,7 @@ def _jpeg(img, q=85):
 
 def test_sharpness_separates_sharp_from_blurred_at_every_crop_size():
     sc = SharpnessScorer(QualityConfig())
-    from pipeline.filters import FiltersConfig
+    from pipeline.curate.filters import FiltersConfig
 
     bound = FiltersConfig().min_quality
     sharp, blurred = [], []
@@ -77,7 +83,7 @@ def hyperiqa_files(tmp_path_factory):
     import torch.nn.functional as F
     from pyiqa.archs.hypernet_arch import HyperNet
 
-    from pipeline.quality import _no_backbone_download
+    from pipeline.curate.quality import _no_backbone_download
 
     d = tmp_path_factory.mktemp("hyperiqa")
     torch.manual_seed(0)

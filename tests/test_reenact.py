@@ -21,7 +21,7 @@ def _face():
 
 
 def make_tiny_checkpoint(data: Path, frames: int = 4, latent_size: int = 8, clip_dim: int = 32, seed: int = 0,
-                         heldout: dict | None = None, name: str = "tiny") -> Path:
+                         heldout: dict | None = None, name: str = "tiny", encoders: dict | None = None) -> Path:
     """A random tiny sDiT saved through model.checkpoint.save, where the trainer would put it."""
     import torch
 
@@ -39,20 +39,29 @@ def make_tiny_checkpoint(data: Path, frames: int = 4, latent_size: int = 8, clip
                 p.normal_(0, 0.02)
     opt = torch.optim.AdamW(m.parameters())
     return save(data / "train" / name / "checkpoints" / "step_00000001.pt", model=m, ema=m, opt=opt, step=1,
-                cfg=cfg, schedule={}, heldout=heldout)
+                cfg=cfg, schedule={}, heldout=heldout, encoders=encoders)
+
+
+def identity_of(models_dir: Path, size: int = 64) -> dict:
+    """The encoder identity the trainer would record for latents made by the models in `models_dir`."""
+    from pipeline.shards.encoders import EncoderConfig, Encoders, resolve_models
+
+    cfg = EncoderConfig(size=size, device="cpu")
+    enc = Encoders(resolve_models(str(models_dir), cfg), cfg, with_landmarks=False)
+    return enc.identity()
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     import cv2
 
-    from pipeline.encoders import build_tiny_models
+    from pipeline.shards.encoders import build_tiny_models
     from pipeline.video_io import write_mp4
 
     d = tmp_path_factory.mktemp("reenact")
     data = d / "data"
     build_tiny_models(data / "models" / "tiny", sample_size=64)
-    make_tiny_checkpoint(data)
+    make_tiny_checkpoint(data, encoders=identity_of(data / "models" / "tiny"))
     face = _face()
     cv2.imwrite(str(d / "source.png"), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
     frames = []
@@ -106,6 +115,7 @@ def test_reenact_cli_writes_video_and_stats(setup):
     assert st["frames"] == 9 and st["faceless_frames_filled"] == [4]
     assert st["sequences"] == 3 and st["anchor"] == 0 and st["F"] == 4
     assert st["ckpt"].endswith("step_00000001.pt") and st["models"].endswith("tiny")
+    assert st["encoders"].startswith("match ") and "encoders" not in r.stderr
     assert -1.0 <= st["csim"] <= 1.0 and "step 4/4" in r.stderr
     # the same seed gives the same video (identical latents -> identical MP4), here run in-process
     from model.metrics import load_frames
@@ -114,9 +124,16 @@ def test_reenact_cli_writes_video_and_stats(setup):
     out2 = d / "out" / "r2.mp4"
     assert main(["--data", str(d / "data"), "--source", str(d / "source.png"), "--driving", str(d / "driving.mp4"),
                  "--steps", "4", "--side-by-side", "--out", str(out2), "--seed", "3"]) == 0
-    assert np.array_equal(load_frames(out), load_frames(out2))
+    # Two processes (and, on another CPU, other SIMD kernels and thread splits) may differ in the last
+    # float bits; after the uint8 quantisation that is at most a rare one-level pixel flip, and the
+    # metrics agree to far better than any difference a metric is read for.
+    a, b = load_frames(out).astype(np.int16), load_frames(out2).astype(np.int16)
+    assert a.shape == b.shape and np.abs(a - b).max() <= 2 and np.abs(a - b).mean() < 0.05
     st2 = json.loads(out2.with_suffix(".json").read_text())
-    assert st2["csim"] == st["csim"] and st2["lmse"] == st["lmse"]
+    assert st2["csim"] == pytest.approx(st["csim"], abs=1e-4)
+    assert (st2["lmse"] is None) == (st["lmse"] is None)
+    if st["lmse"] is not None:
+        assert st2["lmse"] == pytest.approx(st["lmse"], rel=1e-3, abs=1e-3)
 
 
 def _bad_args(d, case, tmp_path):
@@ -291,3 +308,25 @@ def test_consistency_study_over_clips_and_seeds(setup, tmp_path):
     assert 0 <= s["anchored_beats_naive"] <= 4 and 0 <= s["anchored_closer_to_real"] <= 4
     assert json.loads((data / "eval" / "consistency.json").read_text())["summary"] == s
     assert (data / "eval" / "consistency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_reenact_refuses_other_encoders_than_the_checkpoint_was_trained_on(setup, tmp_path):
+    """Another data root's VAE (same classes and label, other weights) would silently mottle the output."""
+    from pipeline.shards.encoders import build_tiny_models
+
+    d = setup
+    other = build_tiny_models(tmp_path / "other-models", seed=1, sample_size=64)
+    want, have = identity_of(d / "data" / "models" / "tiny"), identity_of(other)
+    assert want["fingerprint"] != have["fingerprint"]
+    args = ["--source", d / "source.png", "--driving", d / "driving.mp4", "--steps", "2", "--max-frames", "4",
+            "--models", other, "--out", tmp_path / "o.mp4"]
+    r = _run(*args, data=d / "data")
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("reenact: error")]
+    assert r.returncode != 0 and len(lines) == 1, r.stderr[-1500:]
+    assert want["fingerprint"] in lines[0] and have["fingerprint"] in lines[0] and "--force-encoders" in lines[0]
+    assert not (tmp_path / "o.mp4").exists()
+    forced = _run(*args, "--force-encoders", data=d / "data")
+    assert forced.returncode == 0, forced.stderr[-1500:]
+    assert "WARNING: --force-encoders" in forced.stderr
+    st = json.loads((tmp_path / "o.json").read_text())
+    assert st["encoders"].startswith("FORCED mismatch")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.probe import scan
-from pipeline.scenes import SceneCutter, ScenesConfig, scene_spans
+from pipeline.curate.probe import scan
+from pipeline.curate.scenes import SceneCutter, ScenesConfig, scene_spans
 from pipeline.video_io import write_mp4
 
 

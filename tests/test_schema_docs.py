@@ -2,7 +2,7 @@
 import re
 from pathlib import Path
 
-from pipeline.manifest import REJECTIONS, VIDEOS
+from pipeline.curate.manifest import REJECTIONS, VIDEOS
 from pipeline.schema import CLIPS, SHARD_MEMBERS
 
 DOC = (Path(__file__).resolve().parents[1] / "manifests" / "README.md").read_text()

@@ -42,9 +42,9 @@ def _frames(seed: int, n: int = 24):
 
 def build_world(root, models_dir):
     """Write media, sources.csv, empty optout.csv and clips.parquet under root; returns config kwargs."""
-    from pipeline.encoders import build_tiny_models
-    from pipeline.landmarks import FaceMesh478
+    from pipeline.curate.landmarks import FaceMesh478
     from pipeline.paths import safe_name
+    from pipeline.shards.encoders import build_tiny_models
     from pipeline.video_io import write_mp4
 
     if not (models_dir / "models.json").exists():
@@ -87,7 +87,7 @@ def read_clips(root):
 
 def make_cfg(root, models_dir, runner="sequential", manifests=False):
     """Shard tests run without manifests (no opt-out step); test_optout passes manifests=True."""
-    from pipeline.shards import ShardsConfig
+    from pipeline.shards.config import ShardsConfig
 
     m = root / "manifests"
     cfg = ShardsConfig(runner=runner, models=str(models_dir), samples_per_shard=SPS,
@@ -111,7 +111,7 @@ def snapshot(root):
 
 def base_world(tmp_path_factory):
     """One built + sharded world per session; tests copy it before changing anything."""
-    from pipeline.shards import run
+    from pipeline.shards.build import run
 
     base = tmp_path_factory.getbasetemp() / "shards-world"
     models = tmp_path_factory.getbasetemp() / "tiny-models"
@@ -140,9 +140,9 @@ def world(tmp_path_factory):
 # ---------------------------------------------------------------- tests
 
 def test_shards_match_manifest(world):
-    from pipeline.encoders import EncoderConfig, decode_clip, pick_indices
-    from pipeline.landmarks import FaceMesh478
-    from pipeline.shardio import read_samples
+    from pipeline.curate.landmarks import FaceMesh478
+    from pipeline.shards.encoders import EncoderConfig, decode_clip, pick_indices
+    from pipeline.shards.io import read_samples
 
     root, _ = world
     accepted = [r for r in read_clips(root) if r["status"] == "accepted"]
@@ -212,7 +212,7 @@ def test_stock_webdataset_and_tar_read_shards(world):
 
 
 def test_rerun_writes_nothing_then_new_clips_go_to_new_shards(tmp_path_factory, tmp_path):
-    from pipeline.shards import run
+    from pipeline.shards.build import run
 
     root, models = copy_world(tmp_path_factory, tmp_path)
     before = snapshot(root)
@@ -232,7 +232,7 @@ def test_rerun_writes_nothing_then_new_clips_go_to_new_shards(tmp_path_factory, 
 
 
 def test_deterministic_bytes_for_same_input(world, tmp_path):
-    from pipeline.shards import run
+    from pipeline.shards.build import run
 
     root, models = world
     other = tmp_path / "again"
@@ -246,8 +246,8 @@ def test_deterministic_bytes_for_same_input(world, tmp_path):
 def test_ray_actor_pool_path(world, tmp_path):
     import ray
 
-    from pipeline.shardio import read_samples
-    from pipeline.shards import run
+    from pipeline.shards.build import run
+    from pipeline.shards.io import read_samples
 
     root, models = world
     other = tmp_path / "ray"
@@ -278,7 +278,7 @@ def test_ray_actor_pool_path(world, tmp_path):
 
 
 def test_missing_and_corrupt_media_are_recorded_and_skipped(tmp_path_factory, tmp_path):
-    from pipeline.shards import run
+    from pipeline.shards.build import run
 
     root, models = copy_world(tmp_path_factory, tmp_path)
     rows = read_clips(root)
@@ -300,7 +300,7 @@ def test_missing_and_corrupt_media_are_recorded_and_skipped(tmp_path_factory, tm
 
 def test_kill_between_write_and_rename_leaves_no_partial_shard(tmp_path_factory, tmp_path, monkeypatch):
     from pipeline import paths
-    from pipeline.shards import run
+    from pipeline.shards.build import run
 
     root, models = copy_world(tmp_path_factory, tmp_path)
     clean = shard_hashes(root)
@@ -349,8 +349,9 @@ def test_cli_help_and_bad_dag_key(world, tmp_path):
 
 
 def test_models_tiny_builds_fits_and_records_them(tmp_path_factory, tmp_path):
-    from pipeline.encoders import build_tiny_models
-    from pipeline.shards import InputProblem, run
+    from pipeline.shards.build import run
+    from pipeline.shards.config import InputProblem
+    from pipeline.shards.encoders import build_tiny_models
 
     root, models = copy_world(tmp_path_factory, tmp_path)
     # new clips with other models into the existing shards: refused, nothing written
@@ -379,7 +380,7 @@ def test_models_tiny_builds_fits_and_records_them(tmp_path_factory, tmp_path):
 
 
 def test_recover_drops_temp_and_unindexed_shards_only(tmp_path):
-    from pipeline import shardio
+    from pipeline.shards import io as shardio
 
     samples = [("k1", [("meta.json", b"{}")])]
     a = shardio.write_shard(tmp_path / "faces-000000.tar", samples)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.curate.sources import ManifestError, load_optout, load_sources
 from pipeline.ids import video_id_from_url
 from pipeline.paths import DataRoot
-from pipeline.sources import ManifestError, load_optout, load_sources
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = "https://example.org/a.mp4,vid_a,CC-BY 4.0,first\n"

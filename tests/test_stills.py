@@ -21,7 +21,7 @@ def portraits(tmp_path_factory):
 
 
 def test_ids_come_from_image_content(portraits, tmp_path):
-    from pipeline.stills import still_items
+    from pipeline.shards.stills import still_items
 
     items = still_items(portraits, fps=25, frames=8)
     assert [it["media_path"].rsplit("/", 1)[-1] for it in items] == ["a.png", "b.jpg"]
@@ -34,8 +34,8 @@ def test_ids_come_from_image_content(portraits, tmp_path):
 def test_pseudo_clip_moves_smoothly_and_landmarks_follow_the_motion(portraits):
     import cv2
 
-    from pipeline.landmarks import FaceMesh478
-    from pipeline.stills import face_base, homographies, pseudo_clip, read_rgb
+    from pipeline.curate.landmarks import FaceMesh478
+    from pipeline.shards.stills import face_base, homographies, pseudo_clip, read_rgb
 
     size, n = 96, 10
     frames, idx, t = pseudo_clip(portraits / "a.png", n, size, 25.0, seed=3)
@@ -64,8 +64,9 @@ def test_pseudo_clip_moves_smoothly_and_landmarks_follow_the_motion(portraits):
 def test_stills_become_shard_samples(portraits, tmp_path):
     import webdataset as wds
 
-    from pipeline.encoders import build_tiny_models
-    from pipeline.shards import ShardsConfig, run
+    from pipeline.shards.build import run
+    from pipeline.shards.config import ShardsConfig
+    from pipeline.shards.encoders import build_tiny_models
 
     models = build_tiny_models(tmp_path / "m", seed=0, sample_size=64)
     (tmp_path / "bad.png").write_bytes(b"not a png")

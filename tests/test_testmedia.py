@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import testmedia
-from pipeline.testmedia import Scene, VideoSpec, generate_video
+from pipeline.synth import corpus as testmedia
+from pipeline.synth.corpus import Scene, VideoSpec, generate_video
 from pipeline.video_io import iter_frames, probe
 
 
@@ -134,7 +134,7 @@ def test_mediapipe_sees_what_the_ground_truth_says(corpus):
 
 
 def test_expression_really_moves_landmarks(corpus_by_name):
-    from pipeline.landmarks import FaceMesh478
+    from pipeline.curate.landmarks import FaceMesh478
 
     gt = corpus_by_name["talk_360p30"]
     mouth, eyes, idx = [], [], []
@@ -168,13 +168,13 @@ def test_portraits_are_distinct_faces(portraits):
 
 
 def test_cli_help_is_light_and_bad_names_fail_cleanly(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "pipeline.testmedia", "--help"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "pipeline.synth.corpus", "--help"], capture_output=True, text=True,
                          timeout=20)
     assert out.returncode == 0 and "--out" in out.stdout
     # --help must not pull the heavy stack in.
-    probe_imports = "import sys, pipeline.testmedia; print(sorted(m for m in ('cv2','mediapipe','av','torch') if m in sys.modules))"
+    probe_imports = "import sys, pipeline.synth.corpus; print(sorted(m for m in ('cv2','mediapipe','av','torch') if m in sys.modules))"
     mods = subprocess.run([sys.executable, "-c", probe_imports], capture_output=True, text=True, timeout=20)
     assert mods.stdout.strip() == "[]"
-    bad = subprocess.run([sys.executable, "-m", "pipeline.testmedia", "--out", str(tmp_path), "--only", "x"],
+    bad = subprocess.run([sys.executable, "-m", "pipeline.synth.corpus", "--out", str(tmp_path), "--only", "x"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "unknown corpus video" in bad.stderr and "Traceback" not in bad.stderr

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.sources import load_sources
+from pipeline.curate.sources import load_sources
 
 
 def _get(url: str, headers: dict | None = None, timeout: float = 5.0):
@@ -92,7 +92,7 @@ def test_global_fault_and_baked_fault_urls(source_server):
 
 def test_cli_writes_sources_that_validate(corpus_dir, tmp_path):
     out = tmp_path / "sources.csv"
-    p = subprocess.run([sys.executable, "-m", "pipeline.testserver", "--corpus", str(corpus_dir),
+    p = subprocess.run([sys.executable, "-m", "pipeline.synth.server", "--corpus", str(corpus_dir),
                         "--write-sources", str(out), "--with-faults", "--once"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
@@ -103,6 +103,6 @@ def test_cli_writes_sources_that_validate(corpus_dir, tmp_path):
     assert {s.video_id for s in srcs if not s.video_id.startswith("fault_")} == names
     assert any("/page/" in s.url for s in srcs) and any("/v/" in s.url for s in srcs)
     assert all(s.url.startswith(base) and s.license for s in srcs)
-    bad = subprocess.run([sys.executable, "-m", "pipeline.testserver", "--corpus", str(tmp_path / "none"), "--once"],
+    bad = subprocess.run([sys.executable, "-m", "pipeline.synth.server", "--corpus", str(tmp_path / "none"), "--once"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "no videos" in bad.stderr and "Traceback" not in bad.stderr

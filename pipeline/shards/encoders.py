@@ -103,7 +103,7 @@ def work_units(items: list[dict]) -> list[list[dict]]:
 def decode_unit(unit: list[dict], root: str, cfg: EncoderConfig, stills_frames: int, stills_fps: float):
     """Yield (item, (frames, frame_index, time_s)) or (item, exception) for every item of a unit."""
     if unit[0]["origin"] == "still":
-        from pipeline.stills import pseudo_clip
+        from pipeline.shards.stills import pseudo_clip
 
         for it in unit:
             try:
@@ -147,6 +147,40 @@ def resolve_models(spec: str, cfg: EncoderConfig) -> ModelSet:
                     info.get("vae", f"local:{d.name}/vae"), info.get("clip", f"local:{d.name}/clip"))
 
 
+def weights_digest(models: ModelSet) -> str:
+    """sha256 (16 hex) over the weight and config files of local model dirs; "" for hub names, whose id
+    pins the weights. Two tiny sets with the same label but fitted on different data differ here."""
+    import hashlib
+
+    h, seen = hashlib.sha256(), False
+    for d in (models.vae, models.clip_model):
+        if Path(d).is_dir():
+            for f in sorted(Path(d).rglob("*")):
+                if f.is_file() and f.suffix in (".safetensors", ".bin", ".pt", ".json"):
+                    seen = True
+                    h.update(f.relative_to(d).as_posix().encode())
+                    with open(f, "rb") as fh:
+                        for block in iter(lambda: fh.read(1 << 20), b""):
+                            h.update(block)
+    return h.hexdigest()[:16] if seen else ""
+
+
+IDENTITY_KEYS = ("vae", "vae_scaling_factor", "clip_model", "size", "weights")
+
+
+def encoder_identity(meta: dict) -> dict:
+    """The encoder set that produced (or would produce) latents: labels, size, scaling factor, weights
+    digest, and a 12-hex fingerprint of them (the scaling factor to 6 significant digits, so the same
+    VAE read in two processes gives one fingerprint)."""
+    import hashlib
+
+    ident = {k: meta.get(k, "") for k in IDENTITY_KEYS}
+    ident["vae_scaling_factor"] = float(f"{float(ident['vae_scaling_factor'] or 0):.6g}")
+    ident["size"] = int(ident["size"] or 0)
+    ident["fingerprint"] = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+    return ident
+
+
 def load_vae(name_or_dir: str, device="cpu"):
     from diffusers import AutoencoderKL
 
@@ -177,7 +211,7 @@ class Encoders:
     def __init__(self, models: ModelSet, cfg: EncoderConfig, with_landmarks: bool = True):
         import torch
 
-        from pipeline.landmarks import FaceMesh478
+        from pipeline.curate.landmarks import FaceMesh478
 
         self.cfg, self.models = cfg, models
         self.device = pick_device(cfg.device)
@@ -190,12 +224,17 @@ class Encoders:
         self.clip_mean = torch.tensor(pp.get("mean", (0.48145466, 0.4578275, 0.40821073))).view(1, 3, 1, 1)
         self.clip_std = torch.tensor(pp.get("std", (0.26862954, 0.26130258, 0.27577711))).view(1, 3, 1, 1)
         self.scaling_factor = float(self.vae.config.scaling_factor)
+        self.weights = weights_digest(models)
         # static mode: every frame on its own, so a frame's landmarks never depend on its neighbours
         self.mesh = FaceMesh478(static=True) if with_landmarks else None
 
     def meta(self) -> dict:
         return {"vae": self.models.vae_label, "vae_scaling_factor": self.scaling_factor,
-                "clip_model": self.models.clip_label, "size": self.cfg.size}
+                "clip_model": self.models.clip_label, "size": self.cfg.size, "weights": self.weights}
+
+    def identity(self) -> dict:
+        """encoder_identity of this set (what a checkpoint trained on its latents records)."""
+        return encoder_identity(self.meta())
 
     def _batches(self, frames: np.ndarray):
         """uint8 frames (T,S,S,3) -> float (B,3,S,S) in [0, 1] on the device, cfg.batch_frames at a time."""

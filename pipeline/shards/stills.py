@@ -53,7 +53,7 @@ def read_rgb(path: Path) -> np.ndarray:
 
 def face_base(img: np.ndarray, size: int) -> np.ndarray:
     """Face-centred square of side CONTEXT * size (face width FACE_W * size), edge-padded."""
-    from pipeline.landmarks import FaceMesh478
+    from pipeline.curate.landmarks import FaceMesh478
     from pipeline.video_io import crop_square
 
     h, w = img.shape[:2]

@@ -4,7 +4,7 @@ Photos: `skimage.data.astronaut()` (Eileen Collins) and matplotlib's `grace_hopp
 "identities" are mirrored, colour-shifted variants of them (same person, different look).
 `head(identity)` cuts the face out with a soft elliptical mask and prepares the expression
 fields (mouth opens, eyes blink) around MediaPipe face-mesh points found once per photo;
-`expressed` / `expressed_mesh` apply them to the pixels / the mesh. pipeline/testmedia.py
+`expressed` / `expressed_mesh` apply them to the pixels / the mesh. pipeline/synth/corpus.py
 places these heads on `background`s, moves them and writes the videos and ground truth.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ class Head:
 
 @lru_cache(maxsize=None)
 def _mesh_points(person: str) -> np.ndarray:
-    from pipeline.landmarks import FaceMesh478
+    from pipeline.curate.landmarks import FaceMesh478
 
     img = _photo(person)
     with FaceMesh478(static=True) as fm:

@@ -14,12 +14,12 @@ import time
 import traceback
 from pathlib import Path
 
-from pipeline.download import download, one_line
-from pipeline.manifest import read_state, write_outputs, write_state
+from pipeline.curate.download import download, one_line
+from pipeline.curate.manifest import read_state, write_outputs, write_state
+from pipeline.curate.stages import CurateConfig, Models, analyse_video
 from pipeline.paths import DataRoot
-from pipeline.stages import CurateConfig, Models, analyse_video
 
-# Download failures worth another try on the next run (pipeline.download's error_class); others are final.
+# Download failures worth another try on the next run (pipeline.curate.download's error_class); others are final.
 RETRYABLE = {"transient"}
 
 

@@ -7,7 +7,7 @@ bodies) are retried; permanent ones (404/410/other 4xx, private/removed/unsuppor
 file, not a decodable video, over the size or duration cap) are not.
 A download lands in <data>/media/.partial/<safe id>/ and is renamed into place only after
 PyAV has decoded a frame of it, so a partial or broken file never counts. Opted-out videos never
-get here (pipeline.runner.download_step skips them). Ids only ever reach the disk through
+get here (pipeline.curate.runner.download_step skips them). Ids only ever reach the disk through
 safe_name + DataRoot.path.
 
 Result record: {video_id, url, status: ok|failed, error_class: permanent|transient|None,
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pipeline.paths import DataRoot, safe_name
 
-log = logging.getLogger("pipeline.download")
+log = logging.getLogger("pipeline.curate.download")
 PARTIAL = ".partial"
 _TMP_SUFFIXES = (".part", ".ytdl", ".temp", ".tmp")
 

@@ -192,3 +192,13 @@ def load_optout(path: str | Path) -> OptOut:
             ids.add(value)
         entries.append(OptOutEntry(value, day, r.get("reason", ""), line))
     return OptOut(frozenset(ids), frozenset(urls), entries)
+
+
+def load_inputs(sources_csv: Path, optout_csv: Path | None) -> list[dict]:
+    """sources.csv (+ optout.csv) -> [{"video_id", "url", "opted_out"}]; ManifestError on a bad row."""
+    srcs = load_sources(sources_csv)
+    opt = load_optout(optout_csv) if optout_csv else None     # a missing file: nobody opted out
+    out = []
+    for s in srcs:
+        out.append({"video_id": s.video_id, "url": s.url, "opted_out": bool(opt and opt.matches(s.video_id, s.url))})
+    return out

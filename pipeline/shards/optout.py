@@ -1,4 +1,4 @@
-"""Opt-out by manifest edit, and `python -m pipeline.optout verify --data DATA`.
+"""Opt-out by manifest edit, and `python -m pipeline.shards.optout verify --data DATA`.
 
 A video leaves the dataset when its id or URL is in manifests/optout.csv, or when its row is
 deleted from manifests/sources.csv. `apply` (called by every `python -m pipeline.shards` run,
@@ -40,7 +40,7 @@ def read_manifests(optout_path, sources_path):
     has_src = bool(sources_path) and Path(sources_path).exists()
     if not (has_oo or has_src):
         return None, None
-    from pipeline.sources import ManifestError, load_optout, load_sources
+    from pipeline.curate.sources import ManifestError, load_optout, load_sources
 
     try:
         oo = load_optout(optout_path) if has_oo else None
@@ -64,8 +64,8 @@ def _sourced(srcs) -> tuple[set, set]:
 
 def _entry_for(oo, vid: str, url: str):
     """The optout.csv row that names this video (for its date and reason in the audit)."""
+    from pipeline.curate.sources import normalize_url
     from pipeline.ids import video_id_from_url
-    from pipeline.sources import normalize_url
 
     for e in (oo.entries if oo is not None else []):
         if e.value == vid or (url and e.value == normalize_url(url)) or ("://" in e.value and video_id_from_url(e.value) == vid):
@@ -77,8 +77,8 @@ def _unknown_entries(oo, videos: dict, state: dict) -> list[str]:
     """optout.csv values that match no video we know (now or already removed): reported, harmless."""
     if oo is None:
         return []
+    from pipeline.curate.sources import OptOut
     from pipeline.ids import video_id_from_url
-    from pipeline.sources import OptOut
 
     known = {**{v: d["url"] for v, d in videos.items()}, **{v: d.get("url", "") for v, d in state.items()}}
     out = []
@@ -109,7 +109,7 @@ def apply(root: DataRoot, cfg, index: dict, table, items: list[dict], log=print)
                 targets[vid] = "optout.csv"
     sources_note = ""
     if srcs is not None:
-        from pipeline.sources import normalize_url
+        from pipeline.curate.sources import normalize_url
 
         ids, urls = _sourced(srcs)
         vids = {vid: v for vid, v in videos.items() if v["origin"] == "video"}
@@ -153,7 +153,7 @@ def apply(root: DataRoot, cfg, index: dict, table, items: list[dict], log=print)
 
 def remove_video(root: DataRoot, sdir: Path, vid: str, url: str, trigger: str, index: dict, items, log):
     """Do every removal step for one video; None when there was nothing left to remove."""
-    from pipeline import shardio
+    from pipeline.shards import io as shardio
 
     table = shardio.load_table(sdir)
     mine = table[table["video_id"] == vid]
@@ -225,8 +225,8 @@ def verify(data: str | Path, optout_path: str, log=print) -> list[str]:
     """Scan every member of every shard; return one problem line per opted-out clip found."""
     import pandas as pd
 
-    from pipeline import shardio
     from pipeline.ids import video_id_from_url
+    from pipeline.shards import io as shardio
 
     root = DataRoot.of(data)
     sdir = root.path("shards")
@@ -268,7 +268,7 @@ def verify(data: str | Path, optout_path: str, log=print) -> list[str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.optout", description="opt-out checks")
+    ap = argparse.ArgumentParser(prog="python -m pipeline.shards.optout", description="opt-out checks")
     sub = ap.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("verify", help="fail if any clip of an opted-out video remains in a shard")
     v.add_argument("--data", default="data")

@@ -20,18 +20,6 @@ import sys
 from pathlib import Path
 
 
-def load_inputs(sources_csv: Path, optout_csv: Path | None) -> list[dict]:
-    """sources.csv (+ optout.csv) -> [{"video_id", "url", "opted_out"}]; ManifestError on a bad row."""
-    from pipeline.sources import load_optout, load_sources
-
-    srcs = load_sources(sources_csv)
-    opt = load_optout(optout_csv) if optout_csv else None     # a missing file: nobody opted out
-    out = []
-    for s in srcs:
-        out.append({"video_id": s.video_id, "url": s.url, "opted_out": bool(opt and opt.matches(s.video_id, s.url))})
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.curate", description=__doc__.split("\n\n")[0],
                                  epilog=__doc__.split("\n\n", 1)[1],
@@ -47,9 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="re-process videos that have a finished state")
     args = ap.parse_args(argv)
 
+    from pipeline.curate.runner import check_ray_address, curate
+    from pipeline.curate.sources import load_inputs
+    from pipeline.curate.stages import Models, load_dag
     from pipeline.paths import DataRoot
-    from pipeline.runner import check_ray_address, curate
-    from pipeline.stages import Models, load_dag
 
     sources = Path(args.sources)
     optout = Path(args.optout) if args.optout else sources.with_name("optout.csv")

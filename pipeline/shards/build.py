@@ -1,109 +1,30 @@
-"""`python -m pipeline.shards`: accepted clips (+ still pseudo-clips) -> WebDataset shards.
+"""The order of one `python -m pipeline.shards` run: accepted clips (+ still pseudo-clips) -> WebDataset shards.
 
 Order of a run: recover from a killed run -> apply opt-outs (rewrite only the shards that held
 removed clips) -> encode clips that have no cached features (Ray Data actor pool, or sequentially)
 -> pack not-yet-sharded clips into NEW shards -> index.json, shards.parquet, stats.json.
 Features are cached per clip under shards/cache/<encoder fingerprint>/ so a killed run resumes
 without recomputing, and a re-run with nothing new writes no shard, index or table.
-This module holds the config, the run's order and the CLI; the encoders' runners and the shard
-packing are in pipeline/shardwriter.py.
+The config is in config.py, the encoders' runners and the shard packing in writer.py, the CLI in
+__main__.py.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import hashlib
 import json
 import re
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.encoders import EncoderConfig, work_units
 from pipeline.paths import DataRoot, atomic_write_text
-from pipeline.shardio import cache_path
-from pipeline.shardwriter import encode_ray, encode_sequential, iter_decoded, write_new_shards
+from pipeline.shards.config import InputProblem, ShardsConfig
+from pipeline.shards.encoders import work_units
+from pipeline.shards.io import cache_path
+from pipeline.shards.writer import encode_ray, encode_sequential, iter_decoded, write_new_shards
 
 _KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")   # a tar key: no dots (webdataset splits there), no slashes
-
-
-class InputProblem(ValueError):
-    """A missing or unusable input given on the command line / DAG; nothing was changed."""
-
-
-@dataclass
-class ShardsConfig:
-    name: str = "faces"                 # shard file prefix
-    samples_per_shard: int = 64
-    runner: str = "ray"                 # ray | sequential
-    models: str = "default"             # default | tiny | a dir with vae/ and clip/
-    clips: str = "curate/clips.parquet"  # relative to the data root
-    sources: str = "manifests/sources.csv"
-    optout: str = "manifests/optout.csv"
-    stills: str = ""                    # folder of portraits -> pseudo-clips ("" = none)
-    stills_frames: int = 16
-    stills_fps: float = 25.0
-    decode_cpus: float = 0.25           # Ray: fractional CPUs, or 2 cores deadlock (DESIGN.md)
-    encode_cpus: float = 0.5
-    encode_gpus: float = 1.0            # used only when CUDA is present
-    max_actors: int = 2
-    clips_per_batch: int = 4
-    tiny_seed: int = 0
-    tiny_fit_steps: int = 300
-    tiny_fit_frames: int = 512
-    tiny_fit_batch: int = 8
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-
-
-# YAML keys that name a field differently (section, key) -> ShardsConfig field
-_RENAME = {("stills", "frames"): "stills_frames", ("stills", "fps"): "stills_fps",
-           ("decode", "num_cpus"): "decode_cpus", ("encode", "num_cpus"): "encode_cpus",
-           ("encode", "num_gpus"): "encode_gpus", ("tiny", "seed"): "tiny_seed",
-           ("tiny", "fit_steps"): "tiny_fit_steps", ("tiny", "fit_frames"): "tiny_fit_frames",
-           ("tiny", "fit_batch"): "tiny_fit_batch"}
-_STAGES = ("decode", "encode", "stills", "write")
-
-
-def load_dag(path: str | Path | None) -> ShardsConfig:
-    """dags/shards.yaml -> ShardsConfig; unknown keys are an error (a typo must not be ignored).
-
-    Top-level keys and `inputs:` set ShardsConfig fields; `tiny:` and `stages:` (decode, encode,
-    stills, write) set their renamed fields (_RENAME), and decode/encode also EncoderConfig's."""
-    from pipeline.configfile import check_keys, load_yaml
-
-    cfg = ShardsConfig()
-    if not path:
-        return cfg
-    where = str(path)
-    doc = load_yaml(path)
-    top = {f.name for f in dataclasses.fields(ShardsConfig)} - {"encoder"}
-    enc = {f.name for f in dataclasses.fields(EncoderConfig)}
-    own = {"": top | {"inputs", "stages", "tiny"}, "inputs": top, "tiny": set(), "decode": enc,
-           "encode": enc | top, "stills": set(), "write": top}   # plus each section's _RENAME keys
-
-    def put(section: str, vals) -> None:
-        check_keys(vals, own[section] | {k for s, k in _RENAME if s == section}, where, section)
-        for k, v in vals.items():
-            if (section, k) in _RENAME:
-                setattr(cfg, _RENAME[(section, k)], v)
-            elif section in ("decode", "encode") and k in enc:
-                setattr(cfg.encoder, k, v)
-            else:
-                setattr(cfg, k, v)
-
-    for k, v in doc.items():          # in file order: a later key wins, as it reads
-        if k == "stages":
-            check_keys(v or {}, _STAGES, where, "stages")
-            for stage, kv in (v or {}).items():
-                put(stage, kv or {})
-        elif k in ("inputs", "tiny"):
-            put(k, v or {})
-        else:
-            put("", {k: v})
-    return cfg
 
 
 # ---------------------------------------------------------------- work items
@@ -133,7 +54,7 @@ def clip_items(root: DataRoot, cfg: ShardsConfig) -> tuple[list[dict], list[dict
 
 def prepare_models(spec: str, root: DataRoot, cfg: ShardsConfig, items: list[dict], log):
     """'tiny' builds (once) small models under <data>/models/tiny and fits the VAE on the clips' crops."""
-    from pipeline.encoders import build_tiny_models, fit_tiny_models, resolve_models
+    from pipeline.shards.encoders import build_tiny_models, fit_tiny_models, resolve_models
 
     if spec != "tiny":
         try:
@@ -161,7 +82,7 @@ def prepare_models(spec: str, root: DataRoot, cfg: ShardsConfig, items: list[dic
 
 def preflight(models) -> None:
     """Load hub models once in the driver, so a missing download fails here in one line, not in every actor."""
-    from pipeline.encoders import load_clip, load_vae
+    from pipeline.shards.encoders import load_clip, load_vae
 
     for what, load in (("VAE " + models.vae, lambda: load_vae(models.vae)),
                        ("CLIP " + models.clip_label, lambda: load_clip(models.clip_model, models.clip_pretrained))):
@@ -182,8 +103,9 @@ def encoder_record(cfg: ShardsConfig, models) -> dict:
 # ---------------------------------------------------------------- the run
 
 def run(data: str | Path, cfg: ShardsConfig, log=print) -> dict:
-    from pipeline import optout, shardio
-    from pipeline.stills import still_items
+    from pipeline.shards import io as shardio
+    from pipeline.shards import optout
+    from pipeline.shards.stills import still_items
 
     t_start = time.perf_counter()
     root = DataRoot.of(data)
@@ -255,49 +177,3 @@ def summary(stats: dict) -> str:
     for f in stats["failed"][:10]:
         lines.append(f"  failed {f['clip_id']}: {f['reason']}")
     return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.shards", description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default="data")
-    ap.add_argument("--dag", default="dags/shards.yaml")
-    ap.add_argument("--models", help="tiny | DIR (vae/ + clip/) | default (hub names)")
-    ap.add_argument("--runner", choices=["ray", "sequential"])
-    ap.add_argument("--size", type=int, help="crop side in pixels (paper 256)")
-    ap.add_argument("--max-frames", type=int, help="frames kept per clip (0 = all)")
-    ap.add_argument("--stills", help="folder of portraits to add as pseudo-clips")
-    ap.add_argument("--sources", help="sources.csv (default from the DAG)")
-    ap.add_argument("--optout", help="optout.csv (default from the DAG)")
-    ap.add_argument("--fit-steps", type=int, help="--models tiny: CPU steps fitting the tiny VAE (DAG: tiny.fit_steps)")
-    a = ap.parse_args(argv)
-    try:
-        cfg = load_dag(a.dag)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for k, attr in (("models", "models"), ("runner", "runner"), ("stills", "stills"), ("sources", "sources"),
-                    ("optout", "optout")):
-        if getattr(a, k) is not None:
-            setattr(cfg, attr, getattr(a, k))
-    if a.size:
-        cfg.encoder.size = a.size
-    if a.max_frames is not None:
-        cfg.encoder.max_frames = a.max_frames
-    if a.fit_steps is not None:
-        cfg.tiny_fit_steps = a.fit_steps
-    from pipeline.optout import ManifestProblem
-
-    try:
-        stats = run(a.data, cfg, log=lambda m: print(f"[shards] {m}", flush=True))
-    except ManifestProblem as e:
-        print(f"error: {e} (nothing removed)", file=sys.stderr)
-        return 2
-    except InputProblem as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(summary(stats))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,18 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.configfile import ConfigError, check_keys, fill_dataclass, load_yaml
-from pipeline.faces import FaceScanner, FacesConfig, make_detector, place_crop, segment
-from pipeline.filters import FiltersConfig, judge, split_long
-from pipeline.probe import ProbeConfig, TruncatedDecode, probe_video, scan
-from pipeline.quality import QualityConfig, QualitySampler, make_scorer
-from pipeline.scenes import SceneCutter, ScenesConfig
+from pipeline.curate.faces import FaceScanner, FacesConfig, make_detector, place_crop, segment
+from pipeline.curate.filters import FiltersConfig, judge, split_long
+from pipeline.curate.probe import ProbeConfig, TruncatedDecode, probe_video, scan
+from pipeline.curate.quality import QualityConfig, QualitySampler, make_scorer
+from pipeline.curate.scenes import SceneCutter, ScenesConfig
 
 STAGES = ["download", "probe", "scenes", "faces", "quality", "filters", "manifest"]
 
 
 @dataclass
 class DownloadParams:
-    """Handed to pipeline.download.download as keyword arguments (its DownloadConfig owns their meaning)."""
+    """Handed to pipeline.curate.download.download as keyword arguments (its DownloadConfig owns their meaning)."""
     params: dict = field(default_factory=dict)
 
 
@@ -84,7 +84,7 @@ def load_dag(path: str | Path | None) -> CurateConfig:
         seen.append(name)
         params = st.get("params") or {}
         if name == "download":
-            from pipeline.download import DownloadConfig
+            from pipeline.curate.download import DownloadConfig
 
             # a typo fails here, naming the file, not in every worker; the keys given are kept as
             # fill_dataclass typed them (2 and 2.0 are one config, with one fingerprint)

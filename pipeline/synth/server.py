@@ -15,7 +15,7 @@ or to every path, always or only the first N matching requests ("429 twice, then
         srv.fault("429", path=srv.url("talk_360p30"), times=2)
         ...; srv.hits(srv.url("talk_360p30"))   # requests the server saw for that path
 
-    python -m pipeline.testserver --corpus data/corpus --write-sources manifests/sources.csv
+    python -m pipeline.synth.server --corpus data/corpus --write-sources manifests/sources.csv
 """
 from __future__ import annotations
 
@@ -265,7 +265,7 @@ class SourceServer:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Serve the test corpus on 127.0.0.1 (direct MP4 links and HTML pages).")
-    ap.add_argument("--corpus", required=True, help="folder with <name>.mp4 (python -m pipeline.testmedia --out DIR)")
+    ap.add_argument("--corpus", required=True, help="folder with <name>.mp4 (python -m pipeline.synth.corpus --out DIR)")
     ap.add_argument("--write-sources", metavar="FILE", help="write a sources.csv pointing at this server")
     ap.add_argument("--with-faults", action="store_true", help="also list a few fault URLs (404, not a video...)")
     ap.add_argument("--generate", action="store_true", help="generate the corpus first if the folder has no videos")
@@ -276,12 +276,12 @@ def main(argv: list[str] | None = None) -> int:
 
     corpus = Path(args.corpus)
     if args.generate and not list(corpus.glob("*.mp4")):
-        from pipeline.testmedia import generate_corpus
+        from pipeline.synth.corpus import generate_corpus
 
         generate_corpus(corpus)
     srv = SourceServer(corpus, args.port)
     if not srv.videos():
-        ap.error(f"no videos in {corpus}; run: python -m pipeline.testmedia --out {corpus}")
+        ap.error(f"no videos in {corpus}; run: python -m pipeline.synth.corpus --out {corpus}")
     srv.start()
     print(srv.base_url, flush=True)
     if args.write_sources:

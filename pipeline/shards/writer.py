@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.encoders import work_units
 from pipeline.paths import DataRoot
-from pipeline.shardio import cache_path, load_cache, save_cache
+from pipeline.shards.encoders import work_units
+from pipeline.shards.io import cache_path, load_cache, save_cache
 
 if TYPE_CHECKING:
-    from pipeline.shards import ShardsConfig
+    from pipeline.shards.config import ShardsConfig
 
 
 def iter_decoded(unit: list[dict], root: str, cfg: ShardsConfig):
-    from pipeline.encoders import decode_unit
+    from pipeline.shards.encoders import decode_unit
 
     return decode_unit(unit, root, cfg.encoder, cfg.stills_frames, cfg.stills_fps)
 
@@ -51,7 +51,7 @@ def _failed(it: dict, e: Exception) -> dict:
 
 
 def encode_sequential(items, root: DataRoot, cfg: ShardsConfig, models, cache_dir: Path, log) -> list[dict]:
-    from pipeline.encoders import Encoders
+    from pipeline.shards.encoders import Encoders
 
     enc = Encoders(models, cfg.encoder)
     out = []
@@ -101,7 +101,7 @@ class _EncodeActor:
     """One per Ray actor: models loaded once, then batches of decoded clips."""
 
     def __init__(self, models, cfg: ShardsConfig, cache_dir: str):
-        from pipeline.encoders import Encoders
+        from pipeline.shards.encoders import Encoders
 
         self.enc, self.cache_dir = Encoders(models, cfg.encoder), Path(cache_dir)
 
@@ -169,7 +169,7 @@ def write_new_shards(sdir: Path, cfg: ShardsConfig, index, table, ready, cache_d
     """Pack clips into new shards numbered after the last existing one; never touch an existing shard."""
     import pandas as pd
 
-    from pipeline import shardio
+    from pipeline.shards import io as shardio
 
     nxt = max((shardio.shard_number(s["name"]) for s in index["shards"]), default=-1) + 1
     written = []

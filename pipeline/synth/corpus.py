@@ -13,7 +13,7 @@ Every video gets a ground-truth JSON (display coordinates, half-open [start, end
   face_box per frame (largest face: extent of its 478 mesh points, or null), face_boxes (all faces),
   expression (mouth / eyes curves in [0, 1]).
 Everything is seeded; the same seed gives the same JSON bytes and the same video bytes.
-The heads (photo cut-outs, expression warps) and backgrounds are in pipeline/testfaces.py.
+The heads (photo cut-outs, expression warps) and backgrounds are in pipeline/synth/heads.py.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.testfaces import background, expressed, expressed_mesh, head
+from pipeline.synth.heads import background, expressed, expressed_mesh, head
 
 GT_VERSION = 1
 SMALL_FACE = 0.15   # a face whose box height is below this fraction of the frame height is "small"

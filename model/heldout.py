@@ -1,0 +1,69 @@
+"""The held-out clips an evaluation runs on: decoded from the shards by the checkpoint's split
+record (model/split.py), cut to driving inputs, and their real frames decoded. Shared by
+`make eval` (evaluate.py) and the consistency study (consistency.py)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def load_heldout(data: Path, cfg, record: dict | None) -> tuple[list[dict], str]:
+    """Decoded held-out samples (all shard members) sorted by clip id, and a note on the split.
+
+    `record`: the checkpoint's held-out record ({fraction, min_clips, videos}); None for a checkpoint
+    that predates it (the rule is recomputed from its config and the note says it may have seen them)."""
+    from model.data import decode, resolve_shards
+    from model.split import HeldOut, catalog, heldout_videos, shard_videos
+    from pipeline.shards.io import read_samples
+
+    urls = resolve_shards("", data)
+    by_shard = shard_videos(urls) or {}        # video ids from the meta members only: nothing decoded yet
+    counts = catalog(by_shard)
+    if not counts:
+        raise SystemExit(f"evaluate: error: no shard samples under {data / 'shards'}")
+    if record is None:
+        f, m = cfg.data.heldout_fraction, cfg.data.heldout_min_clips
+        held = HeldOut(heldout_videos(counts, f, m), f)
+        note = (f"split recomputed (sha1(video_id) < {f}, topped up to {m} clips): WARNING the checkpoint "
+                f"predates held-out records and may have trained on these clips")
+    elif record["videos"] is None:
+        held = HeldOut(None, record["fraction"])
+        note = f"split: sha1(video_id) < {record['fraction']}, excluded from training"
+    else:
+        if not record["videos"]:
+            raise SystemExit("evaluate: error: the checkpoint's training run held out no video "
+                             "(data.heldout_fraction=0): every shard clip was trained on")
+        held = HeldOut(set(record["videos"]), record["fraction"])
+        note = f"split: the {len(record['videos'])} videos the training run held out"
+    out = []
+    for url in urls:      # decode only the held-out samples, reading only shards that hold one
+        if any(v in held for v in by_shard.get(url, [])):
+            for key, members in read_samples(Path(url)):
+                raw = dict(members)
+                if json.loads(raw["meta.json"])["video_id"] in held:
+                    out.append(decode({"__key__": key, **raw}))
+    out.sort(key=lambda s: s["__key__"])
+    if not out:
+        raise SystemExit("evaluate: error: none of the checkpoint's held-out videos is in the shards any more")
+    return out, note
+
+
+def driving_of(s: dict, max_frames: int):
+    """(landmarks filled (T,478,3), raw landmarks, ok, times, latent_mean) on <= max_frames spread frames."""
+    from model.reenact import fill_missing
+
+    T = len(s["time_s.npy"])
+    idx = np.unique(np.linspace(0, T - 1, min(T, max_frames)).round().astype(int)) if max_frames else np.arange(T)
+    lm, ok = s["landmarks.npy"][idx].astype(np.float32), s["landmarks_ok.npy"][idx].astype(bool)
+    filled, _ = fill_missing(lm, ok)
+    return filled, lm, ok, s["time_s.npy"][idx].astype(np.float32), s["latent_mean.npy"][idx].astype(np.float32)
+
+
+def real_frames(enc, latent_mean: np.ndarray) -> np.ndarray:
+    import torch
+
+    from model.reenact import decode_latents
+
+    return decode_latents(enc, torch.from_numpy(latent_mean) * enc.scaling_factor)

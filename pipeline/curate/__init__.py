@@ -1,0 +1,8 @@
+"""Curation (`make curate`, `python -m pipeline.curate`): public video links -> Parquet manifests.
+
+Holds the stages (download, probe, scenes, faces, landmarks, quality, filters), their composition
+(stages.py: one video's analysis; runner.py: Ray Data or sequential over many videos), the inputs
+(sources.py: sources.csv / optout.csv) and the outputs (manifest.py: clips / videos / rejections).
+May import the pipeline base (paths, ids, configfile, schema, video_io); never pipeline.shards,
+pipeline.synth or model.
+"""

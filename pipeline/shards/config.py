@@ -1,0 +1,86 @@
+"""The shard builder's config: `ShardsConfig` (paper defaults), `load_dag` (dags/shards.yaml) and
+`InputProblem`, the one error for unusable inputs. Shared by the run order (build.py) and the
+encoders' runners (writer.py), so neither imports the other for it."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.shards.encoders import EncoderConfig
+
+
+class InputProblem(ValueError):
+    """A missing or unusable input given on the command line / DAG; nothing was changed."""
+
+
+@dataclass
+class ShardsConfig:
+    name: str = "faces"                 # shard file prefix
+    samples_per_shard: int = 64
+    runner: str = "ray"                 # ray | sequential
+    models: str = "default"             # default | tiny | a dir with vae/ and clip/
+    clips: str = "curate/clips.parquet"  # relative to the data root
+    sources: str = "manifests/sources.csv"
+    optout: str = "manifests/optout.csv"
+    stills: str = ""                    # folder of portraits -> pseudo-clips ("" = none)
+    stills_frames: int = 16
+    stills_fps: float = 25.0
+    decode_cpus: float = 0.25           # Ray: fractional CPUs, or 2 cores deadlock (DESIGN.md)
+    encode_cpus: float = 0.5
+    encode_gpus: float = 1.0            # used only when CUDA is present
+    max_actors: int = 2
+    clips_per_batch: int = 4
+    tiny_seed: int = 0
+    tiny_fit_steps: int = 300
+    tiny_fit_frames: int = 512
+    tiny_fit_batch: int = 8
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+
+# YAML keys that name a field differently (section, key) -> ShardsConfig field
+_RENAME = {("stills", "frames"): "stills_frames", ("stills", "fps"): "stills_fps",
+           ("decode", "num_cpus"): "decode_cpus", ("encode", "num_cpus"): "encode_cpus",
+           ("encode", "num_gpus"): "encode_gpus", ("tiny", "seed"): "tiny_seed",
+           ("tiny", "fit_steps"): "tiny_fit_steps", ("tiny", "fit_frames"): "tiny_fit_frames",
+           ("tiny", "fit_batch"): "tiny_fit_batch"}
+_STAGES = ("decode", "encode", "stills", "write")
+
+
+def load_dag(path: str | Path | None) -> ShardsConfig:
+    """dags/shards.yaml -> ShardsConfig; unknown keys are an error (a typo must not be ignored).
+
+    Top-level keys and `inputs:` set ShardsConfig fields; `tiny:` and `stages:` (decode, encode,
+    stills, write) set their renamed fields (_RENAME), and decode/encode also EncoderConfig's."""
+    from pipeline.configfile import check_keys, load_yaml
+
+    cfg = ShardsConfig()
+    if not path:
+        return cfg
+    where = str(path)
+    doc = load_yaml(path)
+    top = {f.name for f in dataclasses.fields(ShardsConfig)} - {"encoder"}
+    enc = {f.name for f in dataclasses.fields(EncoderConfig)}
+    own = {"": top | {"inputs", "stages", "tiny"}, "inputs": top, "tiny": set(), "decode": enc,
+           "encode": enc | top, "stills": set(), "write": top}   # plus each section's _RENAME keys
+
+    def put(section: str, vals) -> None:
+        check_keys(vals, own[section] | {k for s, k in _RENAME if s == section}, where, section)
+        for k, v in vals.items():
+            if (section, k) in _RENAME:
+                setattr(cfg, _RENAME[(section, k)], v)
+            elif section in ("decode", "encode") and k in enc:
+                setattr(cfg.encoder, k, v)
+            else:
+                setattr(cfg, k, v)
+
+    for k, v in doc.items():          # in file order: a later key wins, as it reads
+        if k == "stages":
+            check_keys(v or {}, _STAGES, where, "stages")
+            for stage, kv in (v or {}).items():
+                put(stage, kv or {})
+        elif k in ("inputs", "tiny"):
+            put(k, v or {})
+        else:
+            put("", {k: v})
+    return cfg
