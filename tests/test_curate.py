@@ -79,6 +79,19 @@ def test_outputs_are_complete_and_consistent(run):
     assert (rej["reason"] != "").all() and (clips.loc[clips["status"] == "accepted", "reason"] == "").all()
 
 
+def test_a_clean_ray_run_prints_only_its_own_lines(run):
+    """Ray's deprecation/token/progress chatter, its core worker's E line and MediaPipe's TFLite/absl
+    start-up lines are silenced where they are written: stderr holds our progress lines (and the
+    one-line account of the dead link), nothing else."""
+    from pipeline.quiet import is_native_noise
+
+    lines = [ln for ln in run["stderr"].splitlines() if ln.strip()]
+    assert not [ln for ln in lines if is_native_noise(ln)]
+    foreign = [ln for ln in lines if not ln.startswith("curate: ")]
+    assert not foreign, foreign[:10]
+    assert len(lines) <= len(run["gt"]) + 6
+
+
 def test_scene_cuts_match_ground_truth_within_one_frame(run):
     tp = fp = fn = 0
     for v in run["videos"][run["videos"].status == "ok"].itertuples():

@@ -75,8 +75,13 @@ class MediaPipeFaces:
     def __init__(self, cfg: FacesConfig):
         import mediapipe as mp
 
-        self._fd = mp.solutions.face_detection.FaceDetection(
-            model_selection=cfg.mediapipe_model, min_detection_confidence=cfg.min_confidence)
+        from pipeline.curate.landmarks import warmup_face
+        from pipeline.quiet import native_stderr_filtered
+
+        with native_stderr_filtered():   # MediaPipe's start-up lines, written when its graph first runs
+            self._fd = mp.solutions.face_detection.FaceDetection(
+                model_selection=cfg.mediapipe_model, min_detection_confidence=cfg.min_confidence)
+            self._fd.process(warmup_face())
 
     def __call__(self, rgb: np.ndarray) -> list[tuple[float, float, float, float, float]]:
         res = self._fd.process(np.ascontiguousarray(rgb))

@@ -21,6 +21,16 @@ IRISES = list(range(468, 478))
 EXPRESSIVE = sorted(set(LIPS) | set(LEFT_EYE) | set(RIGHT_EYE) | set(IRISES))
 
 
+def warmup_face() -> np.ndarray:
+    """A real face photo (scikit-image's astronaut, shipped in the package), 192 px: running a
+    graph on it once initialises every subgraph (detector and mesh) before the caller's frames."""
+    import cv2
+    import skimage.data
+
+    img = skimage.data.astronaut()[0:300, 100:400]
+    return np.ascontiguousarray(cv2.resize(img, (192, 192), interpolation=cv2.INTER_AREA))
+
+
 class FaceMesh478:
     """Callable: rgb uint8 (H, W, 3) -> (478, 3) float32, or None when no face is found.
 
@@ -31,9 +41,14 @@ class FaceMesh478:
     def __init__(self, static: bool = True, max_faces: int = 1, min_confidence: float = 0.5):
         import mediapipe as mp
 
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=static, max_num_faces=max_faces, refine_landmarks=True,
-            min_detection_confidence=min_confidence, min_tracking_confidence=min_confidence)
+        from pipeline.quiet import native_stderr_filtered
+
+        with native_stderr_filtered():   # MediaPipe's start-up lines, written when its graphs first run
+            self._mesh = mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=static, max_num_faces=max_faces, refine_landmarks=True,
+                min_detection_confidence=min_confidence, min_tracking_confidence=min_confidence)
+            if static:                   # (video mode carries state between calls: no warm-up frame there)
+                self._mesh.process(warmup_face())
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
         res = self._mesh.process(np.ascontiguousarray(rgb))

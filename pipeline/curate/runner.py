@@ -8,6 +8,7 @@ message on that video's row.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -18,6 +19,7 @@ from pipeline.curate.download import download, one_line
 from pipeline.curate.manifest import read_state, write_outputs, write_state
 from pipeline.curate.stages import CurateConfig, Models, analyse_video
 from pipeline.paths import DataRoot
+from pipeline.quiet import native_stderr_filtered
 
 # Download failures worth another try on the next run (pipeline.curate.download's error_class); others are final.
 RETRYABLE = {"transient"}
@@ -103,14 +105,19 @@ def run_sequential(items: list[dict], root: DataRoot, cfg: CurateConfig, log=_lo
     return out
 
 
-class _Analyse:
-    """Ray actor: keeps the face detector and quality scorer alive across videos."""
+def _analyse_actor(root: str, cfg: CurateConfig) -> type:
+    """The Ray actor class keeping the face detector and quality scorer alive across videos. Root and
+    config travel inside the class (pickled with it), not as constructor arguments: Ray keeps those in
+    the object store and warns (an E-level line) that a restarted actor could lose them."""
 
-    def __init__(self, root: str, cfg: CurateConfig):
-        self.root, self.cfg, self.models = root, cfg, Models(cfg)
+    class Analyse:
+        def __init__(self):
+            self.models = Models(cfg)
 
-    def __call__(self, item: dict) -> dict:
-        return analyse_step(item, self.root, self.cfg, self.models)
+        def __call__(self, item: dict) -> dict:
+            return analyse_step(item, root, cfg, self.models)
+
+    return Analyse
 
 
 def _download_fn(root: str, params: dict):
@@ -156,9 +163,26 @@ def _token_auth_if_available() -> None:
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
+def quiet_ray() -> None:
+    """Ray's own chatter off, our progress lines and real warnings/errors on: Ray Data's progress
+    tables (we print one line per finished video), INFO lines of the driver's Ray loggers, and the
+    token-auth notice an embedded Ray prints at every start."""
+    import logging
+
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    for name in ("ray", "ray.data", "ray._private.worker"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)   # "Progress bars disabled"
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+
+
 def ray_init(address: str | None, cfg: CurateConfig) -> dict:
     """Start (embedded) or join (address) Ray; returns which Ray this run uses, for stats.json."""
     import ray
+
+    quiet_ray()
 
     if not ray.is_initialized():
         if address:
@@ -175,7 +199,8 @@ def ray_init(address: str | None, cfg: CurateConfig) -> dict:
                                   f"auth needs its token here: RAY_AUTH_TOKEN or ~/.ray/auth_token)") from None
         else:
             ray.init(num_cpus=cfg.engine.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
-                     object_store_memory=cfg.engine.object_store_mb * 1024 * 1024, ignore_reinit_error=True)
+                     object_store_memory=cfg.engine.object_store_mb * 1024 * 1024, ignore_reinit_error=True,
+                     logging_level=logging.WARNING)
     ctx = ray.get_runtime_context()
     return {"address": address or "", "embedded": not address, "gcs_address": ctx.gcs_address,
             "job_id": ctx.get_job_id(), "cluster_cpus": float(ray.cluster_resources().get("CPU", 0.0))}
@@ -196,13 +221,14 @@ def run_ray(items: list[dict], root: DataRoot, cfg: CurateConfig, address: str |
     dl, an = cfg.resources["download"], cfg.resources["analyse"]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.map(_download_fn(str(root.root), cfg.download.params), num_cpus=dl.num_cpus,
-                concurrency=max(1, dl.concurrency))
-    ds = ds.map(_Analyse, fn_constructor_args=(str(root.root), cfg), num_cpus=an.num_cpus,
-                concurrency=(1, max(1, an.concurrency)))
+                compute=ray.data.TaskPoolStrategy(size=max(1, dl.concurrency)))
+    ds = ds.map(_analyse_actor(str(root.root), cfg), num_cpus=an.num_cpus,
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, an.concurrency)))
     out = []
-    for row in ds.iter_rows():
-        out.append(dict(row))
-        log(_progress(len(out), len(items), row))
+    with native_stderr_filtered():   # Ray's C++ core worker: one known E-level line per actor pool
+        for row in ds.iter_rows():
+            out.append(dict(row))
+            log(_progress(len(out), len(items), row))
     return out
 
 
