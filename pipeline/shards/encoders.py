@@ -132,19 +132,26 @@ class ModelSet:
     clip_pretrained: str | None
     vae_label: str         # what meta.json records
     clip_label: str
+    clip_trained: bool | None = None   # False: random weights (build_tiny_models); None: not known
 
 
 def resolve_models(spec: str, cfg: EncoderConfig) -> ModelSet:
     """'default' -> the config's names; a directory -> <dir>/vae and <dir>/clip (build_tiny_models layout)."""
     if spec in ("", "default"):
-        clip_label = cfg.clip_model if Path(cfg.clip_model).is_dir() else f"{cfg.clip_model}/{cfg.clip_pretrained}"
-        return ModelSet(cfg.vae, cfg.clip_model, cfg.clip_pretrained, cfg.vae, clip_label)
+        if Path(cfg.clip_model).is_dir():
+            return ModelSet(cfg.vae, cfg.clip_model, cfg.clip_pretrained, cfg.vae, cfg.clip_model)
+        # a hub name: open_clip loads the pretrained tag's weights, or initialises at random without one
+        return ModelSet(cfg.vae, cfg.clip_model, cfg.clip_pretrained, cfg.vae,
+                        f"{cfg.clip_model}/{cfg.clip_pretrained}", bool(cfg.clip_pretrained))
     d = Path(spec)
     if not (d / "vae").is_dir() or not (d / "clip").is_dir():
         raise FileNotFoundError(f"model dir {d} needs vae/ and clip/ subdirectories")
     info = json.loads((d / "models.json").read_text()) if (d / "models.json").exists() else {}
-    return ModelSet(str(d / "vae"), str(d / "clip"), None,
-                    info.get("vae", f"local:{d.name}/vae"), info.get("clip", f"local:{d.name}/clip"))
+    clip_label = info.get("clip", f"local:{d.name}/clip")
+    # build_tiny_models records clip_trained: false; dirs it made before that are known by their label
+    trained = info.get("clip_trained", False if clip_label.startswith("tiny-") else None)
+    return ModelSet(str(d / "vae"), str(d / "clip"), None, info.get("vae", f"local:{d.name}/vae"), clip_label,
+                    trained)
 
 
 def weights_digest(models: ModelSet) -> str:
@@ -317,6 +324,7 @@ def build_tiny_models(out_dir: str | Path, seed: int = 0, sample_size: int = 64)
     (out / "clip" / "open_clip_config.json").write_text(json.dumps(cfg, indent=1))
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(out / "clip" / "open_clip_model.safetensors"))
     info = {"vae": f"tiny-AutoencoderKL{list(TINY_VAE['block_out_channels'])}-seed{seed}",
-            "clip": f"tiny-openclip-ViT(w64,l2,p8,d32)-seed{seed}", "seed": seed, "fitted": False}
+            "clip": f"tiny-openclip-ViT(w64,l2,p8,d32)-seed{seed}", "seed": seed, "fitted": False,
+            "clip_trained": False}   # only the VAE is ever fitted (vaefit.py); the CLIP keeps its random weights
     (out / "models.json").write_text(json.dumps(info, indent=1))
     return out
