@@ -171,6 +171,13 @@ def test_fit_progress_estimates_the_whole_fit_and_warns_when_slow():
     for k in range(1, 301):
         p.step(k, 0.5)
     assert not any("WARNING" in m for m in quiet) and "about 30s for 300 steps" in quiet[0]
+    # a step slower than a progress interval: estimated (and warned about) after the first step already
+    slow = []
+    p = FitProgress(300, slow.append, probe=3, every_s=30, clock=_Clock(60.0))
+    p.start()
+    p.step(1, 0.5)
+    assert slow == ["fit_vae: 0.0167 steps/s over the first step -> about 5h00m for 300 steps",
+                    "WARNING: fit_vae will take about 5h00m"]
 
 
 def test_shards_help_says_what_each_size_costs():

@@ -55,6 +55,10 @@ def main(argv=None) -> int:
     except InputProblem as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:   # e.g. after the slow-fit warning: nothing half-done is ever used
+        print("interrupted: shards are renamed into place only when complete and the tiny VAE counts only "
+              "once fitted; the next run recovers and resumes", file=sys.stderr)
+        return 130
     print(summary(stats))
     return 0
 

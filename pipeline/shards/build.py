@@ -78,8 +78,9 @@ def prepare_models(spec: str, root: DataRoot, cfg: ShardsConfig, items: list[dic
             log(f"fitting tiny VAE: {cfg.tiny_fit_steps} steps on {sum(len(f) for f in frames)} crops "
                 f"of {cfg.encoder.size} px")
             # what to do about a slow fit; Ctrl-C is safe: the models count only once fitted (models.json)
-            hint = ("a step costs ~4x per doubling of --size (the demo fits at --size 64); fewer --fit-steps "
-                    "also shorten it; Ctrl-C now leaves nothing half-done")
+            hint = (f"--size {cfg.encoder.size // 2} would make a step ~4x cheaper (the demo uses 64), "
+                    if cfg.encoder.size > 64 else "") + \
+                "fewer --fit-steps shorten it; Ctrl-C now leaves nothing half-done"
             fit_tiny_models(d, np.concatenate(frames)[: cfg.tiny_fit_frames], cfg.tiny_fit_steps, cfg.tiny_seed,
                             cfg.tiny_fit_batch, log=log, hint=hint)
     return resolve_models(str(d), cfg.encoder)

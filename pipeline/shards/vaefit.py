@@ -14,15 +14,18 @@ from typing import Callable
 
 import numpy as np
 
-# Seconds per fit step (batch 8, one thread) measured on the shared 2-core development box under load
-# (see the README); the step cost scales with the crop area, ~4x per doubling of the side.
-FIT_S_PER_STEP = {64: 1.1, 128: 4.7, 256: 18.0}
+# Seconds per fit step (batch 8, one thread) on the shared 2-core development box, (least, most) seen under
+# load averages 2-20 (2026-11-30; at 256 px the least is a user's run: step 60 after 9.5 min). A step costs
+# ~4x per doubling of the side (the crop's area); FitProgress measures the real figure on every fit.
+FIT_S_PER_STEP = {64: (1.1, 2.1), 128: (4.7, 8.7), 256: (9.5, 44.0)}
+WARN_S = 300.0      # "more than a few minutes": the demo's 64 px fit usually stays under it
 
 
 def fit_cost_help() -> str:
     """One line for --help: what a 300-step tiny-VAE fit costs at each crop size on a CPU."""
-    parts = [f"{s} px ~{t:g} s/step ({_human(300 * t)})" for s, t in FIT_S_PER_STEP.items()]
-    return "tiny-VAE fit of 300 steps on a busy 2-core CPU: " + ", ".join(parts)
+    parts = [f"{s} px ~{lo:g}-{hi:g} s/step ({_human(300 * lo)}-{_human(300 * hi)})"
+             for s, (lo, hi) in FIT_S_PER_STEP.items()]
+    return "300 steps on a busy 2-core CPU take " + ", ".join(parts)
 
 
 def _human(s: float) -> str:
@@ -35,13 +38,14 @@ def _human(s: float) -> str:
 @dataclass
 class FitProgress:
     """Progress of a loop of `total` steps. After `probe` timed steps (the first step, which pays for
-    allocations, is not counted) it logs one estimate of the whole, a WARNING plus `hint` when that is
-    over `warn_s`; then a line every `every_s` seconds and one at the end, each with steps/s and the time left."""
+    allocations, is not counted), or as soon as `every_s` seconds have passed when steps are slow, it logs one
+    estimate of the whole, a WARNING plus `hint` when that is over `warn_s`; then a line every `every_s`
+    seconds and one at the end, each with steps/s and the time left."""
     total: int
     log: Callable[[str], None] = print
     what: str = "fit_vae"
     probe: int = 3
-    warn_s: float = 180.0
+    warn_s: float = WARN_S
     every_s: float = 30.0
     hint: str = ""
     clock: Callable[[], float] = time.monotonic
@@ -61,11 +65,16 @@ class FitProgress:
         if done == 1:
             self.t_first = self.t_line = now
         timed = done - 1
-        rate = timed / (now - self.t_first) if timed > 0 and now > self.t_first else None
+        slow = now - self.t_start >= self.every_s    # steps this slow: estimate now rather than after `probe`
+        if timed > 0 and now > self.t_first:
+            rate = timed / (now - self.t_first)
+        else:                                       # only the first step so far: its time, warm-up included
+            rate = 1 / (now - self.t_start) if slow and now > self.t_start else None
         left = (self.total - done) / rate if rate else None
-        if self.estimate_s is None and rate and timed >= min(self.probe, self.total - 1):
+        if self.estimate_s is None and rate and (timed >= min(self.probe, self.total - 1) or slow):
             self.estimate_s = (now - self.t_start) + left
-            self.log(f"{self.what}: {rate:.3g} steps/s over {timed} timed steps -> about "
+            over = f"{timed} timed steps" if timed else "the first step"
+            self.log(f"{self.what}: {rate:.3g} steps/s over {over} -> about "
                      f"{_human(self.estimate_s)} for {self.total} steps")
             if self.estimate_s > self.warn_s:
                 self.log(f"WARNING: {self.what} will take about {_human(self.estimate_s)}"
@@ -138,7 +147,7 @@ def latent_scaling_factor(vae, frames: np.ndarray, batch: int = 32) -> float:
 
 
 def fit_tiny_models(model_dir: Path, frames: np.ndarray, steps: int = 300, seed: int = 0, batch: int = 16,
-                    log: Callable[[str], None] = print, hint: str = "", warn_s: float = 180.0) -> dict:
+                    log: Callable[[str], None] = print, hint: str = "", warn_s: float = WARN_S) -> dict:
     """Fit the VAE of a build_tiny_models dir on crops and save it back; records the fit in models.json."""
     from pipeline.shards.encoders import load_vae
 
