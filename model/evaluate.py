@@ -127,8 +127,8 @@ def _fmt(v, nd):
     return f"{v:.{nd}f}" if abs(v) < 1000 else f"{v:.0f}"
 
 
-def markdown(rows: list[dict], note: str) -> str:
-    lines = ["| Timesteps | CFG | Guidance | FID | LMSE | CSIM |", "|---:|---:|---|---:|---:|---:|"]
+def markdown(rows: list[dict], note: str, csim_name: str = "CSIM") -> str:
+    lines = [f"| Timesteps | CFG | Guidance | FID | LMSE | {csim_name} |", "|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         fid = "unavailable" if isinstance(r["FID"], str) else _fmt(r["FID"], 1)
         lines.append(f"| {r['Timesteps']} | {r['CFG']:g} | {r['Guidance']} | {fid} | {_fmt(r['LMSE'], 2)} | "
@@ -139,7 +139,13 @@ def markdown(rows: list[dict], note: str) -> str:
 def run(data: Path, ec: EvalConfig) -> dict:
     import torch
 
-    from model.metrics import find_inception_weights, inception_features, load_inception
+    from model.metrics import (
+        find_inception_weights,
+        inception_features,
+        labelled,
+        load_inception,
+        similarity_note,
+    )
     from model.reenact import ReenactError, load_all
     from pipeline.curate.landmarks import FaceMesh478
     from pipeline.paths import DataRoot, atomic_write_text
@@ -173,6 +179,7 @@ def run(data: Path, ec: EvalConfig) -> dict:
     else:  # the real frames are VAE-decoded only when there is an FID to compute
         net = load_inception(weights)
         real_feats = inception_features(np.concatenate([real_frames(enc, lat) for lat in lats]), net, ec.fid_size)
+    csim_note = similarity_note("CSIM", enc.models.clip_label, enc.models.clip_trained)
     rows = []
     with FaceMesh478(static=True) as mesh:
         for i, row in enumerate(grid):
@@ -181,7 +188,7 @@ def run(data: Path, ec: EvalConfig) -> dict:
             r["seconds"] = round(time.time() - tr, 2)
             rows.append(r)
             print(f"eval [{i + 1}/{len(grid)}] steps {r['Timesteps']} cfg {r['CFG']:g} {r['Guidance']}: "
-                  f"FID {_fmt(r['FID'], 1)[:40]}, LMSE {_fmt(r['LMSE'], 2)}, CSIM {r['CSIM']:.3f} "
+                  f"FID {_fmt(r['FID'], 1)[:40]}, LMSE {_fmt(r['LMSE'], 2)}, {labelled(csim_note)} {r['CSIM']:.3f} "
                   f"({r['seconds']}s)", flush=True)
     note = (f"Grid `{grid_name}` on {len(jobs)} held-out clips ({sum(u['frames'] for u in used)} frames; "
             f"{split_note}), {ec.sampler} sampling, checkpoint "
@@ -190,10 +197,12 @@ def run(data: Path, ec: EvalConfig) -> dict:
             f"reconstructions of the held-out frames.")
     if isinstance(net, str):
         note += f" FID {net}."
+    if csim_note["caveat"]:
+        note += f" {csim_note['caveat'][0].upper()}{csim_note['caveat'][1:]}."
     out_dir = root.dir("eval")
     result = {"rows": rows, "grid": grid_name, "clips": used, "config": asdict(ec), **info,
-              "seconds": round(time.time() - t0, 2), "note": note}
-    atomic_write_text(out_dir / "table1.md", markdown(rows, note))
+              "seconds": round(time.time() - t0, 2), "note": note, "csim_note": csim_note}
+    atomic_write_text(out_dir / "table1.md", markdown(rows, note, labelled(csim_note)))
     atomic_write_text(out_dir / "table1.json", json.dumps(result, indent=1))
     print(f"eval: wrote {out_dir / 'table1.md'} and table1.json ({len(rows)} rows, {result['seconds']}s)")
     return result

@@ -8,7 +8,9 @@
   With this scale the paper's figures (≈ 10 good, ≈ 600 without landmarks) are plausible.
   Frames where either side has no face are left out and counted.
 - CSIM: the *minimum* over generated frames of the cosine similarity between the CLIP embedding
-  of the source image and of that frame (a scene/identity consistency floor).
+  of the source image and of that frame (a scene/identity consistency floor). Computed with the tiny
+  CLIP of `--models tiny` (random weights) it is meaningless; `similarity_note` labels every printed
+  and stored figure with what computed it.
 - FID: Fréchet distance between Inception-v3 pool features (2048-d) of two frame sets, using
   torchvision's `inception_v3` class with weights loaded from a local file only. When no weights
   file exists the result is the string "unavailable: <why>", never a made-up number.
@@ -113,6 +115,29 @@ def csim(source_img: np.ndarray, frames, embed: Callable[[np.ndarray], np.ndarra
     """CSIM with `embed`: (T, H, W, 3) uint8 -> (T, D) (e.g. the CLIP encoder of pipeline.shards.encoders)."""
     src = np.asarray(embed(np.asarray(source_img)[None]))[0]
     return csim_embeddings(src, np.asarray(embed(load_frames(frames))))
+
+
+def similarity_note(metric: str, embedder: str, trained: bool | None, kind: str = "CLIP") -> dict:
+    """How to print and store a similarity figure (CSIM, or a later identity score) so it is not read as more
+    than it is. `embedder`: the model's label; `trained`: False for random weights, None when not known.
+    -> {metric, embedder, embedder_trained, tag, caveat}: `tag` ("" when trained) goes right after the metric's
+    name wherever the number is printed; `caveat` (one sentence, "" when trained) goes in notes and JSON."""
+    if trained:
+        return {"metric": metric, "embedder": embedder, "embedder_trained": True, "tag": "", "caveat": ""}
+    if trained is False:
+        tag = f"untrained local {kind}"
+        caveat = (f"{metric} here is a cosine between embeddings of an untrained local {kind} ({embedder}, random "
+                  f"weights): it is near 1 for almost any two images and says nothing about identity")
+    else:
+        tag = f"{kind} of unknown training"
+        caveat = (f"{metric} here comes from a local {kind} ({embedder}) whose training is not recorded: read it "
+                  f"only if you know those weights are a trained {kind}")
+    return {"metric": metric, "embedder": embedder, "embedder_trained": trained, "tag": tag, "caveat": caveat}
+
+
+def labelled(note: dict) -> str:
+    """The metric's printed name: "CSIM" or "CSIM [untrained local CLIP]"."""
+    return f"{note['metric']} [{note['tag']}]" if note["tag"] else note["metric"]
 
 
 # ----------------------------------------------------------------------------- FID

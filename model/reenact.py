@@ -252,7 +252,15 @@ def run(args) -> dict:
     import torch
 
     from model.anchored import GUIDANCE, SampleConfig
-    from model.metrics import LMSE_SIZE, csim_embeddings, landmarks_of, lmse_landmarks, load_frames
+    from model.metrics import (
+        LMSE_SIZE,
+        csim_embeddings,
+        labelled,
+        landmarks_of,
+        lmse_landmarks,
+        load_frames,
+        similarity_note,
+    )
     from pipeline.curate.landmarks import FaceMesh478
     from pipeline.paths import DataRoot, safe_name
     from pipeline.video_io import write_mp4
@@ -304,11 +312,15 @@ def run(args) -> dict:
         "total_s": round(time.time() - t0, 3),
         "lmse": lm_res["lmse"], "lmse_frames": lm_res["frames_used"],
         "csim": csim_embeddings(src_emb, gen_emb),
+        # what computed CSIM: with the tiny models' untrained CLIP the number means nothing
+        "csim_note": similarity_note("CSIM", enc.models.clip_label, enc.models.clip_trained),
     }
     out.with_suffix(".json").write_text(json.dumps(stats, indent=1))
     lm_txt = f"{stats['lmse']:.2f}" if stats["lmse"] is not None else "n/a (no face found in the output)"
     print(f"reenact: wrote {out} ({len(drv)} frames, {plan.num_sequences} sequences, {t_sample:.1f}s sampling); "
-          f"LMSE {lm_txt}, CSIM {stats['csim']:.3f}")
+          f"LMSE {lm_txt}, {labelled(stats['csim_note'])} {stats['csim']:.3f}")
+    if stats["csim_note"]["caveat"]:
+        print(f"reenact: note: {stats['csim_note']['caveat']}")
     return stats
 
 

@@ -3,6 +3,11 @@
 Reads the curation manifests (and the shards, when present, for the CLIP t-SNE) under the data root and writes
 <data>/report/{index.html, report.json, *.png}. The paper's figures are reproduced with the paper's own mean and
 standard deviation printed beside ours.
+
+Face ratios are measured on the face mesh stored in the shards (478 MediaPipe landmarks per frame): width cheek
+to cheek, height top of forehead to chin, over the crop side. The curation detector's boxes cannot give a
+height: MediaPipe's are square, so their height ratio is always the width ratio. Without shards the box
+figures are shown, labelled as such.
 """
 from __future__ import annotations
 
@@ -123,7 +128,7 @@ def _frame_with_box(frames: dict, row, side: int = 160):
     return canvas
 
 
-def _sheet(path: Path, tiles: list, labels: list[str], cols: int = 6) -> bool:
+def _sheet(path: Path, tiles: list, labels: list[str], cols: int = 6, title: str = "") -> bool:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,14 +143,32 @@ def _sheet(path: Path, tiles: list, labels: list[str], cols: int = 6) -> bool:
     for ax, tile, label in zip(axes.flat, tiles, labels):
         ax.imshow(tile)
         ax.set_title(label, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return True
 
 
-def _tsne(path: Path, shards_dir: Path, max_points: int = 600) -> dict:
-    """t-SNE of per-frame CLIP embeddings from the shards, coloured by video (supplementary Fig. 7, right)."""
+def mesh_face_ratios(landmarks, ok) -> tuple[float, float] | None:
+    """(width, height) of the face over the crop side from a clip's face mesh (T, 478, 3), x, y in [0, 1] of the
+    crop: per frame with a face the extent of the 478 points (x: cheek to cheek, y: top of forehead to chin),
+    then the median over frames. None when no frame has a face."""
+    import numpy as np
+
+    lm = np.asarray(landmarks, dtype=np.float64)[np.asarray(ok, dtype=bool)]   # (F, 478, 3) frames with a face
+    lm = lm[np.isfinite(lm[..., :2]).all(axis=(1, 2))]
+    if not len(lm):
+        return None
+    extent = lm[..., :2].max(axis=1) - lm[..., :2].min(axis=1)                 # (F, 2): x and y extents
+    w, h = np.median(extent, axis=0)
+    return float(w), float(h)
+
+
+def _read_shards(shards_dir: Path) -> tuple[list, list, dict]:
+    """One pass over the indexed shards: per-frame CLIP embeddings with their video ids (for the t-SNE), and
+    {clip_id: (face width, face height) ratios} from the stored face mesh."""
     import io
 
     import numpy as np
@@ -153,15 +176,30 @@ def _tsne(path: Path, shards_dir: Path, max_points: int = 600) -> dict:
     from pipeline.shards.io import load_index, read_samples
 
     # Only indexed shards count: a half-written or orphaned tar is not part of the dataset.
-    embs, vids = [], []
+    embs, vids, mesh = [], [], {}
+    want = {"clip_emb.npy", "meta.json", "landmarks.npy", "landmarks_ok.npy"}
     for entry in load_index(shards_dir)["shards"]:
-        for _key, members in read_samples(shards_dir / entry["name"], {"clip_emb.npy", "meta.json"}):
+        for key, members in read_samples(shards_dir / entry["name"], want):
             m = dict(members)
-            if "clip_emb.npy" not in m:
+            if "meta.json" not in m:
                 continue
-            e = np.load(io.BytesIO(m["clip_emb.npy"]), allow_pickle=False)
-            embs.append(e.astype(np.float32))
-            vids += [json.loads(m["meta.json"])["video_id"]] * len(e)
+            meta = json.loads(m["meta.json"])
+            if "clip_emb.npy" in m:
+                e = np.load(io.BytesIO(m["clip_emb.npy"]), allow_pickle=False)
+                embs.append(e.astype(np.float32))
+                vids += [meta["video_id"]] * len(e)
+            if "landmarks.npy" in m and "landmarks_ok.npy" in m:
+                r = mesh_face_ratios(np.load(io.BytesIO(m["landmarks.npy"]), allow_pickle=False),
+                                     np.load(io.BytesIO(m["landmarks_ok.npy"]), allow_pickle=False))
+                if r is not None:
+                    mesh[str(meta.get("clip_id", key))] = r
+    return embs, vids, mesh
+
+
+def _tsne(path: Path, embs: list, vids: list, max_points: int = 600) -> dict:
+    """t-SNE of per-frame CLIP embeddings from the shards, coloured by video (supplementary Fig. 7, right)."""
+    import numpy as np
+
     if not embs:
         return {"status": "unavailable: no shards with CLIP embeddings"}
     x = np.concatenate(embs)
@@ -191,6 +229,34 @@ def _tsne(path: Path, shards_dir: Path, max_points: int = 600) -> dict:
     return {"status": "ok", "points": int(len(x)), "videos": len(uniq)}
 
 
+MESH_WHAT = ("extent of the 478-point MediaPipe face mesh stored in the shards (width cheek to cheek, height top "
+             "of forehead to chin) / crop side, median over a clip's frames with a face")
+BOX_WHAT = "median face-detector box / crop side, as curation recorded it (clips.parquet)"
+
+
+def face_ratio_values(acc, mesh: dict) -> tuple[dict, dict]:
+    """{face_w_ratio: values, face_h_ratio: values} for the accepted clips, and where they came from: the face mesh
+    of the clips found in the shards, else the detector boxes of clips.parquet (with how many are square)."""
+    import numpy as np
+
+    w, h = acc["face_w_ratio"].to_numpy(float), acc["face_h_ratio"].to_numpy(float)
+    fin = np.isfinite(w) & np.isfinite(h)
+    square = int((np.abs(h - w) <= 0.01 * np.abs(w))[fin].sum())   # 1%: float noise of a square box
+    box = {"what": BOX_WHAT, "clips": int(fin.sum()), "square_clips": square,
+           "face_w_ratio": _stats(w), "face_h_ratio": _stats(h)}
+    if fin.sum() and square == fin.sum():
+        box["note"] = ("the detector's boxes are square in every clip: their height ratio is the width ratio "
+                       "and says nothing about face height")
+    got = [mesh[c] for c in acc["clip_id"] if c in mesh]
+    if got:
+        source = {"measure": "face mesh", "what": MESH_WHAT, "clips": len(got), "accepted": int(len(acc)),
+                  "box": box}
+        return {"face_w_ratio": [g[0] for g in got], "face_h_ratio": [g[1] for g in got]}, source
+    source = {"measure": "detector box", "what": BOX_WHAT + " (no face mesh: no shards for these clips; run "
+              "`make shards`)", "clips": box["clips"], "accepted": int(len(acc)), "box": box}
+    return {"face_w_ratio": w[fin].tolist(), "face_h_ratio": h[fin].tolist()}, source
+
+
 def build_report(data_root: str | Path, examples_per_reason: int = 3, max_sheet: int = 24) -> dict:
     import pandas as pd
 
@@ -216,10 +282,16 @@ def build_report(data_root: str | Path, examples_per_reason: int = 3, max_sheet:
                     "figures": {}, "stats": {}, "paper": {k: {"mean": m, "std": s} for k, (m, s) in PAPER.items()}}
     if "quality_scorer" in acc:
         report["quality_scorers"] = sorted(acc["quality_scorer"].dropna().unique().tolist())
+    shards_dir = data_root / "shards"
+    embs, vids, mesh = _read_shards(shards_dir) if shards_dir.exists() else ([], [], {})
+    faces, report["face_ratios"] = face_ratio_values(acc, mesh)
     for col, title, unit in FIGURES:
-        st = _stats(acc[col]) if col in acc else _stats([])
+        values = faces[col] if col in faces else (acc[col].dropna().tolist() if col in acc else [])
+        st = _stats(values)
         report["stats"][col] = st
-        _hist(out / f"{col}.png", acc[col].dropna().tolist() if col in acc else [], title, unit, st, PAPER.get(col))
+        if col in faces:
+            unit += f" ({report['face_ratios']['measure']})"
+        _hist(out / f"{col}.png", values, title, unit, st, PAPER.get(col))
         report["figures"][col] = f"{col}.png"
 
     # rejections.parquet holds every rejected span (rejected clips included), so it alone is counted;
@@ -243,9 +315,13 @@ def build_report(data_root: str | Path, examples_per_reason: int = 3, max_sheet:
         if t is not None:
             tiles.append(t)
             labels.append(f"{row['clip_id'][:8]} {row['duration_s']:.1f}s q{row['quality']:.0f}")
-    if _sheet(out / "accepted.png", tiles, labels):
+    # say how much of the accepted set the sheet holds: a sheet that silently stops reads as the whole set
+    shown = f"{len(tiles)} of {len(acc)} accepted clips shown" + (
+        f" (the first {max_sheet} in manifest order)" if len(acc) > max_sheet else "")
+    if _sheet(out / "accepted.png", tiles, labels, title=shown):
         report["figures"]["accepted"] = "accepted.png"
     report["contact_sheet_clips"] = len(tiles)
+    report["contact_sheet"] = {"shown": len(tiles), "accepted": int(len(acc)), "limit": max_sheet, "caption": shown}
 
     tiles, labels = [], []
     for reason, row in sheet_rej:
@@ -256,8 +332,7 @@ def build_report(data_root: str | Path, examples_per_reason: int = 3, max_sheet:
     if _sheet(out / "rejected.png", tiles, labels):
         report["figures"]["rejected"] = "rejected.png"
 
-    shards_dir = data_root / "shards"
-    report["tsne_clip"] = _tsne(out / "tsne_clip.png", shards_dir) if shards_dir.exists() else {
+    report["tsne_clip"] = _tsne(out / "tsne_clip.png", embs, vids) if shards_dir.exists() else {
         "status": "unavailable: no shards (run `make shards`)"}
     if report["tsne_clip"]["status"] == "ok":
         report["figures"]["tsne_clip"] = "tsne_clip.png"
@@ -275,9 +350,15 @@ def _html(r: dict) -> str:
         f"<td>{r['paper'][k]['mean']}</td><td>{r['paper'][k]['std']}</td></tr>" for k, v in r["stats"].items())
     reasons = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in
                       sorted(r["rejection_reasons"].items(), key=lambda kv: -kv[1]))
-    figs = "".join(f'<figure><img src="{html.escape(f)}" alt="{html.escape(k)}"><figcaption>{html.escape(k)}'
-                   f"</figcaption></figure>" for k, f in r["figures"].items())
+    captions = {"accepted": f"accepted: {r['contact_sheet']['caption']}"}
+    figs = "".join(f'<figure><img src="{html.escape(f)}" alt="{html.escape(k)}"><figcaption>'
+                   f"{html.escape(captions.get(k, k))}</figcaption></figure>" for k, f in r["figures"].items())
     c = r["counts"]
+    fr, box = r["face_ratios"], r["face_ratios"]["box"]
+    faces = (f"<p>Face ratios: {html.escape(fr['measure'])}, {fr['clips']} of {fr['accepted']} accepted clips: "
+             f"{html.escape(fr['what'])}. Curation's detector boxes: width {_fmt(box['face_w_ratio']['mean'])}, "
+             f"height {_fmt(box['face_h_ratio']['mean'])}, square in {box['square_clips']} of {box['clips']} "
+             f"clips{html.escape('; ' + box['note'] if box.get('note') else '')}.</p>")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>reenactfaces dataset report</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} figure{{display:inline-block;margin:.5em}}
 img{{max-width:560px;border:1px solid #ddd}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px}}</style>
@@ -286,7 +367,7 @@ img{{max-width:560px;border:1px solid #ddd}} table{{border-collapse:collapse}} t
 accepted: {c['accepted']}, rejected clips: {c['rejected_clips']}, rejected spans: {c['rejected_spans']}.
 Quality scorer(s): {html.escape(', '.join(r.get('quality_scorers', [])) or 'n/a')}.</p>
 <h2>Statistics (supplementary §5)</h2><table><tr><th>quantity</th><th>n</th><th>mean</th><th>sd</th>
-<th>paper mean</th><th>paper sd</th></tr>{rows}</table>
+<th>paper mean</th><th>paper sd</th></tr>{rows}</table>{faces}
 <h2>Rejections</h2><table><tr><th>reason</th><th>count</th></tr>{reasons}</table>
 <p>t-SNE (CLIP): {html.escape(r['tsne_clip']['status'])}. t-SNE (ArcFace): {html.escape(r['tsne_arcface']['status'])}.</p>
 <h2>Figures</h2>{figs}</body></html>"""
@@ -306,7 +387,11 @@ def main(argv=None) -> int:
         print(f"report: error: {e}", file=sys.stderr)
         return 2
     out = Path(args.data) / "report"
-    print(f"report: {r['counts']['accepted']} accepted clips, {len(r['figures'])} figures -> {out / 'index.html'}")
+    fr = r["face_ratios"]
+    print(f"report: {r['counts']['accepted']} accepted clips, {len(r['figures'])} figures -> {out / 'index.html'}\n"
+          f"        contact sheet: {r['contact_sheet']['caption']}; face ratios from the {fr['measure']} "
+          f"({fr['clips']} clips): width {_fmt(r['stats']['face_w_ratio']['mean'])}, "
+          f"height {_fmt(r['stats']['face_h_ratio']['mean'])} (paper 0.45 / 0.53)")
     return 0
 
 

@@ -77,6 +77,45 @@ def test_fault_modes_are_classified(source_server, corpus_dir, data_root, mode, 
         assert rec["media_path"] is None and _media(data_root) == []   # a partial file never counts
 
 
+def test_a_trickling_source_is_dropped_early_with_a_clear_transient_error(source_server, corpus_dir, data_root):
+    # 2 kB/s: the 260 kB video would hold the slot for 2 minutes per attempt. With a 20 kB/s floor over
+    # 1 s the attempt ends after about a second, and is not retried in this run (the next run retries it).
+    url = source_server.url(VIDEO)
+    size = (corpus_dir / f"{VIDEO}.mp4").stat().st_size
+    source_server.fault("trickle", path=url, rate=2000)
+    rec = download(url, "slowpoke", data_root, **{**FAST, "min_rate": 20_000, "min_rate_window_s": 1.0})
+    assert (rec["status"], rec["error_class"], rec["attempts"]) == ("failed", "transient", 1), rec
+    m = re.search(r"^too slow: ([\d.]+) kB/s over the last \d+ s, under min_rate 20 kB/s \(([\d.]+) kB of (\d+) kB "
+                  r"received\)", rec["message"])
+    assert m, rec["message"]
+    rate, got, total = (float(g) for g in m.groups())
+    assert rate < 20 and total == round(size / 1000)
+    assert got * 1000 < size / 4                # it gave up early: most of the body was never sent
+    # one attempt: yt-dlp's generic extractor looks at the link once, then downloads it once
+    assert [r["method"] for r in source_server.requests if r["path"] == "/v/" + VIDEO + ".mp4"] == ["GET", "GET"]
+    assert _media(data_root) == []
+    # a source above the floor is left alone (100 kB/s: about 3 s for the whole file)
+    source_server.reset()
+    source_server.fault("trickle", path=url, rate=100_000)
+    ok = download(url, "steady", data_root, **{**FAST, "min_rate": 20_000, "min_rate_window_s": 1.0})
+    assert ok["status"] == "ok" and ok["attempts"] == 1, ok
+    assert (data_root.root / ok["media_path"]).read_bytes() == (corpus_dir / f"{VIDEO}.mp4").read_bytes()
+
+
+def test_min_rate_hook_judges_the_last_window_only():
+    clock = iter(float(t) for t in range(100)).__next__
+    hook = dl.MinRate(min_rate=1000, window_s=3, clock=clock)
+    # a fast start (10 kB/s) does not excuse a slow tail: the rate is over the last 3 s, not since the start
+    for got in (0, 10_000, 20_000, 30_000, 30_500, 31_000):
+        hook({"status": "downloading", "downloaded_bytes": got})
+    with pytest.raises(dl.TooSlow, match=r"too slow: 0.5 kB/s over the last 3 s, under min_rate 1 kB/s"):
+        hook({"status": "downloading", "downloaded_bytes": 31_500})
+    quick = dl.MinRate(min_rate=1000, window_s=3, clock=iter(float(t) for t in range(100)).__next__)
+    for got in range(0, 50_000, 2000):      # 2 kB/s throughout: never too slow
+        quick({"status": "downloading", "downloaded_bytes": got})
+    dl.MinRate(0, 3)({"status": "downloading", "downloaded_bytes": 0})   # 0 = off
+
+
 def test_fault_on_the_video_behind_a_page(source_server, data_root):
     source_server.fault("404", path=source_server.url(VIDEO))
     rec = download(source_server.url(VIDEO, "page"), "p", data_root, **FAST)
@@ -166,6 +205,8 @@ def test_options_and_bad_input(data_root, tmp_path):
     assert opts["proxy"] == "socks5://p:1080" and opts["ratelimit"] == 50_000 and opts["max_filesize"] == 10**6
     assert opts["socket_timeout"] == 7 and os.path.exists(opts["ffmpeg_location"])
     assert opts["retries"] == 0 and opts["extractor_retries"] == 0     # our loop owns retries
+    # yt-dlp's throttledratelimit re-extracts and resumes forever on a plain link: the floor is our hook's
+    assert "throttledratelimit" not in opts
     with pytest.raises(ValueError, match="unknown download option.*max_hieght"):
         download("http://127.0.0.1/x", "x", data_root, max_hieght=3)
     bad = download("file:///etc/passwd", "f", data_root)

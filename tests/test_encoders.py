@@ -105,7 +105,8 @@ def test_decode_clip_is_the_crop_of_the_decoded_frames(tmp_path):
 def test_fit_vae_lowers_reconstruction_loss(tiny):
     import torch
 
-    from pipeline.shards.encoders import fit_vae, load_vae
+    from pipeline.shards.encoders import load_vae
+    from pipeline.shards.vaefit import fit_vae
 
     vae = load_vae(str(tiny / "vae"))
     threads = torch.get_num_threads()
@@ -118,13 +119,74 @@ def test_fit_vae_lowers_reconstruction_loss(tiny):
 def test_fitted_tiny_vae_gets_a_unit_variance_scaling_factor(tmp_path):
     import torch
 
-    from pipeline.shards.encoders import build_tiny_models, fit_tiny_models, load_vae
+    from pipeline.shards.encoders import build_tiny_models, load_vae
+    from pipeline.shards.vaefit import fit_tiny_models
 
     d = build_tiny_models(tmp_path / "m", seed=1, sample_size=64)
     frames = _faces(8)
-    info = fit_tiny_models(d, frames, steps=3, batch=4)
+    lines = []
+    info = fit_tiny_models(d, frames, steps=3, batch=4, log=lines.append)
+    # a real (unfaked) clock: the fit says how fast it went and records it
+    assert any("steps/s" in m and "3/3" in m and "done in" in m for m in lines), lines
+    assert info["fit_s"] > 0 and info["fit_size"] == 64 and info["fit_estimate_s"] > 0
     vae = load_vae(str(d / "vae"))   # the factor must survive save/load: shards read it from the config
     assert vae.config.scaling_factor == pytest.approx(info["scaling_factor"]) and info["scaling_factor"] != 0.18215
     with torch.no_grad():
         z = vae.encode(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1).latent_dist.mean
     assert float((z * vae.config.scaling_factor).std()) == pytest.approx(1.0, rel=1e-3)
+
+
+class _Clock:
+    """A fake monotonic clock: every read advances `dt` seconds, so rates and estimates are exact."""
+
+    def __init__(self, dt: float):
+        self.t, self.dt = 100.0, dt
+
+    def __call__(self) -> float:
+        self.t += self.dt
+        return self.t
+
+
+def test_fit_progress_estimates_the_whole_fit_and_warns_when_slow():
+    from pipeline.shards.vaefit import FitProgress
+
+    # 300 steps at 10 s each (one clock read per step): 0.1 steps/s, the whole fit ~50 min -> a WARNING
+    lines = []
+    p = FitProgress(300, lines.append, "fit_vae (256 px)", probe=3, every_s=600, hint="try --size 64",
+                    clock=_Clock(10.0))
+    p.start()
+    for k in range(1, 301):
+        p.step(k, 0.5)
+    assert lines[0] == "fit_vae (256 px): 0.1 steps/s over 3 timed steps -> about 50m00s for 300 steps"
+    assert lines[1] == "WARNING: fit_vae (256 px) will take about 50m00s; try --size 64"
+    assert p.estimate_s == pytest.approx(3000.0)
+    # then a line every 600 s (60 steps) with the rate and the time left, and one at the end
+    assert lines[2] == "fit_vae (256 px) step 64/300 loss 0.5000 | 0.1 steps/s | 39m20s left"
+    assert lines[-1] == "fit_vae (256 px) step 300/300 loss 0.5000 | 0.1 steps/s | done in 50m00s"
+    assert len(lines) == 2 + 4 + 1
+    # a fast fit is estimated but not warned about
+    quiet = []
+    p = FitProgress(300, quiet.append, probe=3, warn_s=180, every_s=30, clock=_Clock(0.1))
+    p.start()
+    for k in range(1, 301):
+        p.step(k, 0.5)
+    assert not any("WARNING" in m for m in quiet) and "about 30s for 300 steps" in quiet[0]
+    # a step slower than a progress interval: estimated (and warned about) after the first step already
+    slow = []
+    p = FitProgress(300, slow.append, probe=3, every_s=30, clock=_Clock(60.0))
+    p.start()
+    p.step(1, 0.5)
+    assert slow == ["fit_vae: 0.0167 steps/s over the first step -> about 5h00m for 300 steps",
+                    "WARNING: fit_vae will take about 5h00m"]
+
+
+def test_shards_help_says_what_each_size_costs():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "pipeline.shards", "--help"], capture_output=True, text=True)
+    text = " ".join(out.stdout.split())
+    assert out.returncode == 0
+    for size in (64, 128, 256):
+        assert f"{size} px ~" in text
+    assert "time left" in text and "warns" in text

@@ -114,3 +114,28 @@ def test_fid_unavailable_without_weights(tmp_path, monkeypatch, face256):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
     assert M.fid([face256] * 2, [face256] * 2, weights=bad).startswith("unavailable: cannot load")
+
+
+def test_similarity_note_labels_what_computed_the_figure(tmp_path):
+    from pipeline.shards.encoders import EncoderConfig, build_tiny_models, resolve_models
+
+    # the tiny models' CLIP is never trained (only the VAE is fitted): its CSIM is labelled untrained
+    tiny = resolve_models(str(build_tiny_models(tmp_path / "tiny", seed=0, sample_size=64)), EncoderConfig(size=64))
+    note = M.similarity_note("CSIM", tiny.clip_label, tiny.clip_trained)
+    assert tiny.clip_trained is False and note["embedder_trained"] is False
+    assert M.labelled(note) == "CSIM [untrained local CLIP]" and "random weights" in note["caveat"]
+    # a hub name with a pretrained tag is trained: no label, no caveat
+    hub = resolve_models("default", EncoderConfig())
+    note = M.similarity_note("CSIM", hub.clip_label, hub.clip_trained)
+    assert hub.clip_trained is True and M.labelled(note) == "CSIM" and note["caveat"] == ""
+    # a local dir that does not say how it was trained: labelled as unknown, not as trained
+    (tmp_path / "x" / "vae").mkdir(parents=True)
+    (tmp_path / "x" / "clip").mkdir()
+    local = resolve_models(str(tmp_path / "x"), EncoderConfig())
+    note = M.similarity_note("CSIM", local.clip_label, local.clip_trained)
+    assert local.clip_trained is None and M.labelled(note) == "CSIM [CLIP of unknown training]"
+    # dirs built before clip_trained was recorded are known by the tiny label
+    (tmp_path / "x" / "models.json").write_text('{"clip": "tiny-openclip-ViT(w64,l2,p8,d32)-seed0"}')
+    assert resolve_models(str(tmp_path / "x"), EncoderConfig()).clip_trained is False
+    # the same function labels another metric from another embedder (the identity work reuses it)
+    assert M.labelled(M.similarity_note("ID", "arcface-test", False, kind="ArcFace")) == "ID [untrained local ArcFace]"

@@ -117,6 +117,10 @@ def test_reenact_cli_writes_video_and_stats(setup):
     assert st["ckpt"].endswith("step_00000001.pt") and st["models"].endswith("tiny")
     assert st["encoders"].startswith("match ") and "encoders" not in r.stderr
     assert -1.0 <= st["csim"] <= 1.0 and "step 4/4" in r.stderr
+    # the tiny models' CLIP has random weights: CSIM is labelled so wherever it is printed or stored
+    assert st["csim_note"]["embedder_trained"] is False and st["csim_note"]["embedder"].startswith("tiny-openclip")
+    assert f"CSIM [untrained local CLIP] {st['csim']:.3f}" in r.stdout
+    assert "says nothing about identity" in r.stdout and "says nothing about identity" in st["csim_note"]["caveat"]
     # the same seed gives the same video (identical latents -> identical MP4), here run in-process
     from model.metrics import load_frames
     from model.reenact import main
@@ -207,7 +211,7 @@ def test_eval_writes_table1(setup, tmp_path):
     ec = EvalConfig(max_clips=2, max_frames=6, grid="mine", grids={"mine": grid}, inception=str(inc), fid_size=75)
     res = run(data, ec)
     md = (data / "eval" / "table1.md").read_text().splitlines()
-    assert md[0] == "| Timesteps | CFG | Guidance | FID | LMSE | CSIM |"
+    assert md[0] == "| Timesteps | CFG | Guidance | FID | LMSE | CSIM [untrained local CLIP] |"
     assert md[2].startswith("| 3 | 1 | CLIP+Landmarks | ") and md[3].startswith("| 3 | 2 | None | ")
     js = json.loads((data / "eval" / "table1.json").read_text())
     assert [r["Guidance"] for r in js["rows"]] == ["CLIP+Landmarks", "None"]
@@ -216,6 +220,8 @@ def test_eval_writes_table1(setup, tmp_path):
     assert len(res["clips"]) == 2 and all(c["cross_identity"] for c in res["clips"])
     assert all(c["frames"] == 6 for c in res["clips"])
     assert "WARNING" in res["note"]  # this checkpoint has no held-out record: the split is recomputed
+    assert js["csim_note"]["embedder_trained"] is False and "untrained local CLIP" in js["note"]
+    assert "says nothing about identity" in md[-1]
     ec = EvalConfig(max_clips=1, max_frames=6, grid="mine", grids={"mine": grid[:1]},
                     inception=str(tmp_path / "none.pth"))
     res = run(data, ec)

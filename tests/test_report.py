@@ -108,3 +108,81 @@ def test_report_renders_in_headless_chromium(data_root, tmp_path):
     # The histogram bars' blue (#4a78b0) must be on screen, i.e. the <img> figures loaded.
     blue = (np.abs(img - [0x4a, 0x78, 0xb0]).sum(axis=2) < 30).mean()
     assert blue > 0.001
+
+
+def _shards_with_mesh(root, extents: dict) -> None:
+    """Indexed shards whose samples carry a face mesh spanning exactly (w, h) of the crop on every frame with
+    a face, except one frame per clip twice as wide (the median ignores it) and one frame without a face."""
+    from pipeline.shards.io import npy_bytes, save_index, write_shard
+
+    rng = np.random.default_rng(3)
+    samples = []
+    for cid, (w, h) in extents.items():
+        lm = np.empty((5, 478, 3), np.float32)
+        x0, y0 = 0.5 - w / 2, 0.45 - h / 2
+        lm[..., 0] = rng.uniform(x0, x0 + w, (5, 478))
+        lm[..., 1] = rng.uniform(y0, y0 + h, (5, 478))
+        lm[..., 2] = rng.normal(0, 0.02, (5, 478))
+        lm[:, 0, :2], lm[:, 1, :2] = (x0, y0), (x0 + w, y0 + h)          # the extremes, exactly
+        lm[3, 1, 0] = x0 + 2 * w                                          # an outlier frame
+        ok = np.array([True, True, False, True, True])
+        lm[2] = np.nan
+        meta = {"clip_id": cid, "video_id": "v", "origin": "video"}
+        samples.append((cid, [("landmarks.npy", npy_bytes(lm)), ("landmarks_ok.npy", npy_bytes(ok)),
+                              ("meta.json", json.dumps(meta).encode())]))
+    sdir = root / "shards"
+    sdir.mkdir()
+    save_index(sdir, {"shards": [write_shard(sdir / "faces-000000.tar", samples)]})
+
+
+def test_face_ratios_are_measured_on_the_face_mesh_and_the_sheet_says_how_much_it_shows(data_root, tmp_path):
+    root = tmp_path / "r"
+    shutil.copytree(data_root, root, ignore=shutil.ignore_patterns("report"))
+    clips = pd.read_parquet(root / "curate" / "clips.parquet")
+    clips["face_h_ratio"] = clips["face_w_ratio"]                 # square detector boxes, as MediaPipe's are
+    pq.write_table(pa.Table.from_pandas(clips, schema=CLIPS, preserve_index=False), root / "curate" / "clips.parquet")
+    acc = clips[clips.status == "accepted"]
+    # every accepted clip but the last is in the shards, with a known face extent
+    extents = {cid: (0.40 + 0.01 * k, 0.50 + 0.01 * k) for k, cid in enumerate(acc["clip_id"][:-1])}
+    _shards_with_mesh(root, extents)
+    r = build_report(root, max_sheet=5)
+    fr = r["face_ratios"]
+    assert (fr["measure"], fr["clips"], fr["accepted"]) == ("face mesh", 7, 8)
+    assert r["stats"]["face_h_ratio"]["mean"] == pytest.approx(np.mean([h for _, h in extents.values()]), abs=1e-6)
+    assert r["stats"]["face_w_ratio"]["mean"] == pytest.approx(np.mean([w for w, _ in extents.values()]), abs=1e-6)
+    assert r["stats"]["face_h_ratio"]["n"] == 7
+    # the boxes are reported for what they are: square, so no height
+    assert fr["box"]["square_clips"] == 8 and "height ratio is the width ratio" in fr["box"]["note"]
+    html = (root / "report" / "index.html").read_text()
+    assert "square in 8 of 8 clips" in html and "top of forehead to chin" in html
+    # the contact sheet says it holds 5 of the 8 accepted clips
+    assert r["contact_sheet"] == {"shown": 5, "accepted": 8, "limit": 5,
+                                  "caption": "5 of 8 accepted clips shown (the first 5 in manifest order)"}
+    assert "accepted: 5 of 8 accepted clips shown" in html
+    # without shards the box figures are used and say so
+    shutil.rmtree(root / "shards")
+    r = build_report(root)
+    assert r["face_ratios"]["measure"] == "detector box" and "make shards" in r["face_ratios"]["what"]
+    assert r["stats"]["face_h_ratio"]["mean"] == pytest.approx(acc["face_w_ratio"].mean())
+    assert r["contact_sheet"]["caption"] == "8 of 8 accepted clips shown"
+
+
+def test_the_mesh_measures_a_real_face_taller_than_its_square_box():
+    """The real chain on a real face: MediaPipe's box -> place_crop -> 256 px crop -> 478-point mesh."""
+    from skimage.data import astronaut
+
+    from pipeline.curate.faces import FacesConfig, MediaPipeFaces, place_crop
+    from pipeline.curate.landmarks import FaceMesh478
+    from pipeline.report import mesh_face_ratios
+    from pipeline.video_io import crop_square
+
+    img = astronaut()
+    cfg = FacesConfig()
+    box = MediaPipeFaces(cfg)(img)[0][:4]
+    crop = place_crop([box], img.shape[1], img.shape[0], cfg)
+    assert crop.face_h_ratio == pytest.approx(crop.face_w_ratio, rel=1e-3)      # the box is square
+    with FaceMesh478(static=True) as mesh:
+        lm, ok = mesh.batch(crop_square(img, crop.x0, crop.y0, crop.size, 256)[None])
+    w, h = mesh_face_ratios(lm, ok)
+    # a face is taller (forehead to chin) than wide (cheek to cheek): measured here w 0.44, h 0.51
+    assert h / w > 1.1 and abs(w - crop.face_w_ratio) < 0.05

@@ -367,9 +367,13 @@ def test_models_tiny_builds_fits_and_records_them(tmp_path_factory, tmp_path):
     cfg.models, cfg.tiny_fit_steps, cfg.tiny_fit_frames = "tiny", 2, 8
     # a fresh shard dir: tiny models are built under <data>/models/tiny, fitted on the clips' crops, recorded
     shutil.rmtree(root / "shards")
-    stats = run(root, cfg, log=lambda m: None)
+    logs = []
+    stats = run(root, cfg, log=logs.append)
     info = json.loads((root / "models" / "tiny" / "models.json").read_text())
     assert info["fitted"] and info["fit_steps"] == 2 and info["fit_frames"] == 8
+    # the fit is estimated from its timed steps and reports its rate through the run's log
+    assert any(m.startswith(f"fit_vae ({SIZE} px): ") and "steps/s" in m for m in logs), logs
+    assert any("step 2/2" in m and "done in" in m for m in logs), logs
     assert stats["encoded"] == 6
     index = json.loads((root / "shards" / "index.json").read_text())
     assert index["encoder"]["vae"] == info["vae"] and info["vae"].endswith("+fit2")

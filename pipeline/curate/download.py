@@ -4,7 +4,11 @@ yt-dlp is used through its Python API with its own retries switched off: this lo
 retrying, so every attempt is counted and backed off exponentially (honouring Retry-After).
 Transient failures (HTTP 408/425/429/5xx, 403, timeouts, refused/reset connections, truncated
 bodies) are retried; permanent ones (404/410/other 4xx, private/removed/unsupported, empty
-file, not a decodable video, over the size or duration cap) are not.
+file, not a decodable video, over the size or duration cap) are not. A source slower than
+`min_rate` bytes/s over `min_rate_window_s` is dropped at once as transient and not retried in
+this run (the next run tries again): a throttled server would otherwise hold a download slot for
+minutes per attempt. (yt-dlp's own `throttledratelimit` re-extracts and resumes in an endless loop
+on such a link, so a progress hook enforces the floor instead.)
 A download lands in <data>/media/.partial/<safe id>/ and is renamed into place only after
 PyAV has decoded a frame of it, so a partial or broken file never counts. Opted-out videos never
 get here (pipeline.curate.runner.download_step skips them). Ids only ever reach the disk through
@@ -43,6 +47,8 @@ class DownloadConfig:
     rate_limit: int = 0             # bytes per second, 0 = unlimited
     max_duration_s: float = 0.0     # 0 = no cap; checked from metadata before and by probe after
     max_filesize: int = 0           # bytes, 0 = no cap
+    min_rate: int = 20_000          # bytes/s: an attempt averaging less over the window is dropped (0 = off)
+    min_rate_window_s: float = 20.0
 
     @classmethod
     def from_params(cls, params: dict) -> "DownloadConfig":
@@ -54,9 +60,39 @@ class DownloadConfig:
 
 
 class Failure(Exception):
-    def __init__(self, error_class: str, message: str, retry_after: float | None = None):
+    def __init__(self, error_class: str, message: str, retry_after: float | None = None,
+                 retry_now: bool = True):
         super().__init__(message)
         self.error_class, self.message, self.retry_after = error_class, message, retry_after
+        self.retry_now = retry_now      # False: transient, but not worth another attempt in this run
+
+
+class TooSlow(Exception):
+    """Raised from the progress hook: not a yt-dlp or network error, so yt-dlp lets it through."""
+
+
+class MinRate:
+    """yt-dlp progress hook: raise TooSlow once the bytes of the last `window_s` seconds of an attempt
+    average under `min_rate` per second. (A stall with no bytes at all is the socket timeout's job.)"""
+
+    def __init__(self, min_rate: int, window_s: float, clock=time.monotonic):
+        self.min_rate, self.window_s, self.clock = min_rate, window_s, clock
+        self.samples: list[tuple[float, int]] = []    # (time, downloaded bytes), oldest first
+
+    def __call__(self, d: dict) -> None:
+        if d.get("status") != "downloading" or not self.min_rate:
+            return
+        now, got = self.clock(), int(d.get("downloaded_bytes") or 0)
+        self.samples.append((now, got))
+        while len(self.samples) > 1 and now - self.samples[1][0] >= self.window_s:
+            self.samples.pop(0)                       # keep one sample at least window_s old
+        t0, b0 = self.samples[0]
+        if now - t0 >= self.window_s and (got - b0) / (now - t0) < self.min_rate:
+            total = d.get("total_bytes") or d.get("total_bytes_estimate")
+            of = f" of {total / 1000:.0f} kB" if total else ""
+            raise TooSlow(f"too slow: {(got - b0) / (now - t0) / 1000:.1f} kB/s over the last {now - t0:.0f} s, "
+                          f"under min_rate {self.min_rate / 1000:g} kB/s ({got / 1000:.1f} kB{of} received); "
+                          "a throttled or overloaded source, retried on the next run")
 
 
 def one_line(msg: object, limit: int = 300) -> str:
@@ -162,9 +198,13 @@ def _attempt(url: str, workdir: Path, cfg: DownloadConfig) -> Path:
     import yt_dlp
 
     logger = _YdlLog()
+    opts = ydl_options(cfg, workdir, logger)
+    opts["progress_hooks"] = [MinRate(cfg.min_rate, cfg.min_rate_window_s)]
     try:
-        with yt_dlp.YoutubeDL(ydl_options(cfg, workdir, logger)) as ydl:
+        with yt_dlp.YoutubeDL(opts) as ydl:
             ydl.extract_info(url, download=True)
+    except TooSlow as e:
+        raise Failure("transient", str(e), retry_now=False) from None
     except Exception as e:     # DownloadError and whatever an extractor throws
         raise classify(e) from None
     done = [p for p in workdir.iterdir() if p.is_file() and not p.name.endswith(_TMP_SUFFIXES)]
@@ -241,7 +281,7 @@ def download(url: str, video_id: str, root: DataRoot | str | os.PathLike, **para
                         "media_path": str(final.relative_to(root.root)), "bytes": final.stat().st_size}
             except Failure as f:
                 fail = f
-            if fail.error_class == "permanent" or attempt == cfg.max_attempts:
+            if fail.error_class == "permanent" or not fail.retry_now or attempt == cfg.max_attempts:
                 break
             wait = min(cfg.backoff_base_s * 2 ** (attempt - 1), cfg.backoff_max_s)
             if fail.retry_after is not None:

@@ -54,7 +54,8 @@ def clip_items(root: DataRoot, cfg: ShardsConfig) -> tuple[list[dict], list[dict
 
 def prepare_models(spec: str, root: DataRoot, cfg: ShardsConfig, items: list[dict], log):
     """'tiny' builds (once) small models under <data>/models/tiny and fits the VAE on the clips' crops."""
-    from pipeline.shards.encoders import build_tiny_models, fit_tiny_models, resolve_models
+    from pipeline.shards.encoders import build_tiny_models, resolve_models
+    from pipeline.shards.vaefit import fit_tiny_models
 
     if spec != "tiny":
         try:
@@ -74,9 +75,14 @@ def prepare_models(spec: str, root: DataRoot, cfg: ShardsConfig, items: list[dic
                 break
             frames += [got[0] for _, got in iter_decoded(unit, str(root.root), cfg) if not isinstance(got, Exception)]
         if frames and cfg.tiny_fit_steps > 0:
-            log(f"fitting tiny VAE: {cfg.tiny_fit_steps} steps on {sum(len(f) for f in frames)} crops")
+            log(f"fitting tiny VAE: {cfg.tiny_fit_steps} steps on {sum(len(f) for f in frames)} crops "
+                f"of {cfg.encoder.size} px")
+            # what to do about a slow fit; Ctrl-C is safe: the models count only once fitted (models.json)
+            hint = (f"--size {cfg.encoder.size // 2} would make a step ~4x cheaper (the demo uses 64), "
+                    if cfg.encoder.size > 64 else "") + \
+                "fewer --fit-steps shorten it; Ctrl-C now leaves nothing half-done"
             fit_tiny_models(d, np.concatenate(frames)[: cfg.tiny_fit_frames], cfg.tiny_fit_steps, cfg.tiny_seed,
-                            cfg.tiny_fit_batch)
+                            cfg.tiny_fit_batch, log=log, hint=hint)
     return resolve_models(str(d), cfg.encoder)
 
 

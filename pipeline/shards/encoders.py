@@ -3,7 +3,7 @@
 A clip's crop is decoded once at `size` x `size`; the three models then see the same frames.
 Real weights load by their usual names for users online (diffusers / open_clip hub ids) or from
 local directories offline. `build_tiny_models` makes small models of the same classes (used by
-tests and the offline demo) and `fit_vae` teaches the tiny VAE just enough to reconstruct faces.
+tests and the offline demo); vaefit.py teaches the tiny VAE just enough to reconstruct faces.
 """
 from __future__ import annotations
 
@@ -132,19 +132,26 @@ class ModelSet:
     clip_pretrained: str | None
     vae_label: str         # what meta.json records
     clip_label: str
+    clip_trained: bool | None = None   # False: random weights (build_tiny_models); None: not known
 
 
 def resolve_models(spec: str, cfg: EncoderConfig) -> ModelSet:
     """'default' -> the config's names; a directory -> <dir>/vae and <dir>/clip (build_tiny_models layout)."""
     if spec in ("", "default"):
-        clip_label = cfg.clip_model if Path(cfg.clip_model).is_dir() else f"{cfg.clip_model}/{cfg.clip_pretrained}"
-        return ModelSet(cfg.vae, cfg.clip_model, cfg.clip_pretrained, cfg.vae, clip_label)
+        if Path(cfg.clip_model).is_dir():
+            return ModelSet(cfg.vae, cfg.clip_model, cfg.clip_pretrained, cfg.vae, cfg.clip_model)
+        # a hub name: open_clip loads the pretrained tag's weights, or initialises at random without one
+        return ModelSet(cfg.vae, cfg.clip_model, cfg.clip_pretrained, cfg.vae,
+                        f"{cfg.clip_model}/{cfg.clip_pretrained}", bool(cfg.clip_pretrained))
     d = Path(spec)
     if not (d / "vae").is_dir() or not (d / "clip").is_dir():
         raise FileNotFoundError(f"model dir {d} needs vae/ and clip/ subdirectories")
     info = json.loads((d / "models.json").read_text()) if (d / "models.json").exists() else {}
-    return ModelSet(str(d / "vae"), str(d / "clip"), None,
-                    info.get("vae", f"local:{d.name}/vae"), info.get("clip", f"local:{d.name}/clip"))
+    clip_label = info.get("clip", f"local:{d.name}/clip")
+    # build_tiny_models records clip_trained: false; dirs it made before that are known by their label
+    trained = info.get("clip_trained", False if clip_label.startswith("tiny-") else None)
+    return ModelSet(str(d / "vae"), str(d / "clip"), None, info.get("vae", f"local:{d.name}/vae"), clip_label,
+                    trained)
 
 
 def weights_digest(models: ModelSet) -> str:
@@ -317,76 +324,7 @@ def build_tiny_models(out_dir: str | Path, seed: int = 0, sample_size: int = 64)
     (out / "clip" / "open_clip_config.json").write_text(json.dumps(cfg, indent=1))
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(out / "clip" / "open_clip_model.safetensors"))
     info = {"vae": f"tiny-AutoencoderKL{list(TINY_VAE['block_out_channels'])}-seed{seed}",
-            "clip": f"tiny-openclip-ViT(w64,l2,p8,d32)-seed{seed}", "seed": seed, "fitted": False}
+            "clip": f"tiny-openclip-ViT(w64,l2,p8,d32)-seed{seed}", "seed": seed, "fitted": False,
+            "clip_trained": False}   # only the VAE is ever fitted (vaefit.py); the CLIP keeps its random weights
     (out / "models.json").write_text(json.dumps(info, indent=1))
     return out
-
-
-def fit_vae(vae, frames: np.ndarray, steps: int = 300, lr: float = 2e-3, kl_weight: float = 1e-6,
-            batch: int = 16, seed: int = 0, log_every: int = 0) -> list[float]:
-    """A few hundred CPU steps of reconstruction + small KL on uint8 crops (N,S,S,3). Returns losses."""
-    import torch
-
-    threads = torch.get_num_threads()
-    # tiny kernels: thread hand-offs cost more than they save (4x slower with 2 threads on a busy 2-core box)
-    torch.set_num_threads(1)
-    try:
-        return _fit(vae, frames, steps, lr, kl_weight, batch, seed, log_every)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _fit(vae, frames, steps, lr, kl_weight, batch, seed, log_every) -> list[float]:
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    data = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    opt = torch.optim.Adam(vae.parameters(), lr=lr)
-    vae.train()
-    losses = []
-    for step in range(steps):
-        x = data[torch.randint(len(data), (min(batch, len(data)),), generator=g)]
-        if torch.rand((), generator=g) < 0.5:   # mirror: cheap augmentation on a small corpus
-            x = x.flip(-1)
-        post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
-        rec = vae.decode(z).sample
-        loss = torch.nn.functional.mse_loss(rec, x) + kl_weight * post.kl().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if log_every and step % log_every == 0:
-            print(f"  fit_vae step {step}/{steps} loss {loss.item():.4f}", flush=True)
-    vae.eval()
-    return losses
-
-
-def latent_scaling_factor(vae, frames: np.ndarray, batch: int = 32) -> float:
-    """1 / std of the posterior means of uint8 crops (N,S,S,3): makes scaled latents unit-variance."""
-    import torch
-
-    means = []
-    with torch.no_grad():
-        for i in range(0, len(frames), batch):
-            x = torch.from_numpy(np.ascontiguousarray(frames[i:i + batch])).permute(0, 3, 1, 2).float() / 127.5 - 1
-            means.append(vae.encode(x).latent_dist.mean)
-    return float(1.0 / torch.cat(means).std().clamp_min(1e-6))
-
-
-def fit_tiny_models(model_dir: Path, frames: np.ndarray, steps: int = 300, seed: int = 0, batch: int = 16) -> dict:
-    """Fit the VAE of a build_tiny_models dir on crops and save it back; records the fit in models.json."""
-    vae = load_vae(str(model_dir / "vae"))
-    losses = fit_vae(vae, frames, steps=steps, batch=batch, seed=seed, log_every=max(1, steps // 5))
-    # Diffusion assumes unit-variance latents: like Stable Diffusion's 0.18215, the scaling factor is
-    # 1 / std of the fitted VAE's latents, measured here rather than borrowed from another VAE.
-    scale = latent_scaling_factor(vae, frames[: min(len(frames), 256)])
-    vae.register_to_config(scaling_factor=scale)
-    vae.save_pretrained(model_dir / "vae", safe_serialization=True)
-    info = json.loads((model_dir / "models.json").read_text())
-    info.update(fitted=True, scaling_factor=scale, fit_steps=steps, fit_batch=batch, fit_frames=int(len(frames)),
-                fit_loss_first=losses[0], fit_loss_last=float(np.mean(losses[-10:])))
-    info["vae"] = info["vae"].split("+fit")[0] + f"+fit{steps}"
-    (model_dir / "models.json").write_text(json.dumps(info, indent=1))
-    return info
-

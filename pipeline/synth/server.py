@@ -8,7 +8,8 @@ Routes (all GET and HEAD):
 
 Fault modes: 404, 410, 429 (with Retry-After: 0), 500, 503, truncate (Content-Length promises
 the whole body, half is sent, the connection closes), slow (headers after `delay` seconds),
-notvideo (200, video/mp4, but text bytes), empty (200, zero bytes). A fault applies to one path
+trickle (the body at `rate` bytes/s: a throttled source), notvideo (200, video/mp4, but text bytes),
+empty (200, zero bytes). A fault applies to one path
 or to every path, always or only the first N matching requests ("429 twice, then success").
 
     with SourceServer("data/corpus") as srv:
@@ -30,7 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-MODES = ("404", "410", "429", "500", "503", "truncate", "slow", "notvideo", "empty")
+MODES = ("404", "410", "429", "500", "503", "truncate", "slow", "trickle", "notvideo", "empty")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _FAULT_PATH = re.compile(r"^/fault/(?P<mode>[a-z0-9]+)(?:-(?P<times>\d+))?(?P<rest>/v/.+|/page/.+|/[^/]+)$")
 NOT_A_VIDEO = b"This is a plain text file served as video/mp4. It is not a video.\n" * 64
@@ -41,6 +42,7 @@ class Fault:
     mode: str
     times: int | None = None        # None = every request; N = the first N requests, then normal
     delay: float = 2.0              # seconds, for "slow"
+    rate: int = 2000                # bytes per second, for "trickle"
     used: int = 0
 
 
@@ -77,7 +79,8 @@ class _Handler(BaseHTTPRequestHandler):
             body, ctype = srv._resolve(path)
             if body is None:
                 return self._send(404, b"not found\n", "text/plain", head)
-            self._send_ranged(body, ctype, head, truncate=bool(fault and fault.mode == "truncate"))
+            self._send_ranged(body, ctype, head, truncate=bool(fault and fault.mode == "truncate"),
+                              rate=fault.rate if fault and fault.mode == "trickle" else 0)
         except (BrokenPipeError, ConnectionResetError):
             pass                    # the client went away (yt-dlp closes probes early): not our problem
 
@@ -91,7 +94,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not head:
             self.wfile.write(body)
 
-    def _send_ranged(self, body: bytes, ctype: str, head: bool, truncate: bool) -> None:
+    def _send_ranged(self, body: bytes, ctype: str, head: bool, truncate: bool, rate: int = 0) -> None:
         start, end, code = 0, len(body) - 1, 200
         m = re.match(r"bytes=(\d*)-(\d*)$", self.headers.get("Range") or "")
         if m and ctype == "video/mp4" and (m.group(1) or m.group(2)):
@@ -121,6 +124,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(part[: len(part) // 2])
             self.wfile.flush()
             self.close_connection = True
+            return
+        if rate:                    # a tenth of a second's worth at a time, until done or the client hangs up
+            chunk = max(1, rate // 10)
+            for i in range(0, len(part), chunk):
+                self.wfile.write(part[i:i + chunk])
+                self.wfile.flush()
+                time.sleep(0.1)
             return
         self.wfile.write(part)
 
@@ -173,12 +183,13 @@ class SourceServer:
         return self.base_url + (f"/fault/{fault}" if fault else "") + path
 
     # -- faults and the request log
-    def fault(self, mode: str, path: str | None = None, times: int | None = None, delay: float = 2.0) -> None:
+    def fault(self, mode: str, path: str | None = None, times: int | None = None, delay: float = 2.0,
+              rate: int = 2000) -> None:
         """Switch a fault on for one path (or a full URL of this server), or for all paths (path=None)."""
         if mode not in MODES:
             raise ValueError(f"unknown fault mode {mode!r} (one of {', '.join(MODES)})")
         with self._lock:
-            self._faults[self._key(path)] = Fault(mode, times, delay)
+            self._faults[self._key(path)] = Fault(mode, times, delay, rate)
 
     def clear_faults(self) -> None:
         with self._lock:
