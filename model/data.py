@@ -10,9 +10,12 @@ Robustness: a missing, truncated or corrupt shard is logged, counted and never r
 worker; a sample that fails to decode is logged, counted and skipped; training goes on. A schema
 mismatch is caught before training (`check_schema`) with an error naming what differs.
 
-Conditioning dropout: `independent` drops landmarks and CLIP each with probability p (both with p^2),
-so every guidance mode (none / landmarks / CLIP / both) has its unconditional branch trained;
-`joint` drops both together with probability p (DiT-style single null).
+Conditioning dropout (data.cond_dropout = p, data.dropout_mode):
+  joint (the paper's, supplementary §4): landmarks and CLIP are dropped together with probability p, never
+    one alone. The model learns two modes, none and CLIP+landmarks: enough for classifier-free guidance;
+    landmarks-only and CLIP-only inference are modes it never saw ("performs poorly", Table 1).
+  independent (ours): each is dropped on its own with probability p (both with p^2), so all four guidance
+    modes are trained, at the price of fewer fully conditioned sequences ((1-p)^2 instead of 1-p).
 """
 from __future__ import annotations
 
