@@ -76,6 +76,16 @@ def decode(raw: dict) -> dict:
     return out
 
 
+def draw_dropout(rng: np.random.Generator, p: float, mode: str) -> tuple[bool, bool]:
+    """(drop_landmarks, drop_clip) for one training sequence; see the module docstring for the modes."""
+    if mode == "joint":
+        both = bool(rng.random() < p)
+        return both, both
+    if mode == "independent":
+        return bool(rng.random() < p), bool(rng.random() < p)
+    raise ValueError(f"dropout mode must be joint|independent, got {mode!r}")
+
+
 def make_sequence(s: dict, frames: int, rng: np.random.Generator, cond_dropout: float, dropout_mode: str) -> dict:
     """One training sequence from one decoded clip: F stored frames at random (non-uniform spacing).
     Frame 0 is a random reference frame; offsets are seconds relative to it (negative = earlier)."""
@@ -88,10 +98,7 @@ def make_sequence(s: dict, frames: int, rng: np.random.Generator, cond_dropout: 
     eps = rng.standard_normal(mean.shape, dtype=np.float32)
     lm = np.nan_to_num(s["landmarks.npy"][idx].astype(np.float32), nan=0.0)  # (F, 478, 3)
     src = int(rng.integers(T))                                             # source frame for CLIP
-    if dropout_mode == "joint":
-        drop_lm = drop_clip = bool(rng.random() < cond_dropout)
-    else:
-        drop_lm, drop_clip = bool(rng.random() < cond_dropout), bool(rng.random() < cond_dropout)
+    drop_lm, drop_clip = draw_dropout(rng, cond_dropout, dropout_mode)
     return {
         "latents": (mean + std * eps) * np.float32(s["meta.json"]["vae_scaling_factor"]),
         "landmarks": lm,
