@@ -78,12 +78,13 @@ def decode(raw: dict) -> dict:
 
 def draw_dropout(rng: np.random.Generator, p: float, mode: str) -> tuple[bool, bool]:
     """(drop_landmarks, drop_clip) for one training sequence; see the module docstring for the modes."""
-    if mode == "joint":
-        both = bool(rng.random() < p)
-        return both, both
-    if mode == "independent":
-        return bool(rng.random() < p), bool(rng.random() < p)
-    raise ValueError(f"dropout mode must be joint|independent, got {mode!r}")
+    if mode not in ("joint", "independent"):
+        raise ValueError(f"dropout mode must be joint|independent, got {mode!r}")
+    # Both modes draw two numbers, so runs that differ only in the mode (same seed) see the very same
+    # sequences, frames and noise: the dropout flags are the one difference between them.
+    u_lm, u_clip = rng.random(2)
+    drop_lm = bool(u_lm < p)
+    return (drop_lm, drop_lm) if mode == "joint" else (drop_lm, bool(u_clip < p))
 
 
 def make_sequence(s: dict, frames: int, rng: np.random.Generator, cond_dropout: float, dropout_mode: str) -> dict:

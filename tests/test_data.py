@@ -108,6 +108,20 @@ def test_the_training_stream_applies_the_configured_dropout_mode(shards, mode):
         assert abs(alone - 0.5) < hoeffding_eps(len(seqs))
 
 
+def test_runs_differing_only_in_dropout_mode_see_the_same_sequences(shards):
+    """Same seed, other mode: identical clips, frames and noise; only the drop flags differ (the ablation's control)."""
+    root, _ = shards
+    urls = resolve_shards("", root)
+    runs = {m: list(itertools.islice(iter(SequenceStream(urls, cfg_for(**{"data.dropout_mode": m,
+                                                                          "data.cond_dropout": 0.5}))), 60))
+            for m in ("joint", "independent")}
+    for j, i in zip(runs["joint"], runs["independent"]):
+        assert j["key"] == i["key"] and np.array_equal(j["frames"], i["frames"])
+        assert np.array_equal(j["latents"], i["latents"])                 # same VAE posterior noise draw
+        assert j["drop_landmarks"] == j["drop_clip"] == i["drop_landmarks"]
+    assert any(i["drop_landmarks"] != i["drop_clip"] for i in runs["independent"])
+
+
 def test_paper_config_and_demo_preset_drop_both_conditions_together_at_10_percent():
     yaml_path = Path(__file__).resolve().parents[1] / "dags" / "train.yaml"
     for cfg in (load_config(None), load_config(yaml_path), load_config(yaml_path, ["preset=demo"])):
