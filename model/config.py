@@ -58,7 +58,9 @@ class DiffusionConfig:
 class DataConfig:
     shards: str = ""              # dir / glob / brace pattern / .txt list of URLs; "" = <data>/shards
     cond_dropout: float = 0.1     # paper: 10% conditioning dropout for classifier-free guidance
-    dropout_mode: str = "independent"  # "independent": landmarks and CLIP dropped separately; "joint": together
+    # "joint" (paper, supplementary §4): landmarks and CLIP dropped together, so only none and CLIP+landmarks
+    # are trained; "independent" (ours): each dropped on its own, which also trains landmarks-only/CLIP-only
+    dropout_mode: str = "joint"
     shuffle_buffer: int = 64      # sequences mixed across clips/shards before batching
     num_workers: int = 4          # DataLoader worker processes per rank
     overfit_batches: int = 0      # >0: cycle this many fixed batches (data, t, noise) - a memorisation check

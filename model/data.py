@@ -10,9 +10,12 @@ Robustness: a missing, truncated or corrupt shard is logged, counted and never r
 worker; a sample that fails to decode is logged, counted and skipped; training goes on. A schema
 mismatch is caught before training (`check_schema`) with an error naming what differs.
 
-Conditioning dropout: `independent` drops landmarks and CLIP each with probability p (both with p^2),
-so every guidance mode (none / landmarks / CLIP / both) has its unconditional branch trained;
-`joint` drops both together with probability p (DiT-style single null).
+Conditioning dropout (data.cond_dropout = p, data.dropout_mode):
+  joint (the paper's, supplementary §4): landmarks and CLIP are dropped together with probability p, never
+    one alone. The model learns two modes, none and CLIP+landmarks: enough for classifier-free guidance;
+    landmarks-only and CLIP-only inference are modes it never saw ("performs poorly", Table 1).
+  independent (ours): each is dropped on its own with probability p (both with p^2), so all four guidance
+    modes are trained, at the price of fewer fully conditioned sequences ((1-p)^2 instead of 1-p).
 """
 from __future__ import annotations
 
@@ -73,6 +76,17 @@ def decode(raw: dict) -> dict:
     return out
 
 
+def draw_dropout(rng: np.random.Generator, p: float, mode: str) -> tuple[bool, bool]:
+    """(drop_landmarks, drop_clip) for one training sequence; see the module docstring for the modes."""
+    if mode not in ("joint", "independent"):
+        raise ValueError(f"dropout mode must be joint|independent, got {mode!r}")
+    # Both modes draw two numbers, so runs that differ only in the mode (same seed) see the very same
+    # sequences, frames and noise: the dropout flags are the one difference between them.
+    u_lm, u_clip = rng.random(2)
+    drop_lm = bool(u_lm < p)
+    return (drop_lm, drop_lm) if mode == "joint" else (drop_lm, bool(u_clip < p))
+
+
 def make_sequence(s: dict, frames: int, rng: np.random.Generator, cond_dropout: float, dropout_mode: str) -> dict:
     """One training sequence from one decoded clip: F stored frames at random (non-uniform spacing).
     Frame 0 is a random reference frame; offsets are seconds relative to it (negative = earlier)."""
@@ -85,10 +99,7 @@ def make_sequence(s: dict, frames: int, rng: np.random.Generator, cond_dropout: 
     eps = rng.standard_normal(mean.shape, dtype=np.float32)
     lm = np.nan_to_num(s["landmarks.npy"][idx].astype(np.float32), nan=0.0)  # (F, 478, 3)
     src = int(rng.integers(T))                                             # source frame for CLIP
-    if dropout_mode == "joint":
-        drop_lm = drop_clip = bool(rng.random() < cond_dropout)
-    else:
-        drop_lm, drop_clip = bool(rng.random() < cond_dropout), bool(rng.random() < cond_dropout)
+    drop_lm, drop_clip = draw_dropout(rng, cond_dropout, dropout_mode)
     return {
         "latents": (mean + std * eps) * np.float32(s["meta.json"]["vae_scaling_factor"]),
         "landmarks": lm,
