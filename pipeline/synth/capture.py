@@ -18,7 +18,8 @@ about the frame rate. The scenes themselves come from corpus.py's renderer; this
 - Wrong header (`header_fps`): an AVI (MPEG-4 Part 2) whose header says `header_fps` while frames
   come at `fps`; the gaps are empty chunks, so the frames' timestamps are right and the header is not.
 
-Ground truth (on top of corpus.py's): `frame_times` (seconds of every stored frame), `header_fps`,
+Ground truth (on top of corpus.py's): `frame_times` (seconds of every stored frame), `header_fps` (the
+rate the container was told; null for VFR),
 `sar` [num, den], `coded_width`/`coded_height`, `container`, `camera` (per-frame window shift in
 display pixels and roll in degrees, or null) and `background_faces` (per-frame box of the weak face or
 null). `fps` is the measured mean rate, (frames - 1) / (last time - first time).
@@ -255,7 +256,8 @@ def generate_captured(spec, out_dir: str | Path, seed: int, render, ground_truth
     step = cap.steps[(n - 1) % len(cap.steps)] if cap.steps else 1
     gt.update({
         "fps": round(fps, 6), "duration_s": round(t[-1] + step / spec.fps, 6), "frame_times": t,
-        "header_fps": cap.header_fps or spec.fps, "sar": list(cap.sar), "container": cap.container,
+        "header_fps": cap.header_fps or (None if cap.steps else spec.fps),      # VFR: no one rate to claim
+        "sar": list(cap.sar), "container": cap.container,
         "coded_width": int(round(spec.width * cap.sar[1] / cap.sar[0])) // 2 * 2, "coded_height": spec.height,
         "camera": rec["camera"] if cap.shake else None,
         "background_faces": rec["background"] if cap.poster else None,
