@@ -16,20 +16,23 @@ CLIPS = pa.schema([
     ("media_path", pa.string()),       # relative to the data root
     ("start_frame", pa.int64()),       # inclusive, decoded-frame index
     ("end_frame", pa.int64()),         # exclusive
-    ("start_s", pa.float64()),
+    ("start_s", pa.float64()),         # from the frames' timestamps, seconds from the video's first frame
     ("end_s", pa.float64()),
     ("duration_s", pa.float64()),
-    ("fps", pa.float64()),
-    ("crop_x0", pa.int64()),           # square crop in display pixels; may extend past the frame (padded)
+    ("fps", pa.float64()),             # the video's measured mean frame rate (timestamps, not the header)
+    ("crop_x0", pa.int64()),           # square crop in display pixels (rotation and SAR applied); may extend
+                                       # past the frame (padded)
     ("crop_y0", pa.int64()),
     ("crop_size", pa.int64()),
     ("face_w_ratio", pa.float64()),    # median face-box width / crop size
     ("face_h_ratio", pa.float64()),    # median face-box height / crop size
     ("quality", pa.float64()),         # 0..100
     ("quality_scorer", pa.string()),   # e.g. "hyperiqa", "sharpness-v1"
-    ("resolution", pa.int64()),        # crop size in source pixels
+    ("resolution", pa.int64()),        # crop side in stored pixels along its coarser axis (crop_size / max(sar, 1))
     ("status", pa.string()),           # "accepted" | "rejected"
     ("reason", pa.string()),           # empty when accepted
+    ("start_split", pa.string()),      # why the clip starts here: video_start, cut, no_face, jump, identity, ...
+    ("end_split", pa.string()),        # why it ends here: video_end, cut, no_face, jump, identity, max_duration, ...
 ])
 
 # Shard sample: one per clip, key = clip_id. Members (suffix -> content):

@@ -1,20 +1,12 @@
-"""Faces stage on small synthetic videos made from the bundled astronaut photo (real MediaPipe)."""
+"""Faces stage and tracking on small synthetic videos made from the bundled astronaut photo (real MediaPipe)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.curate.faces import (
-    Det,
-    FaceScanner,
-    FacesConfig,
-    InsightFaces,
-    disagreement,
-    make_detector,
-    place_crop,
-    segment,
-)
+from pipeline.curate.faces import FacesConfig, InsightFaces, make_detector, place_crop
 from pipeline.curate.probe import scan
+from pipeline.curate.tracking import Det, FaceScanner, Span, disagreement, main_face, segment, split_to_fit
 from pipeline.video_io import write_mp4
 
 W, H = 320, 240
@@ -62,8 +54,9 @@ def test_face_lost_is_located_exactly_with_sparse_detection(video_gap, detector)
     cfg = FacesConfig(stride=8)
     fs, dets, n = _scan(video_gap, cfg, detector)
     spans, bad = segment(dets, [], cfg)
-    assert [(s, e) for s, e, _ in spans] == [(0, 30), (50, 80)]      # bisection finds both edges to the frame
+    assert [(s.start, s.end) for s in spans] == [(0, 30), (50, 80)]  # bisection finds both edges to the frame
     assert bad == [(30, 50, "no_face")]
+    assert [(s.start_split, s.end_split) for s in spans] == [("video_start", "no_face"), ("no_face", "video_end")]
     assert fs.calls < n / 2                                          # far fewer calls than every 2nd frame
 
 
@@ -78,7 +71,7 @@ def test_multi_face_small_second_face_and_tiny_face(tmp_path, detector):
     assert {dets[i].state for i in dets if i >= 12} == {"ok"}
     spans, bad = segment(dets, [], cfg)
     assert bad == [(0, 12, "multi_face")]
-    assert [(s, e) for s, e, _ in spans] == [(12, 24)]
+    assert [(s.start, s.end) for s in spans] == [(12, 24)]
 
     tiny = FacesConfig(stride=4, min_face_px=200)   # the same 150 px face is "tiny" under a 200 px floor
     _, dets, _ = _scan(p, tiny, detector)
@@ -94,25 +87,95 @@ def test_jump_and_identity_change_split_the_track(tmp_path, detector):
     write_mp4(p, frames, 25)
     _, dets, _ = _scan(p, cfg, detector)
     spans, _ = segment(dets, [], cfg)
-    bounds = [(s, e) for s, e, _ in spans]
+    bounds = [(s.start, s.end) for s in spans]
     assert len(bounds) == 3, bounds
-    assert abs(bounds[0][1] - 24) <= 2 and abs(bounds[1][0] - 24) <= 1   # jumps are located to 2 frames
-    assert abs(bounds[1][1] - 48) <= 1 and abs(bounds[2][0] - 48) <= 1   # identity changes to 1 frame
+    assert abs(bounds[0][1] - 24) <= 1 and bounds[0][1] == bounds[1][0]    # a jump located to the frame
+    assert abs(bounds[1][1] - 48) <= 1 and bounds[1][1] == bounds[2][0]    # so is an identity change
+    assert [s.end_split for s in spans] == ["jump", "identity", "video_end"]
 
 
-def test_segment_splits_at_scene_cuts_and_merges_bad_stretches():
+def _det(state="ok", box=(0.4, 0.3, 0.2, 0.3), t=0.0, sig=None):
+    return Det(state, box if state != "none" else None, 1, np.full(128, 1 / 128, np.float32) if sig is None else sig,
+               time=t)
+
+
+def test_segment_tiles_the_video_splits_at_cuts_and_says_why():
     cfg = FacesConfig()
-    box = (0.4, 0.3, 0.2, 0.3)
-    sig = np.full(128, 1 / 128, np.float32)
-    dets = {i: Det("ok", box, 1, sig) for i in range(0, 40, 8)}
-    dets.update({40: Det("none"), 48: Det("none"), 56: Det("ok", box, 1, sig), 64: Det("ok", box, 1, sig)})
+    dets = {i: _det(t=i / 25) for i in range(0, 40, 8)}
+    dets.update({40: _det("none", t=40 / 25), 48: _det("none", t=48 / 25), 56: _det(t=56 / 25), 64: _det(t=64 / 25)})
     spans, bad = segment(dets, [20, 60], cfg)
-    assert [(s, e) for s, e, _ in spans] == [(0, 20), (20, 33), (56, 60), (60, 65)]
-    assert bad == [(40, 49, "no_face")]
-    moved = Det("ok", (0.5, 0.3, 0.2, 0.3), 1, sig)
-    assert disagreement(dets[0], moved, cfg) == "jump"
-    assert disagreement(dets[0], Det("ok", (0.41, 0.3, 0.3, 0.3), 1, sig), cfg) == "jump"   # 1.5x wider
-    assert disagreement(dets[0], dets[8], cfg) == ""
+    # frames between the last detection that saw a state and the first that saw the next one belong to
+    # the earlier stretch: nothing falls between (the scanner bisects every change to adjacent frames)
+    assert [(s.start, s.end) for s in spans] == [(0, 20), (20, 40), (56, 60), (60, 65)]
+    assert bad == [(40, 56, "no_face")]
+    assert [(s.start_split, s.end_split) for s in spans] == [
+        ("video_start", "cut"), ("cut", "no_face"), ("no_face", "cut"), ("cut", "video_end")]
+    assert spans[1].frames == [24, 32] and spans[2].frames == [56]
+
+
+def test_jumps_are_judged_in_face_sizes_and_time():
+    cfg = FacesConfig(max_jump_faces=0.6, max_speed_faces=4.0, max_scale_change=1.4)
+    a = _det(box=(0.4, 0.3, 0.2, 0.3))
+    half_face = _det(box=(0.5, 0.3, 0.2, 0.3), t=1 / 30)            # 0.1 of the frame = 0.5 face widths in a frame
+    assert disagreement(a, half_face, cfg) == ""                    # a handheld jerk
+    far = _det(box=(0.56, 0.3, 0.2, 0.3), t=1 / 30)                 # 0.8 face widths in one frame
+    assert disagreement(a, far, cfg) == "jump"
+    assert disagreement(a, _det(box=(0.56, 0.3, 0.2, 0.3), t=0.3), cfg) == ""   # ... but fine over 0.3 s
+    # the same move of the frame is a jump for a small face (in face sizes it is far)
+    assert disagreement(_det(box=(0.4, 0.3, 0.1, 0.15)), _det(box=(0.5, 0.3, 0.1, 0.15), t=1 / 30), cfg) == "jump"
+    assert disagreement(a, _det(box=(0.41, 0.3, 0.3, 0.3), t=1 / 30), cfg) == "scale"   # 1.5x wider
+    assert disagreement(a, _det(state="none", t=1 / 30), cfg) == "state"
+
+
+def test_short_glitches_are_smoothed_over_but_second_faces_are_not():
+    cfg = FacesConfig(max_gap_s=0.15)
+    frames = {i: _det(t=i / 30) for i in range(0, 61, 6)}
+    glitch = dict(frames)
+    glitch.update({30: _det("none", t=1.0), 31: _det("none", t=31 / 30), 32: _det(t=32 / 30)})   # a 2-frame miss
+    glitch.update({45: _det(box=(0.8, 0.6, 0.2, 0.3), t=1.5), 46: _det(t=46 / 30)})              # a box gone astray
+    spans, bad = segment(glitch, [], cfg)
+    assert [(s.start, s.end) for s in spans] == [(0, 61)] and bad == []
+    assert 30 not in spans[0].frames and 45 not in spans[0].frames       # the glitches do not place the crop
+    long_miss = dict(frames)
+    long_miss.update({i: _det("none", t=i / 30) for i in range(30, 36)} | {36: _det(t=1.2)})      # 0.2 s: a real loss
+    spans, bad = segment(long_miss, [], cfg)
+    assert bad == [(30, 36, "no_face")] and [(s.start, s.end) for s in spans] == [(0, 30), (36, 61)]
+    second = dict(frames)
+    second.update({30: _det("multi", t=1.0), 31: _det(t=31 / 30)})       # one frame with a comparable second face
+    spans, bad = segment(second, [], cfg)
+    assert bad == [(30, 31, "multi_face")]
+    moved = {i: d for i, d in frames.items() if i < 30}                  # a glitch whose sides disagree: a real jump
+    moved.update({i: _det(box=(0.78, 0.3, 0.2, 0.3), t=i / 30) for i in range(31, 61, 6)} | {30: _det("none", t=1.0)})
+    spans, bad = segment(moved, [], cfg)
+    assert bad == [(30, 31, "no_face")] and len(spans) == 2
+
+
+def test_only_a_comparable_second_face_counts():
+    cfg = FacesConfig(multi_face_ratio=0.35, multi_face_score_ratio=0.8)
+    real = (0.4, 0.3, 0.2, 0.3, 0.92)
+    main, rivals = main_face([real, (0.05, 0.05, 0.18, 0.27, 0.55)], cfg)     # weak background detection
+    assert main == real and rivals == []
+    main, rivals = main_face([(0.0, 0.0, 0.3, 0.4, 0.56), real], cfg)         # weak but larger: not the main face
+    assert main == real and rivals == []
+    main, rivals = main_face([real, (0.7, 0.3, 0.18, 0.27, 0.9)], cfg)        # a second person
+    assert main == real and len(rivals) == 1
+    main, rivals = main_face([real, (0.7, 0.3, 0.08, 0.1, 0.95)], cfg)        # confident but small (far away)
+    assert rivals == []
+
+
+def test_a_drifting_face_is_cut_where_one_crop_stops_holding_it():
+    boxes = {f: (0.1 + 0.01 * f, 0.3, 0.1, 0.15) for f in range(0, 60, 6)}    # drifts 0.54 of the frame
+    span = Span(0, 60, sorted(boxes), "video_start", "video_end")
+
+    def fits(frames):
+        xs = [boxes[f][0] for f in frames]
+        return max(xs) - min(xs) <= 0.2
+
+    parts = split_to_fit(span, fits)
+    assert parts[0][0] == 0 and parts[-1][1] == 60
+    assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))                 # they tile the span
+    assert all(fits(fr) for _, _, fr in parts) and len(parts) == 3
+    assert split_to_fit(span, lambda fr: True) == [(0, 60, sorted(boxes))]
 
 
 def test_crop_has_paper_ratio_slides_inside_and_clamps():

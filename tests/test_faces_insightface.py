@@ -18,18 +18,9 @@ from onnxfixtures import (
     marker_face,
 )
 
-from pipeline.curate.faces import (
-    Det,
-    FaceScanner,
-    FacesConfig,
-    disagreement,
-    hs_histogram,
-    make_detector,
-    place_crop,
-    segment,
-    signature_distance,
-)
+from pipeline.curate.faces import FacesConfig, hs_histogram, make_detector, place_crop, signature_distance
 from pipeline.curate.probe import scan
+from pipeline.curate.tracking import Det, FaceScanner, disagreement, segment
 from pipeline.video_io import write_mp4
 
 
@@ -112,7 +103,7 @@ def test_scanner_states_from_scrfd(det, cfg, tmp_path):
     fs = FaceScanner(c, det, 320)
     dets = fs.finish(scan(p, 256, {"faces": fs.update}))
     spans, bad = segment(dets, [], c)
-    assert [(s, e) for s, e, _ in spans] == [(0, 16), (48, 64)]
+    assert [(s.start, s.end) for s in spans] == [(0, 16), (48, 64)]
     assert bad == [(16, 32, "multi_face"), (32, 48, "no_face")]
     assert {dets[i].faces for i in dets if 16 <= i < 32} == {2}
     assert {dets[i].sig_kind for i in dets if dets[i].state == "ok"} == {"arcface"}
@@ -180,7 +171,8 @@ def test_identity_change_located_by_bisection(det, cfg, tiles, tmp_path):
     fs = FaceScanner(c, det, 320)
     dets = fs.finish(scan(p, 256, {"faces": fs.update}))
     spans, bad = segment(dets, [], c)
-    assert [(s, e) for s, e, _ in spans] == [(0, 37), (37, 72)] and bad == []
+    assert [(s.start, s.end) for s in spans] == [(0, 37), (37, 72)] and bad == []
+    assert spans[0].end_split == "identity"
     assert fs.calls < 72 / 2
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from skimage.data import astronaut
 
-from pipeline.curate.faces import FaceScanner, FacesConfig, make_detector
+from pipeline.curate.faces import FacesConfig, make_detector
 from pipeline.curate.probe import scan
 from pipeline.curate.quality import (
     HyperIQAScorer,
@@ -16,6 +16,7 @@ from pipeline.curate.quality import (
     SharpnessScorer,
     make_scorer,
 )
+from pipeline.curate.tracking import FaceScanner
 from pipeline.video_io import write_mp4
 
 FACE = astronaut()[20:260, 100:340]   # a 240 px head-and-shoulders crop of a real photo

@@ -38,9 +38,16 @@ def test_serves_videos_pages_and_ranges(source_server, corpus_dir):
     code, hdr, body = _get(srv.url("talk_360p30", "page"))
     assert code == 200 and b'<video' in body and b'src="/v/talk_360p30.mp4"' in body
     assert _get(srv.base_url + "/v/missing.mp4")[0] == 404
-    assert _get(srv.base_url + "/v/../talk_360p30.json")[0] == 404          # only .mp4 files are served
+    assert _get(srv.base_url + "/v/../talk_360p30.json")[0] == 404          # only video files are served
     assert b"talk_360p30" in _get(srv.base_url + "/")[2]
     assert srv.hits(srv.url("talk_360p30")) == 4 and srv.hits() == 8
+    # an AVI corpus file is served under its own extension and type, and only under it
+    avi = srv.url("avi_header50_25")
+    assert avi.endswith("/v/avi_header50_25.avi")
+    code, hdr, body = _get(avi, {"Range": "bytes=0-11"})
+    assert code == 206 and hdr["Content-Type"] == "video/x-msvideo" and body[:4] == b"RIFF" and body[8:12] == b"AVI "
+    assert b'src="/v/avi_header50_25.avi"' in _get(srv.url("avi_header50_25", "page"))[2]
+    assert _get(srv.base_url + "/v/avi_header50_25.mp4")[0] == 404
 
 
 @pytest.mark.parametrize("mode,code", [("404", 404), ("410", 410), ("429", 429), ("500", 500), ("503", 503)])
@@ -99,7 +106,7 @@ def test_cli_writes_sources_that_validate(corpus_dir, tmp_path):
     base = p.stdout.splitlines()[0]
     assert base.startswith("http://127.0.0.1:")
     srcs = load_sources(out)
-    names = {q.stem for q in Path(corpus_dir).glob("*.mp4")}
+    names = {q.stem for q in Path(corpus_dir).iterdir() if q.suffix in (".mp4", ".avi")}
     assert {s.video_id for s in srcs if not s.video_id.startswith("fault_")} == names
     assert any("/page/" in s.url for s in srcs) and any("/v/" in s.url for s in srcs)
     assert all(s.url.startswith(base) and s.license for s in srcs)

@@ -1,12 +1,6 @@
-"""Faces: detect at a stride, track the dominant face, split where it is lost, jumps or changes
-identity, reject multi-face and tiny-face stretches, and place one fixed square crop per clip.
-
-Sparse detection with bisection: the detector (~5 ms a call on CPU, whatever the frame size)
-would alone blow the curation budget at the paper's every-2nd-frame rate on small videos, so
-we detect every `stride` frames and, only where two neighbouring detections disagree (face
-lost or found, second face, jump, identity), bisect the gap on the buffered small frames until
-the change is located to 1 frame (2 frames for a jump, the paper's detection spacing). Quiet
-stretches cost one detection per stride, changes are located as precisely as dense detection.
+"""Faces: the detectors (MediaPipe, insightface), their identity signatures, the stage's config, and
+one fixed square crop per clip. Tracking the dominant face through a video (sparse detection with
+bisection, what splits a track and what does not) is pipeline/curate/tracking.py.
 
 Identity (MediaPipe backend): a hue-saturation histogram of the face box, compared between
 neighbouring detections with the Bhattacharyya distance. It is cheap and catches a different
@@ -29,27 +23,24 @@ class FacesConfig:
     mediapipe_model: int = 0         # 0 = short range (faces within ~2 m), 1 = full range (slower)
     stride: int = 8                  # sparse detection every N frames; disagreements are bisected
     min_confidence: float = 0.5
-    max_jump: float = 0.06           # paper: split when the box centre moves > 0.06 of the frame between detections
+    # A jump (tracking.py): the face centre moves more than max_jump_faces face sizes plus max_speed_faces
+    # per second between two detections. The paper split at 0.06 of the frame between detections 2 frames
+    # apart, which a handheld phone exceeds every second (its jerks move the face ~0.5 face widths in 2 frames).
+    max_jump_faces: float = 0.6
+    max_speed_faces: float = 4.0
     max_scale_change: float = 1.4    # ... or its width changes by more than this factor (detector boxes breathe ~15%)
+    max_gap_s: float = 0.15          # a miss / glitch this short between two agreeing detections does not split
     identity_threshold: float = 0.45  # Bhattacharyya distance of face histograms that counts as a new identity
     # insightface: 1 - cosine similarity of ArcFace embeddings that counts as a new identity. Same-person
     # pairs of buffalo_l's w600k_r50 are mostly > 0.35 similar even across pose/light, different people
     # mostly < 0.2, and neighbouring detections in one shot are far closer: 0.65 splits only on a clear change.
     arcface_identity_threshold: float = 0.65
-    multi_face_ratio: float = 0.35   # a second face with area >= this x the largest makes the frame multi-face
+    multi_face_ratio: float = 0.35   # a second face with area >= this x the main face's ...
+    multi_face_score_ratio: float = 0.8  # ... and confidence >= this x the best makes the frame multi-face
     min_face_px: int = 40            # largest face narrower than this (source pixels) -> "small_face"
     face_w_ratio: float = 0.45       # paper: face width / crop side
     face_h_ratio: float = 0.53       # paper: face height / crop side
     max_pad: float = 0.10            # the crop may overhang the frame by this fraction of its side (padded)
-
-
-@dataclass
-class Det:
-    state: str                                  # "ok" | "none" | "multi" | "small"
-    box: tuple[float, float, float, float] | None = None   # largest face x, y, w, h relative to the frame
-    faces: int = 0
-    sig: np.ndarray | None = None               # identity signature of the largest face
-    sig_kind: str = "hs-histogram"              # "hs-histogram" | "arcface": which distance/threshold applies
 
 
 # ---------------------------------------------------------------- detectors
@@ -194,121 +185,7 @@ def signature_distance(a: np.ndarray, b: np.ndarray, kind: str) -> float:
     return float(1.0 - np.dot(a, b) / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-8))
 
 
-# ---------------------------------------------------------------- streaming scan
-
-class FaceScanner:
-    """Consumer of the decode pass (`update(frame)` for every frame, then `finish(n)` -> {frame: Det})."""
-
-    def __init__(self, cfg: FacesConfig, detector, src_width: int):
-        self.cfg, self.detector, self.src_width = cfg, detector, src_width
-        self.dets: dict[int, Det] = {}
-        self.calls = 0
-        self._buf: dict[int, np.ndarray] = {}
-        self._prev: int | None = None
-
-    def update(self, frame) -> None:
-        self._buf[frame.index] = frame.small
-        if frame.index % max(1, self.cfg.stride) == 0:
-            self._anchor(frame.index)
-
-    def finish(self, num_frames: int) -> dict[int, Det]:
-        if num_frames and (num_frames - 1) not in self.dets and (num_frames - 1) in self._buf:
-            self._anchor(num_frames - 1)
-        self._buf.clear()
-        return self.dets
-
-    def _anchor(self, i: int) -> None:
-        self._detect(i)
-        if self._prev is not None:
-            self._refine(self._prev, i)
-        self._prev = i
-        self._buf = {i: self._buf[i]}  # frames before an anchor are never needed again
-
-    def _detect(self, i: int) -> Det:
-        img = self._buf[i]
-        faces = self.detector(img)
-        self.calls += 1
-        c = self.cfg
-        if not faces:
-            d = Det("none")
-        else:
-            box = tuple(float(v) for v in faces[0][:4])
-            if len(faces) > 1 and faces[1][2] * faces[1][3] >= c.multi_face_ratio * box[2] * box[3]:
-                d = Det("multi", box, len(faces))
-            elif box[2] * self.src_width < c.min_face_px:
-                d = Det("small", box, len(faces))
-            else:
-                d = Det("ok", box, len(faces), self.detector.signature(img, faces[0]), self.detector.sig_kind)
-        self.dets[i] = d
-        return d
-
-    def _refine(self, a: int, b: int) -> None:
-        why = disagreement(self.dets[a], self.dets[b], self.cfg)
-        if not why or b - a <= 1 or (why == "jump" and b - a <= 2):
-            return
-        m = (a + b) // 2
-        self._detect(m)
-        self._refine(a, m)
-        self._refine(m, b)
-
-
-def disagreement(d1: Det, d2: Det, cfg: FacesConfig) -> str:
-    """Why two neighbouring detections cannot belong to one clip ('' if they can)."""
-    if d1.state != d2.state:
-        return "state"
-    if d1.state != "ok":
-        return ""
-    (x1, y1, w1, h1), (x2, y2, w2, h2) = d1.box, d2.box
-    move = max(abs(x1 + w1 / 2 - x2 - w2 / 2), abs(y1 + h1 / 2 - y2 - h2 / 2))
-    if move > cfg.max_jump or max(w1 / w2, w2 / w1) > cfg.max_scale_change:
-        return "jump"
-    if d1.sig is not None and d2.sig is not None and d1.sig_kind == d2.sig_kind:
-        limit = cfg.arcface_identity_threshold if d1.sig_kind == "arcface" else cfg.identity_threshold
-        if signature_distance(d1.sig, d2.sig, d1.sig_kind) > limit:
-            return "identity"
-    return ""
-
-
-# ---------------------------------------------------------------- segmentation and crop
-
-REASON_OF_STATE = {"none": "no_face", "multi": "multi_face", "small": "small_face"}
-
-
-def segment(dets: dict[int, Det], cuts: list[int], cfg: FacesConfig):
-    """Tracks of one consistent dominant face, split at scene cuts.
-
-    Returns (spans, rejected): spans = [(start, end, [det frames])] with end exclusive, ending
-    at the last detection that saw the face (frames after it are unverified); rejected =
-    [(start, end, reason)] for stretches of no / multiple / tiny faces.
-    """
-    frames = sorted(dets)
-    runs: list[list[int]] = []
-    bad: list[tuple[int, int, str]] = []
-    for k, f in enumerate(frames):
-        d = dets[f]
-        prev = dets[frames[k - 1]] if k else None
-        # The previous detection in the same state ended runs[-1] (state "ok") or bad[-1] (any other).
-        same = prev is not None and prev.state == d.state
-        if d.state == "ok":
-            if same and not disagreement(prev, d, cfg):
-                runs[-1].append(f)
-            else:
-                runs.append([f])
-        elif same:
-            bad[-1] = (bad[-1][0], f + 1, bad[-1][2])
-        else:
-            bad.append((f, f + 1, REASON_OF_STATE[d.state]))
-    spans = []
-    cut_list = sorted(cuts)
-    for run in runs:
-        s, e = run[0], run[-1] + 1
-        edges = [s] + [c for c in cut_list if s < c < e] + [e]
-        for a, b in zip(edges[:-1], edges[1:]):
-            inside = [f for f in run if a <= f < b]
-            if inside:
-                spans.append((a, b, inside))
-    return spans, bad
-
+# ---------------------------------------------------------------- crop
 
 @dataclass
 class Crop:

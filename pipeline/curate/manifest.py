@@ -32,7 +32,11 @@ VIDEOS = pa.schema([
     ("message", pa.string()),
     ("media_path", pa.string()),      # relative to the data root
     ("bytes", pa.int64()), ("attempts", pa.int64()),
-    ("width", pa.int64()), ("height", pa.int64()), ("fps", pa.float64()), ("num_frames", pa.int64()),
+    ("width", pa.int64()), ("height", pa.int64()),   # display size: rotation and sample aspect ratio applied
+    ("fps", pa.float64()),            # measured mean rate from the frames' timestamps (probe's when not decoded)
+    ("header_fps", pa.float64()),     # the rate the container claims
+    ("sar", pa.float64()),            # sample aspect ratio (stored pixel width / height)
+    ("num_frames", pa.int64()),
     ("duration_s", pa.float64()), ("rotation", pa.int64()), ("codec", pa.string()), ("has_audio", pa.bool_()),
     ("cuts", pa.int64()), ("cut_frames", pa.list_(pa.int64())),   # scene cuts: first frame of each new scene
     ("clips", pa.int64()), ("accepted", pa.int64()), ("accepted_s", pa.float64()),
@@ -45,6 +49,67 @@ REJECTIONS = pa.schema([
     ("stage", pa.string()),           # "faces" (no / multi / small face) | "filters"
     ("reason", pa.string()),
 ])
+
+
+def frame_accounting(clips: list[dict], rejections: list[dict], num_frames: int) -> list[str]:
+    """What breaks, in one video's rows, the rule that every decoded frame lies in exactly one clip row
+    (accepted or rejected) or, outside every clip, in exactly one rejection row, each with its reason.
+    [] when the rule holds. A rejected clip also has a rejection row of its own span and reason (stage
+    "filters"): that row is the clip's record in the rejections table, not a second home for its frames."""
+    problems: list[str] = []
+    homes: list[tuple[int, int, str]] = []
+    rejected_clips: dict[tuple[int, int], str] = {}
+    for c in clips:
+        s, e = int(c["start_frame"]), int(c["end_frame"])
+        homes.append((s, e, f"clip {s}:{e}"))
+        if c["status"] == "rejected":
+            rejected_clips[(s, e)] = c["reason"]
+            if not c["reason"]:
+                problems.append(f"rejected clip {s}:{e} has no reason")
+    recorded = set()
+    for r in rejections:
+        s, e, why = int(r["start_frame"]), int(r["end_frame"]), r["reason"]
+        if not why:
+            problems.append(f"rejection {s}:{e} has no reason")
+        if rejected_clips.get((s, e)) == why and (s, e) not in recorded:
+            recorded.add((s, e))
+            continue
+        homes.append((s, e, f"rejection {s}:{e} ({why})"))
+    problems += [f"rejected clip {s}:{e} has no rejection row" for s, e in sorted(set(rejected_clips) - recorded)]
+    pos = 0
+    for s, e, what in sorted(homes):
+        if e <= s:
+            problems.append(f"{what} is empty")
+        if s > pos:
+            problems.append(f"frames {pos}:{s} are in no clip and no rejection")
+        elif s < pos:
+            problems.append(f"{what} overlaps frames before {pos}")
+        pos = max(pos, e)
+    if pos < num_frames:
+        problems.append(f"frames {pos}:{num_frames} are in no clip and no rejection")
+    elif pos > num_frames:
+        problems.append(f"rows reach frame {pos}, past the video's {num_frames} frames")
+    return problems
+
+
+def frame_accounting_by_video(clips: list[dict], rejections: list[dict], videos: list[dict]) -> dict[str, list[str]]:
+    """frame_accounting for every decoded video of the tables (rows as dicts): {video_id: problems}, only
+    videos with problems. Videos never decoded (failed downloads, bad media) have no frames to account."""
+    by_clip: dict[str, list] = {}
+    by_rej: dict[str, list] = {}
+    for r in clips:
+        by_clip.setdefault(r["video_id"], []).append(r)
+    for r in rejections:
+        by_rej.setdefault(r["video_id"], []).append(r)
+    out = {}
+    for v in videos:
+        n = v.get("num_frames")
+        if n is None or n != n or v["status"] not in ("ok", "no_clips"):     # n != n: NaN from pandas
+            continue
+        bad = frame_accounting(by_clip.get(v["video_id"], []), by_rej.get(v["video_id"], []), int(n))
+        if bad:
+            out[v["video_id"]] = bad
+    return out
 
 
 def state_path(root: DataRoot, video_id: str) -> Path:
@@ -109,7 +174,10 @@ def make_stats(states, clips: pa.Table, videos: pa.Table, rejections: pa.Table, 
         times.update(st.get("times", {}))
     video_s = sum(d for d in videos.column("duration_s").to_pylist() if d and math.isfinite(d))
     cpu = sum(v for k, v in times.items() if k != "download")
+    unaccounted = frame_accounting_by_video(clips.to_pylist(), rejections.to_pylist(), videos.to_pylist())
     return {
+        # videos whose frames are not each in exactly one clip or rejection (a bug): {video_id: [problems]}
+        "frame_accounting": {k: v[:5] for k, v in sorted(unaccounted.items())},
         "videos": len(states),
         "video_status": dict(Counter(videos.column("status").to_pylist())),
         "error_class": dict(Counter(e for e in videos.column("error_class").to_pylist() if e)),
@@ -134,6 +202,9 @@ def summary_text(s: dict) -> str:
         "  cpu s:      " + ", ".join(f"{k} {v:.2f}" for k, v in s["cpu_s_per_stage"].items())
         + f" ({s['cpu_s_per_video_s'] or 0:.2f} cpu s per video s); download {s['download_wall_s']:.1f} s wall",
     ]
+    if s.get("frame_accounting"):
+        lines.append(f"  WARNING:    {len(s['frame_accounting'])} videos have frames in no clip or rejection, or in "
+                     f"two (stats.json frame_accounting)")
     if s.get("wall_s") is not None:
         lines.append(f"  run:        {s.get('engine')} engine, {s.get('processed', 0)} processed, "
                      f"{s.get('skipped', 0)} resumed from state, {s['wall_s']:.1f} s wall")

@@ -11,12 +11,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from pipeline.video_io import VideoError, VideoInfo, _rotation_of, _to_display, small_size
+from pipeline.video_io import (
+    FrameClock,
+    VideoError,
+    VideoInfo,
+    _rotation_of,
+    _to_display,
+    display_width,
+    sample_aspect,
+    small_size,
+)
 from pipeline.video_io import probe as _probe
 
 
@@ -45,12 +55,22 @@ _LUMA8 = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "
 
 
 class Frame:
-    """One decoded frame: `small` RGB (display orientation) always; full-size planes on demand."""
+    """One decoded frame: its index, its time (seconds from the first frame, from its timestamp),
+    `small` RGB (display geometry: rotation and SAR applied) always; full-size planes on demand."""
 
-    __slots__ = ("index", "small", "_av", "_rot")
+    __slots__ = ("index", "time", "small", "_av", "_rot", "_sar")
 
-    def __init__(self, index: int, small: np.ndarray, av_frame, rot: int):
+    def __init__(self, index: int, small: np.ndarray, av_frame, rot: int, time: float = 0.0, sar: Fraction = Fraction(1)):
         self.index, self.small, self._av, self._rot = index, small, av_frame, rot
+        self.time, self._sar = time, sar
+
+    def _display(self, img: np.ndarray) -> np.ndarray:
+        if self._sar != 1:     # stored pixels are not square: stretch the width as video_io does
+            import cv2
+
+            img = cv2.resize(img, (display_width(img.shape[1], self._sar), img.shape[0]), interpolation=cv2.INTER_AREA
+                             if self._sar < 1 else cv2.INTER_LINEAR)
+        return _to_display(np.ascontiguousarray(img), self._rot)
 
     def gray(self) -> np.ndarray:
         """Full-size, full-range luma in display orientation: the Y plane, no colour conversion
@@ -66,15 +86,16 @@ class Frame:
                 y = cv2.convertScaleAbs(y, alpha=255 / 219, beta=-16 * 255 / 219)
         else:
             y = f.to_ndarray(format="gray")
-        return _to_display(np.ascontiguousarray(y), self._rot)
+        return self._display(y)
 
     def rgb(self) -> np.ndarray:
-        return _to_display(self._av.to_ndarray(format="rgb24"), self._rot)
+        return self._display(self._av.to_ndarray(format="rgb24"))
 
 
 def scan(path: str | Path, max_side: int, consumers: dict[str, Callable[[Frame], None]],
          timings: dict[str, float] | None = None, max_frames: int | None = None) -> int:
     """Decode `path` once; call every consumer on every frame, in order. Returns frames decoded.
+    Frames carry their time (video_io.FrameClock): a consumer collects `frame.time` where it needs it.
 
     `timings` accumulates CPU seconds per consumer name and under "decode" for decoding plus the
     small-frame conversion.
@@ -91,6 +112,7 @@ def scan(path: str | Path, max_side: int, consumers: dict[str, Callable[[Frame],
     try:
         s = c.streams.video[0]
         frames = c.decode(s)
+        sar, stamp = sample_aspect(s), FrameClock(s)
         size = None
         # One reformatter for the whole video: it keeps its scaler context (frame.to_ndarray(width=...)
         # builds a new one per frame, which costs more than decoding a small frame).
@@ -105,12 +127,12 @@ def scan(path: str | Path, max_side: int, consumers: dict[str, Callable[[Frame],
                 if n == 0:
                     raise VideoError(f"decode failed ({type(e).__name__}: {e})") from None
                 raise TruncatedDecode(n, f"decode stopped after frame {n} ({type(e).__name__})") from None
-            if size is None:
-                size = small_size(av_frame.width, av_frame.height, max_side)
+            if size is None:   # the small frame has the display's shape: the scaler applies the SAR for free
+                size = small_size(display_width(av_frame.width, sar), av_frame.height, max_side)
             rot = _rotation_of(av_frame)
             small = scaler.reformat(av_frame, width=size[0], height=size[1], format="rgb24",
                                     interpolation="AREA").to_ndarray()
-            frame = Frame(n, _to_display(small, rot), av_frame, rot)
+            frame = Frame(n, _to_display(small, rot), av_frame, rot, stamp(av_frame), sar)
             now = time.process_time()
             t["decode"] += now - clock
             clock = now

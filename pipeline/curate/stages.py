@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.configfile import ConfigError, check_keys, fill_dataclass, load_yaml
-from pipeline.curate.faces import FaceScanner, FacesConfig, make_detector, place_crop, segment
+from pipeline.curate.faces import FacesConfig, make_detector, place_crop
 from pipeline.curate.filters import FiltersConfig, judge, split_long
 from pipeline.curate.probe import ProbeConfig, TruncatedDecode, probe_video, scan
 from pipeline.curate.quality import QualityConfig, QualitySampler, make_scorer
 from pipeline.curate.scenes import SceneCutter, ScenesConfig
+from pipeline.curate.tracking import FaceScanner, segment, split_to_fit
 
 STAGES = ["download", "probe", "scenes", "faces", "quality", "filters", "manifest"]
 
@@ -124,25 +125,29 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
                   models: Models) -> dict:
     """probe -> (scenes + faces + quality in one decode) -> crop -> filters, for one downloaded file.
 
-    Returns {"probe": {...}, "clips": [CLIPS rows], "rejections": [...], "times": {stage: cpu s},
-    "cuts": [...], "num_frames": n, "message": str}. Raises VideoError for a file that cannot be
+    Returns {"probe": {...} (fps: measured; header_fps: the container's), "clips": [CLIPS rows],
+    "rejections": [...], "times": {stage: cpu s}, "cuts": [...], "num_frames": n, "message": str}:
+    every decoded frame lies in exactly one clip row or one rejection (manifest.frame_accounting). Raises VideoError for a file that cannot be
     curated (the caller records it as the video's status).
     """
     from pipeline.ids import clip_id
+    from pipeline.video_io import end_time, measured_fps
 
     times = {k: 0.0 for k in ("probe", "scenes", "faces", "quality", "filters")}
     t0 = time.process_time()
     info = probe_video(media, cfg.probe)
     times["probe"] = time.process_time() - t0
-    fps = info.fps
-    cutter = SceneCutter(cfg.scenes, fps)
-    faces = FaceScanner(cfg.faces, models.detector, info.width)
+    cutter = SceneCutter(cfg.scenes, info.fps)        # the header's rate: only for PySceneDetect's timecodes
+    # min_face_px counts stored pixels: undo the SAR's stretch of the display width (rotated: the height's)
+    faces = FaceScanner(cfg.faces, models.detector, info.width / (info.sar if info.rotation % 180 == 0 else 1.0))
     sampler = QualitySampler(cfg.quality, models.scorer, faces, cfg.faces.face_w_ratio, cfg.faces.face_h_ratio)
+    stamps: list[float] = []                          # each decoded frame's time (s from the first frame)
     scan_t: dict[str, float] = {}
     message = ""
     try:
         n = scan(media, cfg.probe.small_side, {"scenes": lambda f: cutter.update(f.index, f.small),
-                                               "faces": faces.update, "quality": sampler.update}, scan_t)
+                                               "faces": faces.update, "quality": sampler.update,
+                                               "timestamps": lambda f: stamps.append(f.time)}, scan_t)
     except TruncatedDecode as e:  # keep the frames before the damage
         n, message = e.frames, str(e)
     t0 = time.process_time()
@@ -154,29 +159,49 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
     times["scenes"] = scan_t.get("scenes", 0.0) + t1 - t0
     times["faces"] = scan_t.get("faces", 0.0) + t2 - t1
     times["quality"] = scan_t.get("quality", 0.0)
-    times["decode"] = scan_t.get("decode", 0.0)
+    times["decode"] = scan_t.get("decode", 0.0) + scan_t.get("timestamps", 0.0)
+    # Time from the frames' timestamps: edge[i] is when frame i starts showing, edge[n] when the video ends.
+    # fps is the measured mean rate (an AVI header may say 50 for frames at 25; phones record VFR).
+    edge = stamps[:n] + [end_time(stamps[:n], info.fps)]
+    fps = measured_fps(stamps[:n], info.fps)
 
     def span_row(s, e):
         return {"video_id": video_id, "url": url, "start_frame": int(s), "end_frame": int(e),
-                "start_s": s / fps, "end_s": e / fps}
+                "start_s": edge[s], "end_s": edge[e]}
 
     rejections = [{**span_row(s, e), "stage": "faces", "reason": r} for s, e, r in bad]
     clips = []
     f = cfg.filters
-    for s, e, det_frames in spans:
-        for a, b in split_long(s, e, fps, f.max_duration_s):
-            boxes = [dets[k].box for k in det_frames if a <= k < b] or [dets[det_frames[-1]].box]
+    def crop_holds(frames):
+        return place_crop([dets[k].box for k in frames], info.width, info.height, cfg.faces).outside <= f.max_face_outside
+
+    for sp in spans:
+        # where one fixed crop cannot hold the drifting face, the clip ends ("drift"); long ones are cut in parts
+        parts, edges = [], []
+        for a0, b0, frames in split_to_fit(sp, crop_holds):
+            pieces = split_long(a0, b0, fps, f.max_duration_s)
+            parts += [(a, b, frames) for a, b in pieces]
+            edges += ["max_duration"] * (len(pieces) - 1) + ["drift"]
+        edges[-1:] = []
+        for j, (a, b, frames) in enumerate(parts):
+            boxes = [dets[k].box for k in frames if a <= k < b] or [dets[frames[-1]].box]
             crop = place_crop(boxes, info.width, info.height, cfg.faces)
             q = sampler.clip_score(a, b)
-            reason = judge((b - a) / fps, crop.size, q, crop.face_w_ratio, crop.face_h_ratio, crop.outside, f)
+            duration = edge[b] - edge[a]
+            reason = judge(duration, crop.size, q, crop.face_w_ratio, crop.face_h_ratio, crop.outside, f)
             row = {"clip_id": clip_id(video_id, a, b), **span_row(a, b), "media_path": media_rel,
-                   "duration_s": (b - a) / fps, "fps": fps, "crop_x0": crop.x0, "crop_y0": crop.y0,
+                   "duration_s": duration, "fps": fps, "crop_x0": crop.x0, "crop_y0": crop.y0,
                    "crop_size": crop.size, "face_w_ratio": crop.face_w_ratio, "face_h_ratio": crop.face_h_ratio,
-                   "quality": q, "quality_scorer": models.scorer.name, "resolution": crop.size,
-                   "status": "rejected" if reason else "accepted", "reason": reason}
+                   "quality": q, "quality_scorer": models.scorer.name,
+                   # stored samples across the crop on its coarser axis (display pixels stretch a SAR > 1)
+                   "resolution": int(round(crop.size / max(info.sar, 1.0))),
+                   "status": "rejected" if reason else "accepted", "reason": reason,
+                   "start_split": sp.start_split if j == 0 else edges[j - 1],
+                   "end_split": sp.end_split if j == len(parts) - 1 else edges[j]}
             clips.append(row)
             if reason:
                 rejections.append({**span_row(a, b), "stage": "filters", "reason": reason})
     times["filters"] = time.process_time() - t2
-    return {"probe": info.to_dict(), "clips": clips, "rejections": rejections, "times": times,
+    probed = {**info.to_dict(), "header_fps": info.fps, "fps": fps, "duration_s": edge[n] if n else info.duration_s}
+    return {"probe": probed, "clips": clips, "rejections": rejections, "times": times,
             "cuts": cuts, "num_frames": n, "detections": faces.calls, "message": message}

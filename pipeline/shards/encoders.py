@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.video_io import VideoError, crop_square, frame_time, iter_frames
+from pipeline.video_io import VideoError, crop_square, iter_timed_frames
 
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"   # paper: Stable Diffusion's VAE (8x down, 4 channels)
 DEFAULT_CLIP = ("ViT-B-32", "laion2b_s34b_b79k")
@@ -53,26 +53,31 @@ def decode_clip(row: dict, media: Path, cfg: EncoderConfig):
 def decode_clips(rows: list[dict], media: Path, cfg: EncoderConfig):
     """One decoding pass over a video for several of its clips (the decoder cannot seek cheaply, so
     clip-by-clip decoding would re-read the video's start for every clip). Yields (row, (frames,
-    frame_index, time_s)) as soon as a clip's last frame has passed, or (row, VideoError)."""
+    frame_index, time_s)) as soon as a clip's last frame has passed, or (row, VideoError).
+
+    Frames come in display geometry (video_io: rotation and sample aspect ratio applied), so the
+    clip's crop box, stored in display pixels, is square on screen whatever the stored pixel shape.
+    time_s comes from the frames' timestamps (video_io.FrameClock, as curation's clip times do):
+    seconds from the clip's first frame, right for variable frame rate and lying headers."""
     todo = sorted(range(len(rows)), key=lambda k: (int(rows[k]["end_frame"]), k))   # positions, by end
     want = [set(pick_indices(int(r["start_frame"]), int(r["end_frame"]), cfg.stride, cfg.max_frames).tolist())
             for r in rows]
-    acc: list[tuple[list, list]] = [([], []) for _ in rows]
+    acc: list[tuple[list, list, list]] = [([], [], []) for _ in rows]
 
     def finish(k):
-        r, (frames, got) = rows[k], acc[k]
-        acc[k] = ([], [])
+        r, (frames, got, stamps) = rows[k], acc[k]
+        acc[k] = ([], [], [])
         if not frames:
             return VideoError(f"no frames in span {r['start_frame']}:{r['end_frame']} of {media.name}")
-        idx = np.asarray(got, dtype=np.int64)
-        t = np.array([frame_time(i - int(r["start_frame"]), float(r["fps"])) for i in idx], dtype=np.float32)
-        return np.stack(frames), idx, t
+        # pick_indices always keeps the clip's first frame: times count from it
+        t = np.asarray(stamps, dtype=np.float64) - stamps[0]
+        return np.stack(frames), np.asarray(got, dtype=np.int64), t.astype(np.float32)
 
     lo, hi = min(int(r["start_frame"]) for r in rows), max(int(r["end_frame"]) for r in rows)
-    frames_iter = iter_frames(media, lo, hi)
+    frames_iter = iter_timed_frames(media, lo, hi)
     while todo:
         try:
-            i, img = next(frames_iter)
+            i, img, stamp = next(frames_iter)
         except StopIteration:
             break
         except VideoError as e:   # unreadable from here on: every unfinished clip gets the reason
@@ -84,6 +89,7 @@ def decode_clips(rows: list[dict], media: Path, cfg: EncoderConfig):
                 r = rows[k]
                 acc[k][0].append(crop_square(img, int(r["crop_x0"]), int(r["crop_y0"]), int(r["crop_size"]), cfg.size))
                 acc[k][1].append(i)
+                acc[k][2].append(stamp)
         while todo and int(rows[todo[0]]["end_frame"]) <= i + 1:
             k = todo.pop(0)
             yield rows[k], finish(k)

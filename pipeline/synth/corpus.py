@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.synth.capture import Capture, generate_captured
 from pipeline.synth.heads import background, expressed, expressed_mesh, head
 
 GT_VERSION = 1
@@ -53,6 +54,7 @@ class VideoSpec:
     rotation: int = 0               # display-matrix degrees (counter-clockwise), as PyAV reports
     audio: bool = False
     crf: int = 22
+    capture: Capture | None = None  # handheld, weak background face, SAR, VFR, lying header (capture.py)
 
 
 def default_specs() -> list[VideoSpec]:
@@ -74,6 +76,30 @@ def default_specs() -> list[VideoSpec]:
                   rotation=270),
         VideoSpec("audio_480p30", 854, 480, 30, [S(75, ("hopper",), "coffee")], audio=True),
         VideoSpec("hd_1080p24", 1920, 1080, 24, [S(40, ("astronaut",), "noise")], crf=26),
+    ] + capture_specs()
+
+
+def capture_specs() -> list[VideoSpec]:
+    """How footage is filmed and stored (pipeline/synth/capture.py): display sizes; fps = rendering rate."""
+    S, V, C = Scene, VideoSpec, Capture
+    return [
+        # a phone selfie while walking: one face the whole time, the camera shaking and jerking
+        V("handheld_selfie_30", 360, 640, 30, [S(150, ("astronaut",), "coffee", face_h=0.24)], capture=C(shake=1.0)),
+        # a weak face on the wall behind one person; then two people (comparable faces) in front of it
+        V("handheld_poster_25", 640, 360, 25, [S(100, ("astronaut_warm",), "brick"),
+                                              S(50, ("hopper", "astronaut"), "grass", face_h=0.34)],
+          capture=C(shake=0.5, poster="hopper_cool")),
+        # PAL-style anamorphic: stored 352x288, shown 512x288
+        V("sar16x11_25", 512, 288, 25, [S(60, ("hopper",), "sunset", face_h=0.42),
+                                       S(40, ("astronaut",), "grass", face_h=0.42)], capture=C(sar=(16, 11))),
+        # stored 384x360, shown 360x360
+        V("sar15x16_30", 360, 360, 30, [S(60, ("astronaut_cool",), "noise", face_h=0.4)], capture=C(sar=(15, 16))),
+        # rendered at 60 fps, stored with 1/30 s and 1/15 s frame durations (mean 22.5 fps)
+        V("vfr_phone_60", 640, 360, 60, [S(192, ("hopper_warm",), "coffee"), S(96, ("astronaut",), "brick")],
+          capture=C(steps=(2, 2, 4))),
+        # frames at 25 fps in an AVI whose header says 50
+        V("avi_header50_25", 640, 360, 25, [S(60, ("astronaut_warm",), "grass"), S(40, ("hopper",), "sunset")],
+          capture=C(container="avi", header_fps=50.0)),
     ]
 
 
@@ -215,30 +241,41 @@ def _intervals(flags: list[bool]) -> list[list[int]]:
 
 
 def generate_video(spec: VideoSpec, out_dir: str | Path, seed: int = 0) -> dict:
+    if spec.capture is not None:
+        return generate_captured(spec, out_dir, seed, _render, ground_truth)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     boxes_all, mouth, eyes, flags = [], [], [], []
 
     def frames():
-        for sc in spec.scenes:
-            for _ in range(sc.frames):
-                flags.append(sc)
+        for k, sc in enumerate(spec.scenes):
+            flags.extend([k] * sc.frames)
         for img, boxes, m, e in _render(spec, seed):
             boxes_all.append(boxes)
-            mouth.append(round(m, 4))
-            eyes.append(round(e, 4))
+            mouth.append(m)
+            eyes.append(e)
             yield img, m
 
     _encode(out_dir / f"{spec.name}.mp4", frames(), spec, seed)
-    starts = np.cumsum([0] + [sc.frames for sc in spec.scenes]).tolist()
-    gt = {
-        "version": GT_VERSION, "name": spec.name, "file": f"{spec.name}.mp4", "seed": seed,
+    gt = ground_truth(spec, seed, f"{spec.name}.mp4", flags, boxes_all, mouth, eyes)
+    (out_dir / f"{spec.name}.json").write_text(json.dumps(gt, sort_keys=True, separators=(",", ":")))
+    return {**gt, "path": str(out_dir / gt["file"])}
+
+
+def ground_truth(spec: VideoSpec, seed: int, file: str, scene_of: list[int], boxes_all: list, mouth: list[float],
+                 eyes: list[float]) -> dict:
+    """The ground-truth record of one video from its frames' scene index, face boxes and expression
+    (pipeline/synth/capture.py adds its timing and geometry fields to it)."""
+    flags = [spec.scenes[k] for k in scene_of]
+    starts = [0] + [i for i in range(1, len(scene_of)) if scene_of[i] != scene_of[i - 1]] + [len(scene_of)]
+    return {
+        "version": GT_VERSION, "name": spec.name, "file": file, "seed": seed,
         "fps": spec.fps, "num_frames": len(flags), "width": spec.width, "height": spec.height,
         "rotation": spec.rotation, "has_audio": spec.audio, "duration_s": round(len(flags) / spec.fps, 4),
         "cuts": starts[1:-1],
-        "scenes": [{"start": s, "end": s + sc.frames, "faces": list(sc.faces), "background": sc.bg,
+        "scenes": [{"start": s, "end": e, "faces": list(sc.faces), "background": sc.bg,
                     "face_h": sc.face_h, "blur_sigma": round(sc.blur * spec.height, 2)}
-                   for s, sc in zip(starts, spec.scenes)],
+                   for s, e, sc in zip(starts, starts[1:], [flags[s] for s in starts[:-1]])],
         "no_face": _intervals([not sc.faces for sc in flags]),
         "multi_face": _intervals([len(sc.faces) >= 2 for sc in flags]),
         "blur": _intervals([sc.blur > 0 for sc in flags]),
@@ -246,10 +283,8 @@ def generate_video(spec: VideoSpec, out_dir: str | Path, seed: int = 0) -> dict:
                                   for b in boxes_all]),
         "face_box": [b[0] if b else None for b in boxes_all],
         "face_boxes": boxes_all,
-        "expression": {"mouth": mouth, "eyes": eyes},
+        "expression": {"mouth": [round(m, 4) for m in mouth], "eyes": [round(e, 4) for e in eyes]},
     }
-    (out_dir / f"{spec.name}.json").write_text(json.dumps(gt, sort_keys=True, separators=(",", ":")))
-    return {**gt, "path": str(out_dir / gt["file"])}
 
 
 def generate_corpus(out_dir: str | Path, seed: int = 0, names: list[str] | None = None) -> list[dict]:

@@ -1,8 +1,8 @@
 """A loopback (127.0.0.1) HTTP source server for the generated corpus, with switchable faults.
 
 Routes (all GET and HEAD):
-  /v/<name>.mp4          the video itself (Range requests answered with 206)
-  /page/<name>.html      an HTML page with a <video> tag pointing at /v/<name>.mp4
+  /v/<name>.mp4          the video itself (Range requests answered with 206); .avi for an AVI
+  /page/<name>.html      an HTML page with a <video> tag pointing at /v/<name>.mp4 (or .avi)
   /fault/<mode>[-N]/<name>.mp4   the video behind a fault baked into the URL (for manifests)
   /                      an index of both kinds of links
 
@@ -35,6 +35,7 @@ MODES = ("404", "410", "429", "500", "503", "truncate", "slow", "trickle", "notv
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _FAULT_PATH = re.compile(r"^/fault/(?P<mode>[a-z0-9]+)(?:-(?P<times>\d+))?(?P<rest>/v/.+|/page/.+|/[^/]+)$")
 NOT_A_VIDEO = b"This is a plain text file served as video/mp4. It is not a video.\n" * 64
+VIDEO_TYPES = {"mp4": "video/mp4", "avi": "video/x-msvideo"}     # corpus file extension -> Content-Type
 
 
 @dataclass
@@ -97,7 +98,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_ranged(self, body: bytes, ctype: str, head: bool, truncate: bool, rate: int = 0) -> None:
         start, end, code = 0, len(body) - 1, 200
         m = re.match(r"bytes=(\d*)-(\d*)$", self.headers.get("Range") or "")
-        if m and ctype == "video/mp4" and (m.group(1) or m.group(2)):
+        if m and ctype in VIDEO_TYPES.values() and (m.group(1) or m.group(2)):
             if m.group(1):
                 start = int(m.group(1))
                 end = min(int(m.group(2)), end) if m.group(2) else end
@@ -136,7 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class SourceServer:
-    """Threaded loopback server over a corpus folder (<name>.mp4 files)."""
+    """Threaded loopback server over a corpus folder (<name>.mp4 / <name>.avi files)."""
 
     def __init__(self, corpus_dir: str | Path, port: int = 0):
         self.corpus_dir = Path(corpus_dir)
@@ -175,11 +176,15 @@ class SourceServer:
 
     # -- links
     def videos(self) -> list[str]:
-        return sorted(p.stem for p in self.corpus_dir.glob("*.mp4") if _NAME.match(p.stem))
+        return sorted(p.stem for ext in VIDEO_TYPES for p in self.corpus_dir.glob(f"*.{ext}") if _NAME.match(p.stem))
+
+    def _file(self, name: str) -> Path | None:
+        return next((f for f in (self.corpus_dir / f"{name}.{ext}" for ext in VIDEO_TYPES) if f.is_file()), None)
 
     def url(self, name: str, kind: str = "direct", fault: str | None = None) -> str:
-        """kind: direct (the .mp4) or page (HTML with <video>); fault bakes a mode ("429-2") into the URL."""
-        path = {"direct": f"/v/{name}.mp4", "page": f"/page/{name}.html"}[kind]
+        """kind: direct (the video file) or page (HTML with <video>); fault bakes a mode ("429-2") into the URL."""
+        f = self._file(name)
+        path = {"direct": f"/v/{name}{f.suffix if f else '.mp4'}", "page": f"/page/{name}.html"}[kind]
         return self.base_url + (f"/fault/{fault}" if fault else "") + path
 
     # -- faults and the request log
@@ -237,20 +242,21 @@ class SourceServer:
 
     def _resolve(self, path: str) -> tuple[bytes | None, str]:
         if path in ("/", "/index.html"):
-            items = "".join(f'<li><a href="/v/{n}.mp4">{n}.mp4</a> <a href="/page/{n}.html">page</a></li>'
-                            for n in self.videos())
+            items = "".join(f'<li><a href="/v/{f.name}">{f.name}</a> <a href="/page/{n}.html">page</a></li>'
+                            for n in self.videos() for f in [self._file(n)])
             return f"<!doctype html><html><body><ul>{items}</ul></body></html>".encode(), "text/html"
-        m = re.match(r"^/(v|page)/([A-Za-z0-9_.-]+)\.(mp4|html)$", path)
-        if not m or (m.group(1), m.group(3)) not in (("v", "mp4"), ("page", "html")):
+        m = re.match(r"^/(v|page)/([A-Za-z0-9_.-]+)\.([a-z0-9]+)$", path)
+        if not m or not (m.group(1) == "v" and m.group(3) in VIDEO_TYPES or m.group(1) == "page" and m.group(3) == "html"):
             return None, ""
         name = m.group(2)
-        f = self.corpus_dir / f"{name}.mp4"
-        if not f.is_file():
+        f = self._file(name)
+        if f is None or (m.group(1) == "v" and f.suffix != "." + m.group(3)):
             return None, ""
+        ctype = VIDEO_TYPES[f.suffix[1:]]
         if m.group(1) == "v":
-            return f.read_bytes(), "video/mp4"
+            return f.read_bytes(), ctype
         page = (f"<!doctype html><html><head><title>{name}</title></head><body><h1>{name}</h1>"
-                f'<video controls width="640"><source src="/v/{name}.mp4" type="video/mp4"></video>'
+                f'<video controls width="640"><source src="/v/{f.name}" type="{ctype}"></video>'
                 f"</body></html>")
         return page.encode(), "text/html; charset=utf-8"
 
