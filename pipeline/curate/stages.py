@@ -22,6 +22,7 @@ from pipeline.curate.filters import FiltersConfig, judge, split_long
 from pipeline.curate.probe import ProbeConfig, TruncatedDecode, probe_video, scan
 from pipeline.curate.quality import QualityConfig, QualitySampler, make_scorer
 from pipeline.curate.scenes import SceneCutter, ScenesConfig
+from pipeline.curate.verify import FaceVerifier
 
 STAGES = ["download", "probe", "scenes", "faces", "quality", "filters", "manifest"]
 
@@ -101,17 +102,26 @@ def load_dag(path: str | Path | None) -> CurateConfig:
 
 
 class Models:
-    """Per-worker heavy objects (face detector, quality scorer), built once on first use."""
+    """Per-worker heavy objects (face detector, face mesh, quality scorer), built once on first use."""
 
     def __init__(self, cfg: CurateConfig):
         self.cfg = cfg
-        self._det = self._scorer = None
+        self._det = self._scorer = self._mesh = None
 
     @property
     def detector(self):
         if self._det is None:
             self._det = make_detector(self.cfg.faces)
         return self._det
+
+    @property
+    def mesh(self):
+        if self._mesh is None:
+            from pipeline.curate.landmarks import FaceMesh478
+
+            # two faces: verify.tracked_mesh picks the tracked one when a second face shares the crop
+            self._mesh = FaceMesh478(static=True, max_faces=2)
+        return self._mesh
 
     @property
     def scorer(self):
@@ -130,19 +140,21 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
     """
     from pipeline.ids import clip_id
 
-    times = {k: 0.0 for k in ("probe", "scenes", "faces", "quality", "filters")}
+    times = {k: 0.0 for k in ("probe", "scenes", "faces", "verify", "quality", "filters")}
     t0 = time.process_time()
     info = probe_video(media, cfg.probe)
     times["probe"] = time.process_time() - t0
     fps = info.fps
     cutter = SceneCutter(cfg.scenes, fps)
     faces = FaceScanner(cfg.faces, models.detector, info.width)
+    verifier = FaceVerifier(cfg.faces, cfg.filters, models.mesh, faces, info.width, info.height, fps)
     sampler = QualitySampler(cfg.quality, models.scorer, faces, cfg.faces.face_w_ratio, cfg.faces.face_h_ratio)
     scan_t: dict[str, float] = {}
     message = ""
     try:
         n = scan(media, cfg.probe.small_side, {"scenes": lambda f: cutter.update(f.index, f.small),
-                                               "faces": faces.update, "quality": sampler.update}, scan_t)
+                                               "faces": faces.update, "verify": verifier.update,
+                                               "quality": sampler.update}, scan_t)
     except TruncatedDecode as e:  # keep the frames before the damage
         n, message = e.frames, str(e)
     t0 = time.process_time()
@@ -154,6 +166,7 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
     times["scenes"] = scan_t.get("scenes", 0.0) + t1 - t0
     times["faces"] = scan_t.get("faces", 0.0) + t2 - t1
     times["quality"] = scan_t.get("quality", 0.0)
+    times["verify"] = scan_t.get("verify", 0.0)
     times["decode"] = scan_t.get("decode", 0.0)
 
     def span_row(s, e):
@@ -168,10 +181,13 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
             boxes = [dets[k].box for k in det_frames if a <= k < b] or [dets[det_frames[-1]].box]
             crop = place_crop(boxes, info.width, info.height, cfg.faces)
             q = sampler.clip_score(a, b)
-            reason = judge((b - a) / fps, crop.size, q, crop.face_w_ratio, crop.face_h_ratio, crop.outside, f)
+            face = verifier.check(a, b, det_frames)
+            reason = judge((b - a) / fps, crop.size, q, crop, face, f)
             row = {"clip_id": clip_id(video_id, a, b), **span_row(a, b), "media_path": media_rel,
                    "duration_s": (b - a) / fps, "fps": fps, "crop_x0": crop.x0, "crop_y0": crop.y0,
                    "crop_size": crop.size, "face_w_ratio": crop.face_w_ratio, "face_h_ratio": crop.face_h_ratio,
+                   "pad_fraction": crop.pad_fraction, "face_confidence": face.confidence,
+                   "landmark_rate": face.landmark_rate, "yaw_deg": face.yaw_deg, "flat_skin": face.flat_skin,
                    "quality": q, "quality_scorer": models.scorer.name, "resolution": crop.size,
                    "status": "rejected" if reason else "accepted", "reason": reason}
             clips.append(row)

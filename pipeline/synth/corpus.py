@@ -12,6 +12,11 @@ Every video gets a ground-truth JSON (display coordinates, half-open [start, end
   cuts (first frame of each new scene), scenes, no_face, multi_face, blur, small_face,
   face_box per frame (largest face: extent of its 478 mesh points, or null), face_boxes (all faces),
   expression (mouth / eyes curves in [0, 1]).
+Face checks (`face_check_specs`, `face_check_truth`): scenes of face-like non-faces and turned
+heads (pipeline/synth/lookalikes.py) and tightly framed talking heads add `lookalike` (frames showing
+a face-like non-face and no real face: there face_box is null, face_boxes empty, and they are not
+`no_face`), `yaw_deg` (per scene: how far its faces are turned) and `profile` (frames whose faces
+are turned more than PROFILE_DEG).
 Everything is seeded; the same seed gives the same JSON bytes and the same video bytes.
 The heads (photo cut-outs, expression warps) and backgrounds are in pipeline/synth/heads.py.
 """
@@ -29,9 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.synth.heads import background, expressed, expressed_mesh, head
+from pipeline.synth.lookalikes import is_lookalike, yaw_of
 
 GT_VERSION = 1
 SMALL_FACE = 0.15   # a face whose box height is below this fraction of the frame height is "small"
+PROFILE_DEG = 45.0  # a face turned further than this is not "roughly frontal"
 
 
 @dataclass
@@ -74,7 +81,37 @@ def default_specs() -> list[VideoSpec]:
                   rotation=270),
         VideoSpec("audio_480p30", 854, 480, 30, [S(75, ("hopper",), "coffee")], audio=True),
         VideoSpec("hd_1080p24", 1920, 1080, 24, [S(40, ("astronaut",), "noise")], crf=26),
+    ] + face_check_specs()
+
+
+def face_check_specs() -> list[VideoSpec]:
+    """What must not pass as a frontal human face, and tight framing that must not pad."""
+    S = Scene
+    return [
+        # a drawn face, a real one, a cat, the drawing on a monitor (pipeline/synth/lookalikes.py)
+        VideoSpec("lookalikes_360p25", 640, 360, 25, [S(50, ("cartoon",), "brick", face_h=0.5),
+                                                      S(50, ("hopper",), "coffee"), S(50, ("cat",), "grass"),
+                                                      S(50, ("cartoon_screen",), "sunset", face_h=0.55)]),
+        # one face turned 60 degrees each way and one turned 25 (roughly frontal: kept)
+        VideoSpec("turned_360p30", 640, 360, 30, [S(50, ("astronaut_yaw60",), "grass"),
+                                                  S(50, ("hopper_yaw25",), "brick"),
+                                                  S(50, ("astronaut_yaw-60",), "coffee")]),
+        # 1:1 talking heads framed tightly (the paper's 0.45 side would pad), then too tightly for the band
+        VideoSpec("tight_512p25", 512, 512, 25, [S(75, ("hopper",), "coffee", face_h=0.5),
+                                                 S(50, ("astronaut_warm",), "sunset", face_h=0.8)]),
     ]
+
+
+def face_check_truth(spec: VideoSpec, gt: dict) -> dict:
+    """`gt` with the face-check keys (module docstring): lookalike frames stop being faces."""
+    fake = [bool(sc.faces) and all(is_lookalike(n) for n in sc.faces) for sc in spec.scenes for _ in range(sc.frames)]
+    yaw = [max((abs(yaw_of(n)) for n in sc.faces), default=0.0) for sc in spec.scenes]
+    turned = [y > PROFILE_DEG for y, sc in zip(yaw, spec.scenes) for _ in range(sc.frames)]
+    face_box = [None if f else b for f, b in zip(fake, gt["face_box"])]
+    return {**gt, "face_box": face_box, "face_boxes": [[] if f else b for f, b in zip(fake, gt["face_boxes"])],
+            "lookalike": _intervals(fake), "profile": _intervals(turned),
+            "yaw_deg": yaw, "small_face": _intervals([bool(b) and (b[3] - b[1]) < SMALL_FACE * spec.height
+                                                      for b in face_box])}
 
 
 # ---------------------------------------------------------------- motion
@@ -248,6 +285,7 @@ def generate_video(spec: VideoSpec, out_dir: str | Path, seed: int = 0) -> dict:
         "face_boxes": boxes_all,
         "expression": {"mouth": mouth, "eyes": eyes},
     }
+    gt = face_check_truth(spec, gt)
     (out_dir / f"{spec.name}.json").write_text(json.dumps(gt, sort_keys=True, separators=(",", ":")))
     return {**gt, "path": str(out_dir / gt["file"])}
 
