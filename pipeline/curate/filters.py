@@ -69,14 +69,11 @@ def judge(duration_s: float, resolution: int, quality: float, crop, face: FaceCh
         return "padding"
     if crop.outside > cfg.max_face_outside:   # the face wandered out of the clip's one fixed crop
         return "face_leaves_crop"
-    why = face_reason(face, cfg)
-    if why:
-        return why
     if not math.isfinite(quality):
         return "quality_unmeasured"
-    if quality < cfg.min_quality:
+    if quality < cfg.min_quality:   # before the face checks: a blurred face also loses its mesh, blur is the cause
         return "low_quality"
-    return ""
+    return face_reason(face, cfg)
 
 
 def face_reason(face: FaceCheck, cfg: FiltersConfig) -> str:

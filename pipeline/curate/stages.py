@@ -195,4 +195,5 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
                 rejections.append({**span_row(a, b), "stage": "filters", "reason": reason})
     times["filters"] = time.process_time() - t2
     return {"probe": info.to_dict(), "clips": clips, "rejections": rejections, "times": times,
-            "cuts": cuts, "num_frames": n, "detections": faces.calls, "message": message}
+            "cuts": cuts, "num_frames": n, "detections": faces.calls, "verify_samples": len(verifier.samples),
+            "message": message}

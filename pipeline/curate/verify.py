@@ -25,6 +25,7 @@ per frame, one frame 0.19; cv2-drawn cartoon faces 0.57-0.89 (with noise, blur, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -58,7 +59,9 @@ def _ring(edges) -> list[int]:
         prev = cur
 
 
-def _regions():
+@lru_cache(maxsize=1)
+def _regions() -> tuple[list[int], list[list[int]]]:
+    """(the face oval as an ordered loop, [left eye + brow, right eye + brow, lips] point sets)."""
     from mediapipe.python.solutions import face_mesh_connections as fmc
 
     def points(*sets):

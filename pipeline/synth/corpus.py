@@ -16,7 +16,8 @@ Face checks (`face_check_specs`, `face_check_truth`): scenes of face-like non-fa
 heads (pipeline/synth/lookalikes.py) and tightly framed talking heads add `lookalike` (frames showing
 a face-like non-face and no real face: there face_box is null, face_boxes empty, and they are not
 `no_face`), `yaw_deg` (per scene: how far its faces are turned) and `profile` (frames whose faces
-are turned more than PROFILE_DEG).
+are turned more than PROFILE_DEG). Face boxes are clipped to the frame (a face framed tighter than
+the frame shows only in part).
 Everything is seeded; the same seed gives the same JSON bytes and the same video bytes.
 The heads (photo cut-outs, expression warps) and backgrounds are in pipeline/synth/heads.py.
 """
@@ -107,8 +108,14 @@ def face_check_truth(spec: VideoSpec, gt: dict) -> dict:
     fake = [bool(sc.faces) and all(is_lookalike(n) for n in sc.faces) for sc in spec.scenes for _ in range(sc.frames)]
     yaw = [max((abs(yaw_of(n)) for n in sc.faces), default=0.0) for sc in spec.scenes]
     turned = [y > PROFILE_DEG for y, sc in zip(yaw, spec.scenes) for _ in range(sc.frames)]
-    face_box = [None if f else b for f, b in zip(fake, gt["face_box"])]
-    return {**gt, "face_box": face_box, "face_boxes": [[] if f else b for f, b in zip(fake, gt["face_boxes"])],
+    W, H = spec.width, spec.height
+
+    def visible(b):   # a face framed tighter than the frame (tight_512p25) is boxed where it shows
+        return [max(b[0], 0.0), max(b[1], 0.0), min(b[2], float(W)), min(b[3], float(H))]
+
+    face_box = [None if f or b is None else visible(b) for f, b in zip(fake, gt["face_box"])]
+    return {**gt, "face_box": face_box,
+            "face_boxes": [[] if f else [visible(x) for x in b] for f, b in zip(fake, gt["face_boxes"])],
             "lookalike": _intervals(fake), "profile": _intervals(turned),
             "yaw_deg": yaw, "small_face": _intervals([bool(b) and (b[3] - b[1]) < SMALL_FACE * spec.height
                                                       for b in face_box])}
