@@ -32,7 +32,7 @@ def _corpus_key(seed: int) -> str:
 
     h = hashlib.sha1(str(seed).encode())
     for f in ("pipeline/synth/corpus.py", "pipeline/synth/capture.py", "pipeline/synth/heads.py",
-              "pipeline/curate/landmarks.py"):
+              "pipeline/synth/lookalikes.py", "pipeline/curate/landmarks.py"):
         h.update((REPO / f).read_bytes())
     for pkg in ("av", "opencv-python", "numpy", "mediapipe", "scikit-image", "imageio-ffmpeg"):
         try:

@@ -178,17 +178,69 @@ def test_a_drifting_face_is_cut_where_one_crop_stops_holding_it():
     assert split_to_fit(span, lambda fr: True) == [(0, 60, sorted(boxes))]
 
 
-def test_crop_has_paper_ratio_slides_inside_and_clamps():
+def test_crop_has_paper_ratio_where_the_frame_allows_and_slides_inside():
     cfg = FacesConfig()
     c = place_crop([(0.4, 0.3, 0.1, 0.12)] * 5, 1000, 1000, cfg)            # 100 x 120 px face, centre frame
     assert c.face_w_ratio == pytest.approx(0.45, abs=0.01) or c.face_h_ratio == pytest.approx(0.53, abs=0.01)
     assert c.face_w_ratio <= 0.451 and c.face_h_ratio <= 0.531
-    assert 0 <= c.x0 and c.x0 + c.size <= 1000 and c.outside == 0
+    assert 0 <= c.x0 and c.x0 + c.size <= 1000 and c.outside == 0 and c.pad_fraction == 0 and c.in_band
     edge = place_crop([(0.0, 0.0, 0.1, 0.1)], 1000, 1000, cfg)               # face in the corner
-    assert (edge.x0, edge.y0) == (0, 0)                                       # slid into the frame, not padded
-    big = place_crop([(0.1, 0.05, 0.8, 0.9)], 400, 300, cfg)                  # face fills the frame
-    assert big.size == round(300 * (1 + 2 * cfg.max_pad))                     # clamped: overhang <= max_pad
-    assert big.face_h_ratio > 0.53 and big.y0 == round((300 - big.size) / 2)
+    assert (edge.x0, edge.y0, edge.pad_fraction) == (0, 0, 0.0)              # slid into the frame, not padded
+
+
+def _least_padding(fw, fh, w, h, cfg):
+    """Brute force: the smallest padded share any integer side inside both bands can reach."""
+    best = 1.0
+    for side in range(2, 3 * max(w, h)):
+        if cfg.face_w_band[0] <= fw / side <= cfg.face_w_band[1] and cfg.face_h_band[0] <= fh / side <= cfg.face_h_band[1]:
+            best = min(best, 1 - min(side, w) * min(side, h) / side ** 2)
+    return best
+
+
+@pytest.mark.parametrize("w,h,face", [
+    (512, 512, (0.26, 0.24, 0.49, 0.49)),      # tight 1:1 talking head: the paper's side would be 1.09 x the frame
+    (512, 512, (0.18, 0.2, 0.6, 0.6)),         # too tight for the band: pads as little as the band allows
+    (360, 640, (0.1, 0.3, 0.8, 0.4)),          # portrait frame, wide face box: wider than the frame
+    (640, 360, (0.3, 0.1, 0.3, 0.5)),          # landscape, tall face: the side fits the height
+    (1000, 1000, (0.4, 0.3, 0.1, 0.12)),       # small face: the paper's ratio, no padding at all
+])
+def test_crop_side_inside_the_band_pads_least(w, h, face):
+    cfg = FacesConfig()
+    c = place_crop([face], w, h, cfg)
+    fw, fh = face[2] * w, face[3] * h
+    assert c.in_band and cfg.face_w_band[0] - 1e-3 <= c.face_w_ratio <= cfg.face_w_band[1] + 1e-3
+    assert cfg.face_h_band[0] - 1e-3 <= c.face_h_ratio <= cfg.face_h_band[1] + 1e-3
+    assert c.pad_fraction == pytest.approx(_least_padding(fw, fh, w, h, cfg), abs=0.01)
+    # pad_fraction is the crop's area outside the frame, measured here independently on a pixel grid
+    inside = np.zeros((c.size, c.size), bool)
+    ys, xs = np.mgrid[c.y0:c.y0 + c.size, c.x0:c.x0 + c.size]
+    inside[(xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)] = True
+    assert c.pad_fraction == pytest.approx(1 - inside.mean(), abs=1e-9)
+    # the face is held: its box lies inside the crop
+    x, y = face[0] * w, face[1] * h
+    assert c.x0 <= x + 1 and x + fw <= c.x0 + c.size + 1 and c.y0 <= y + 1 and y + fh <= c.y0 + c.size + 1
+
+
+def test_tight_talking_head_gets_the_whole_frame_not_padding():
+    """The regression of the real 1:1 talking heads (24-31% padding): face box ~0.49 of a 512 frame."""
+    cfg = FacesConfig()
+    c = place_crop([(0.26, 0.34, 0.49, 0.49)], 512, 512, cfg)
+    assert 512 * 0.49 / cfg.face_w_ratio > 512 * 1.05                # the fixed 0.45 side would pad
+    assert (c.x0, c.y0, c.size, c.pad_fraction) == (0, 0, 512, 0.0)
+    too_tight = place_crop([(0.18, 0.2, 0.64, 0.64)], 512, 512, cfg)
+    assert too_tight.face_w_ratio == pytest.approx(cfg.face_w_band[1], abs=0.005)   # the band's edge
+    assert too_tight.pad_fraction == pytest.approx(1 - (512 / (0.64 * 512 / 0.55)) ** 2, abs=0.01)
+
+
+def test_face_ratio_band_must_hold_the_preferred_ratio(tmp_path):
+    from pipeline.configfile import ConfigError
+    from pipeline.curate.stages import load_dag
+
+    with pytest.raises(ValueError, match="face_w_band"):
+        FacesConfig(face_w_band=[0.5, 0.6])
+    (tmp_path / "bad.yaml").write_text("stages:\n  - name: faces\n    params: {face_h_band: [0.6, 0.7]}\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*face_h_band"):
+        load_dag(tmp_path / "bad.yaml")
 
 
 def test_insightface_backend_says_what_is_missing(tmp_path):

@@ -231,6 +231,41 @@ def test_rerun_writes_nothing_then_new_clips_go_to_new_shards(tmp_path_factory, 
     assert stats["encoded"] == 1 and stats["samples_total"] == 6
 
 
+def test_clip_without_face_landmarks_is_dropped_and_counted(tmp_path_factory, tmp_path):
+    """An accepted clip whose crop shows no face (the astronaut's flag and suit, bottom left) is encoded,
+    found to have landmarks on none of its frames, and never written; the run says so."""
+    from pipeline.shards.build import run, summary
+    from pipeline.shards.io import read_samples
+
+    root, models = copy_world(tmp_path_factory, tmp_path)
+    rows = read_clips(root)
+    faceless = {**rows[0], "clip_id": clip_id(rows[0]["video_id"], 11, 21), "start_frame": 11, "end_frame": 21,
+                "crop_x0": 0, "crop_y0": 110, "crop_size": 80}
+    faced = {**rows[0], "clip_id": clip_id(rows[0]["video_id"], 12, 20), "start_frame": 12, "end_frame": 20}
+    write_clips(root, rows + [faceless, faced])
+    logs = []
+    stats = run(root, make_cfg(root, models), log=logs.append)
+    assert stats["encoded"] == 2                                          # both encoded (cached) ...
+    assert [d["clip_id"] for d in stats["dropped_landmarks"]] == [faceless["clip_id"]]   # ... one not written
+    assert stats["dropped_landmarks"][0]["landmark_rate"] < 0.9
+    assert stats["samples_total"] == 6 and [w["nsamples"] for w in stats["shards_written"]] == [1]
+    keys = {k for p in sorted((root / "shards").glob("*.tar")) for k, _ in read_samples(p)}
+    assert faced["clip_id"] in keys and faceless["clip_id"] not in keys
+    table = pq.read_table(root / "shards" / "shards.parquet").to_pandas()
+    assert faceless["clip_id"] not in set(table["clip_id"])
+    assert "dropped 1 clips with face landmarks on fewer than 90% of their frames" in summary(stats)
+    assert any("dropped 1 clips" in m for m in logs)
+    # every clip that was written has landmarks on >= 90% of its stored frames
+    for p in sorted((root / "shards").glob("*.tar")):
+        import io
+
+        for key, members in read_samples(p, suffixes={"landmarks_ok.npy"}):
+            assert np.load(io.BytesIO(dict(members)["landmarks_ok.npy"])).mean() >= 0.9, key
+    # the next run checks it again from its cache, drops it again, writes nothing
+    again = run(root, make_cfg(root, models), log=lambda m: None)
+    assert again["cache_hits"] == 1 and len(again["dropped_landmarks"]) == 1 and again["shards_written"] == []
+
+
 def test_deterministic_bytes_for_same_input(world, tmp_path):
     from pipeline.shards.build import run
 

@@ -86,3 +86,45 @@ def test_stills_become_shard_samples(portraits, tmp_path):
         assert s["latent_mean.npy"].shape == (4, 4, 8, 8) and s["landmarks_ok.npy"].all()
     index = json.loads((tmp_path / "data" / "shards" / "index.json").read_text())
     assert index["shards"][0]["nsamples"] == 2
+
+
+def test_cartoon_portrait_among_photos_is_rejected_and_stills_name_their_file(portraits, tmp_path):
+    """A drawn face gets a confident detection and a full mesh (measured 0.91 and 478 points), so only
+    the face check's flat-skin measure keeps it out; the photos go in, each traceable to its file."""
+    import cv2
+    import pandas as pd
+    import webdataset as wds
+
+    from pipeline.shards.build import run, summary
+    from pipeline.shards.config import ShardsConfig
+    from pipeline.shards.encoders import build_tiny_models
+    from pipeline.synth.lookalikes import draw_cartoon
+
+    d = tmp_path / "stills"
+    d.mkdir()
+    for p in portraits.iterdir():
+        if p.suffix in (".png", ".jpg"):
+            (d / p.name).write_bytes(p.read_bytes())
+    card = np.full((400, 400, 3), 235, np.uint8)
+    card[72:328, 72:328] = draw_cartoon(256)[0]
+    cv2.imwrite(str(d / "cartoon.png"), card[..., ::-1])
+    models = build_tiny_models(tmp_path / "m", seed=0, sample_size=64)
+    optout = tmp_path / "optout.csv"
+    optout.write_text("video_id_or_url,date,reason\n")
+    cfg = ShardsConfig(runner="sequential", models=str(models), stills=str(d), stills_frames=4, sources="",
+                       optout=str(optout))
+    cfg.encoder.size = 64
+    stats = run(tmp_path / "data", cfg, log=lambda m: None)
+    assert [(r["file"], r["reason"]) for r in stats["stills_rejected"]] == [("cartoon.png", "drawn_face")]
+    assert "rejected 1 still portraits by the face check (drawn_face 1)" in summary(stats)
+    assert stats["encoded"] == 2 and not stats["failed"]
+    samples = list(wds.WebDataset(str(tmp_path / "data" / "shards" / "faces-000000.tar"), shardshuffle=False).decode())
+    assert sorted(s["meta.json"]["source"] for s in samples) == ["a.png", "b.jpg"]
+    table = pd.read_parquet(tmp_path / "data" / "shards" / "shards.parquet")
+    assert sorted(table["url"]) == ["a.png", "b.jpg"]
+    # opt-out by file name: the still leaves the shards at the next run
+    optout.write_text("video_id_or_url,date,reason\nb.jpg,2026-11-30,asked by the subject\n")
+    stats = run(tmp_path / "data", cfg, log=lambda m: None)
+    assert stats["optout"]["clips_removed"] == 1 and stats["optout"]["unknown"] == []
+    table = pd.read_parquet(tmp_path / "data" / "shards" / "shards.parquet")
+    assert list(table["url"]) == ["a.png"]

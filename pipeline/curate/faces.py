@@ -10,7 +10,7 @@ cosine distance has its own threshold: the two distances live on different scale
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +38,20 @@ class FacesConfig:
     multi_face_ratio: float = 0.35   # a second face with area >= this x the main face's ...
     multi_face_score_ratio: float = 0.8  # ... and confidence >= this x the best makes the frame multi-face
     min_face_px: int = 40            # largest face narrower than this (source pixels) -> "small_face"
-    face_w_ratio: float = 0.45       # paper: face width / crop side
-    face_h_ratio: float = 0.53       # paper: face height / crop side
-    max_pad: float = 0.10            # the crop may overhang the frame by this fraction of its side (padded)
+    # The crop's side: face width / side ~ face_w_ratio and height / side ~ face_h_ratio (the paper's
+    # means), moved inside the bands [min, max] (paper mean +- 2 sd: 0.45 +- 0.05, 0.53 +- 0.07) where
+    # that keeps the crop inside the frame (place_crop); the filters reject a clip outside a band.
+    face_w_ratio: float = 0.45
+    face_h_ratio: float = 0.53
+    face_w_band: list[float] = field(default_factory=lambda: [0.35, 0.55])
+    face_h_band: list[float] = field(default_factory=lambda: [0.39, 0.67])
+
+    def __post_init__(self):
+        for name in ("w", "h"):
+            lo, hi = getattr(self, f"face_{name}_band")
+            if not 0 < lo <= getattr(self, f"face_{name}_ratio") <= hi:
+                raise ValueError(f"faces.face_{name}_band [{lo}, {hi}] must hold face_{name}_ratio "
+                                 f"{getattr(self, f'face_{name}_ratio')} (0 < min <= ratio <= max)")
 
 
 # ---------------------------------------------------------------- detectors
@@ -195,31 +206,62 @@ class Crop:
     face_w_ratio: float
     face_h_ratio: float
     outside: float        # worst overhang of a detected face box beyond the crop, / median face width
+    pad_fraction: float   # share of the crop's area outside the frame (filled by crop_square's edge replication)
+    in_band: bool         # both face ratios inside faces.face_w_band / face_h_band
+
+
+def crop_side(fw: float, fh: float, width: int, height: int, cfg: FacesConfig) -> tuple[float, bool]:
+    """The crop side for a (fw x fh) px face in a (width x height) frame, and whether it keeps both
+    face ratios inside their bands.
+
+    Preferred: the paper's ratios (the larger of fw / face_w_ratio and fh / face_h_ratio). The bands
+    allow sides in [lo, hi] = [max(fw / w_max, fh / h_max), min(fw / w_min, fh / h_min)]. A side up to
+    the frame's shorter extent needs no padding, so a preferred side that does not fit shrinks to
+    that extent, but never below lo: a face too large for the band pads as little as the band allows.
+    When no side satisfies both bands (an odd box shape) lo wins and the filters reject the ratio.
+    """
+    (w_min, w_max), (h_min, h_max) = cfg.face_w_band, cfg.face_h_band
+    lo, hi = max(fw / w_max, fh / h_max), min(fw / w_min, fh / h_min)
+    side = min(max(fw / cfg.face_w_ratio, fh / cfg.face_h_ratio), hi)
+    side = max(min(side, min(width, height)), lo)
+    return side, lo <= hi * (1 + 1e-9)
+
+
+def pad_fraction(x0: float, y0: float, size: float, width: int, height: int) -> float:
+    """Share of a square crop's area that lies outside the (width x height) frame."""
+    ix = max(0.0, min(x0 + size, width) - max(x0, 0.0))
+    iy = max(0.0, min(y0 + size, height) - max(y0, 0.0))
+    return float(1.0 - ix * iy / max(size * size, 1e-9))
 
 
 def place_crop(boxes: list[tuple[float, float, float, float]], width: int, height: int,
                cfg: FacesConfig) -> Crop:
     """One square crop (display pixels) for a clip from its relative face boxes.
 
-    Side: the paper's face ratio (face ~ 0.45 of the crop width, ~ 0.53 of its height) from the
-    median box. Position: centred on the median face centre, then slid inside the frame; when
-    the frame is too small, the side is clamped so at most `max_pad` of it overhangs (padded),
-    which raises the face ratio and lets the ratio filter reject such close-ups.
+    Side: crop_side of the median box (the paper's ratios where the frame allows, else the largest
+    side inside the face-ratio bands that fits, else the smallest the bands allow). Position:
+    centred on the median face centre, then slid inside the frame; along an extent shorter than the
+    side the crop covers all of it and stays as centred on the face as that allows. What remains
+    outside the frame is `pad_fraction` of the crop's area (the filters reject above
+    filters.max_pad_fraction); crop_square fills it by repeating the frame's edge pixels.
     """
     b = np.asarray(boxes, dtype=np.float64) * [width, height, width, height]
     cx, cy = np.median(b[:, 0] + b[:, 2] / 2), np.median(b[:, 1] + b[:, 3] / 2)
     fw, fh = np.median(b[:, 2]), np.median(b[:, 3])
-    size = max(fw / cfg.face_w_ratio, fh / cfg.face_h_ratio)
-    size = int(round(min(size, min(width, height) * (1 + 2 * cfg.max_pad))))
-    size = max(size, 2)
+    side, in_band = crop_side(fw, fh, width, height, cfg)
+    size = max(int(round(side)), 2)
 
     def place(c, extent):
         x = int(round(c - size / 2))
         if size <= extent:
             return min(max(x, 0), extent - size)
-        return int(round((extent - size) / 2))  # larger than the frame: overhang both sides equally
+        return min(max(x, extent - size), 0)   # larger than the frame: cover it all, nearest the face centre
 
     x0, y0 = place(cx, width), place(cy, height)
     over = np.maximum.reduce([x0 - b[:, 0], y0 - b[:, 1], b[:, 0] + b[:, 2] - x0 - size,
                               b[:, 1] + b[:, 3] - y0 - size, np.zeros(len(b))])
-    return Crop(x0, y0, size, float(fw / size), float(fh / size), float(over.max() / max(fw, 1e-6)))
+    fw_r, fh_r = float(fw / size), float(fh / size)
+    (w_min, w_max), (h_min, h_max) = cfg.face_w_band, cfg.face_h_band
+    ok = in_band and w_min - 1e-3 <= fw_r <= w_max + 1e-3 and h_min - 1e-3 <= fh_r <= h_max + 1e-3   # rounding
+    return Crop(x0, y0, size, fw_r, fh_r, float(over.max() / max(fw, 1e-6)),
+                pad_fraction(x0, y0, size, width, height), ok)

@@ -1,15 +1,23 @@
 """Filters: split long face tracks to a maximum duration, then accept or reject each clip with
-one named reason (the first bound it fails, in the order below).
+one named reason (the first bound it fails, in the order of `judge`).
 
 Defaults follow the paper's data (supplementary §5): clips average 3.29 s (sd 2.07), the
 authors' scraper kept tracks of > 16 detections at every 2nd frame and <= ~256 frames; crops
-average 745 px (sd 248); face width ~0.45 (sd 0.05) and height ~0.53 (sd 0.07) of the crop;
-HyperIQA mean 51.5 (sd 10.7). Our corpus is small and synthetic, so the resolution floor is low.
+average 745 px (sd 248); HyperIQA mean 51.5 (sd 10.7). Our corpus is small and synthetic, so the
+resolution floor is low. The face-ratio band is the faces stage's (faces.face_w_band / face_h_band):
+the crop is chosen inside it, and a clip whose face cannot fit it is rejected here.
+
+Face verification (pipeline/curate/verify.py measures, `judge` decides): every accepted clip shows
+a real, roughly frontal human face. The detector alone fires on cartoons, animals and drawings
+(measured: a cv2-drawn cartoon face 0.83-0.91, an anime frame 0.82-0.90, a cat 0.53-0.54, real faces
+0.80-0.95), and the 478-point mesh also fits drawn and anime faces, so three measures decide together:
+the detector's confidence, the share of sampled crops where the mesh finds the tracked face (and its
+yaw), and how much of that face's skin is flat, untextured paint.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -18,9 +26,26 @@ class FiltersConfig:
     max_duration_s: float = 8.5            # longer tracks are split into equal parts no longer than this
     min_resolution: int = 96               # crop side in source pixels
     min_quality: float = 30.0              # on the 0..100 scale of whichever scorer ran
-    face_w_ratio: list[float] = field(default_factory=lambda: [0.35, 0.55])   # paper 0.45 +- 2 sd
-    face_h_ratio: list[float] = field(default_factory=lambda: [0.39, 0.67])   # paper 0.53 +- 2 sd
     max_face_outside: float = 0.1          # a face box may overhang the fixed crop by this much of its width
+    max_pad_fraction: float = 0.05         # share of the crop's area outside the frame (edge-replicated padding)
+    # Face verification (verify.py). The mesh runs on `landmark_samples_per_s` sampled frames per second of
+    # video (at detection frames), on the crop the clip's rule gives that frame's face, at `verify_size` px.
+    min_face_confidence: float = 0.7       # median detector score of the clip's face (real faces 0.8-0.95)
+    min_landmark_rate: float = 0.9         # share of sampled crops where the mesh finds the tracked face
+    max_yaw_deg: float = 45.0              # median |yaw| from the mesh (landmarks.yaw_degrees)
+    max_flat_skin: float = 0.12            # median share of flat skin (real footage <= 0.06, drawn >= 0.2)
+    landmark_samples_per_s: float = 2.0
+    verify_size: int = 256                 # the shards' crop side (paper 256)
+
+
+@dataclass
+class FaceCheck:
+    """What face verification measured on one clip (verify.FaceVerifier.check)."""
+    samples: int               # sampled crops inside the clip
+    landmark_rate: float       # share of them where the mesh found the tracked face (0 with no sample)
+    yaw_deg: float             # median |yaw| where found (nan if never)
+    flat_skin: float           # median flat-skin share where found (nan if never)
+    confidence: float          # median detector score over the clip's detections
 
 
 def split_long(start: int, end: int, fps: float, max_duration_s: float) -> list[tuple[int, int]]:
@@ -31,20 +56,35 @@ def split_long(start: int, end: int, fps: float, max_duration_s: float) -> list[
     return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
-def judge(duration_s: float, resolution: int, quality: float, face_w_ratio: float, face_h_ratio: float,
-          outside: float, cfg: FiltersConfig) -> str:
-    """'' when the clip passes every bound, else the reason it is rejected."""
+def judge(duration_s: float, resolution: int, quality: float, crop, face: FaceCheck, cfg: FiltersConfig) -> str:
+    """'' when the clip passes every bound, else the reason it is rejected. `crop` is the clip's
+    faces.Crop (face ratios, band, padding, how far the face leaves it)."""
     if duration_s < cfg.min_duration_s:
         return "too_short"
     if resolution < cfg.min_resolution:
         return "low_resolution"
-    if not (cfg.face_w_ratio[0] <= face_w_ratio <= cfg.face_w_ratio[1]) or \
-            not (cfg.face_h_ratio[0] <= face_h_ratio <= cfg.face_h_ratio[1]):
+    if not crop.in_band:
         return "face_ratio"
-    if outside > cfg.max_face_outside:   # the face wandered out of the clip's one fixed crop
+    if crop.pad_fraction > cfg.max_pad_fraction:   # the frame is too small for the face at any ratio in the band
+        return "padding"
+    if crop.outside > cfg.max_face_outside:   # the face wandered out of the clip's one fixed crop
         return "face_leaves_crop"
     if not math.isfinite(quality):
         return "quality_unmeasured"
-    if quality < cfg.min_quality:
+    if quality < cfg.min_quality:   # before the face checks: a blurred face also loses its mesh, blur is the cause
         return "low_quality"
+    return face_reason(face, cfg)
+
+
+def face_reason(face: FaceCheck, cfg: FiltersConfig) -> str:
+    """The face-verification part of `judge` (also what a still portrait must pass): '' or the reason.
+    A measure that could not be taken (nan) fails its bound: an unverified face is not accepted."""
+    if not face.confidence >= cfg.min_face_confidence:
+        return "low_confidence"
+    if not face.landmark_rate >= cfg.min_landmark_rate:
+        return "no_landmarks"
+    if not face.yaw_deg <= cfg.max_yaw_deg:
+        return "profile"
+    if not face.flat_skin <= cfg.max_flat_skin:
+        return "drawn_face"
     return ""

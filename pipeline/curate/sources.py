@@ -60,7 +60,8 @@ class OptOut:
             return True
         if url:
             u = normalize_url(url)
-            return u in self.urls or video_id_from_url(u) in self.ids
+            # a still portrait's "url" is its file name: listed as an id, the name opts it out
+            return u in self.urls or u in self.ids or video_id_from_url(u) in self.ids
         return False
 
     def __len__(self) -> int:

@@ -23,6 +23,7 @@ from pipeline.curate.probe import ProbeConfig, TruncatedDecode, probe_video, sca
 from pipeline.curate.quality import QualityConfig, QualitySampler, make_scorer
 from pipeline.curate.scenes import SceneCutter, ScenesConfig
 from pipeline.curate.tracking import FaceScanner, segment, split_to_fit
+from pipeline.curate.verify import FaceVerifier
 
 STAGES = ["download", "probe", "scenes", "faces", "quality", "filters", "manifest"]
 
@@ -102,17 +103,26 @@ def load_dag(path: str | Path | None) -> CurateConfig:
 
 
 class Models:
-    """Per-worker heavy objects (face detector, quality scorer), built once on first use."""
+    """Per-worker heavy objects (face detector, face mesh, quality scorer), built once on first use."""
 
     def __init__(self, cfg: CurateConfig):
         self.cfg = cfg
-        self._det = self._scorer = None
+        self._det = self._scorer = self._mesh = None
 
     @property
     def detector(self):
         if self._det is None:
             self._det = make_detector(self.cfg.faces)
         return self._det
+
+    @property
+    def mesh(self):
+        if self._mesh is None:
+            from pipeline.curate.landmarks import FaceMesh478
+
+            # two faces: verify.tracked_mesh picks the tracked one when a second face shares the crop
+            self._mesh = FaceMesh478(static=True, max_faces=2)
+        return self._mesh
 
     @property
     def scorer(self):
@@ -133,20 +143,22 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
     from pipeline.ids import clip_id
     from pipeline.video_io import end_time, measured_fps
 
-    times = {k: 0.0 for k in ("probe", "scenes", "faces", "quality", "filters")}
+    times = {k: 0.0 for k in ("probe", "scenes", "faces", "verify", "quality", "filters")}
     t0 = time.process_time()
     info = probe_video(media, cfg.probe)
     times["probe"] = time.process_time() - t0
     cutter = SceneCutter(cfg.scenes, info.fps)        # the header's rate: only for PySceneDetect's timecodes
     # min_face_px counts stored pixels: undo the SAR's stretch of the display width (rotated: the height's)
     faces = FaceScanner(cfg.faces, models.detector, info.width / (info.sar if info.rotation % 180 == 0 else 1.0))
+    # the verifier samples by the header rate (only its sampling density depends on it)
+    verifier = FaceVerifier(cfg.faces, cfg.filters, models.mesh, faces, info.width, info.height, info.fps)
     sampler = QualitySampler(cfg.quality, models.scorer, faces, cfg.faces.face_w_ratio, cfg.faces.face_h_ratio)
     stamps: list[float] = []                          # each decoded frame's time (s from the first frame)
     scan_t: dict[str, float] = {}
     message = ""
     try:
         n = scan(media, cfg.probe.small_side, {"scenes": lambda f: cutter.update(f.index, f.small),
-                                               "faces": faces.update, "quality": sampler.update,
+                                               "faces": faces.update, "verify": verifier.update, "quality": sampler.update,
                                                "timestamps": lambda f: stamps.append(f.time)}, scan_t)
     except TruncatedDecode as e:  # keep the frames before the damage
         n, message = e.frames, str(e)
@@ -159,6 +171,7 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
     times["scenes"] = scan_t.get("scenes", 0.0) + t1 - t0
     times["faces"] = scan_t.get("faces", 0.0) + t2 - t1
     times["quality"] = scan_t.get("quality", 0.0)
+    times["verify"] = scan_t.get("verify", 0.0)
     times["decode"] = scan_t.get("decode", 0.0) + scan_t.get("timestamps", 0.0)
     # Time from the frames' timestamps: edge[i] is when frame i starts showing, edge[n] when the video ends.
     # fps is the measured mean rate (an AVI header may say 50 for frames at 25; phones record VFR).
@@ -188,10 +201,13 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
             crop = place_crop(boxes, info.width, info.height, cfg.faces)
             q = sampler.clip_score(a, b)
             duration = edge[b] - edge[a]
-            reason = judge(duration, crop.size, q, crop.face_w_ratio, crop.face_h_ratio, crop.outside, f)
+            face = verifier.check(a, b, frames)
+            reason = judge(duration, crop.size, q, crop, face, f)
             row = {"clip_id": clip_id(video_id, a, b), **span_row(a, b), "media_path": media_rel,
                    "duration_s": duration, "fps": fps, "crop_x0": crop.x0, "crop_y0": crop.y0,
                    "crop_size": crop.size, "face_w_ratio": crop.face_w_ratio, "face_h_ratio": crop.face_h_ratio,
+                   "pad_fraction": crop.pad_fraction, "face_confidence": face.confidence,
+                   "landmark_rate": face.landmark_rate, "yaw_deg": face.yaw_deg, "flat_skin": face.flat_skin,
                    "quality": q, "quality_scorer": models.scorer.name,
                    # stored samples across the crop on its coarser axis (display pixels stretch a SAR > 1)
                    "resolution": int(round(crop.size / max(info.sar, 1.0))),
@@ -204,4 +220,5 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
     times["filters"] = time.process_time() - t2
     probed = {**info.to_dict(), "header_fps": info.fps, "fps": fps, "duration_s": edge[n] if n else info.duration_s}
     return {"probe": probed, "clips": clips, "rejections": rejections, "times": times,
-            "cuts": cuts, "num_frames": n, "detections": faces.calls, "message": message}
+            "cuts": cuts, "num_frames": n, "detections": faces.calls,
+            "verify_samples": len(verifier.samples), "message": message}

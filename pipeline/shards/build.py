@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,45 @@ def encoder_record(cfg: ShardsConfig, models) -> dict:
     return rec
 
 
+# ---------------------------------------------------------------- face gates
+
+def screen_stills(pending: list[dict], log) -> tuple[list[dict], list[dict]]:
+    """Pending items without the still portraits that fail a clip's face checks (stills.StillChecker),
+    and a record of those: [{"clip_id", "file", "reason"}]."""
+    from pipeline.shards.stills import StillChecker
+
+    if not any(it["origin"] == "still" for it in pending):
+        return pending, []
+    check, keep, rejected = StillChecker(), [], []
+    for it in pending:
+        why = check(Path(it["media_path"])) if it["origin"] == "still" else ""
+        if why:
+            rejected.append({"clip_id": it["clip_id"], "file": it["url"], "reason": why})
+            log(f"still {it['url']} rejected: {why}")
+        else:
+            keep.append(it)
+    return keep, rejected
+
+
+def landmark_gate(ready: list[dict], cache_dir: Path, min_rate: float, log) -> tuple[list[dict], list[dict]]:
+    """Encoded clips whose stored frames show the face mesh on at least `min_rate` of them, and the
+    others as [{"clip_id", "video_id", "landmark_rate"}]: those are never written (curation checked a
+    sample of frames; this is every stored frame of the exact crop). A dropped clip stays unsharded and
+    is checked again, from its cache, on the next run."""
+    keep, dropped = [], []
+    for it in ready:
+        with np.load(cache_path(cache_dir, it["clip_id"]), allow_pickle=False) as z:
+            ok = z["landmarks_ok"]
+        rate = float(np.mean(ok)) if len(ok) else 0.0
+        if rate >= min_rate:
+            keep.append(it)
+        else:
+            dropped.append({"clip_id": it["clip_id"], "video_id": it["video_id"], "landmark_rate": round(rate, 4)})
+    if dropped:
+        log(f"dropped {len(dropped)} clips: face mesh on fewer than {min_rate:.0%} of their frames")
+    return keep, dropped
+
+
 # ---------------------------------------------------------------- the run
 
 def run(data: str | Path, cfg: ShardsConfig, log=print) -> dict:
@@ -134,11 +174,13 @@ def run(data: str | Path, cfg: ShardsConfig, log=print) -> dict:
     done = set(table["clip_id"])
     pending = [it for it in items if it["clip_id"] not in done and it["video_id"] not in blocked]
     pending.sort(key=lambda it: (it["origin"], it["video_id"], it.get("start_frame", 0), it["clip_id"]))
+    pending, stills_rejected = screen_stills(pending, log)
 
     stats = {"data": str(root.root), "runner": cfg.runner, "clips_total": len(items), "clips_pending": len(pending),
              "bad_rows": bad, "recovered": recovered, "optout": {k: v for k, v in removal.items() if k != "blocked"},
              "encoded": 0, "cache_hits": 0, "failed": [], "shards_written": [], "encode_s": 0.0,
-             "frames_encoded": 0, "model_s": 0.0}
+             "frames_encoded": 0, "model_s": 0.0, "stills_rejected": stills_rejected, "dropped_landmarks": [],
+             "min_landmark_rate": cfg.min_landmark_rate}
     written = []
     if pending:
         models = prepare_models(cfg.models, root, cfg, pending, log)
@@ -161,6 +203,7 @@ def run(data: str | Path, cfg: ShardsConfig, log=print) -> dict:
             stats["failed"] = [r for r in results if r["status"] != "ok"]
         stats["encode_s"] = time.perf_counter() - t0
         ready = [it for it in pending if cache_path(cache_dir, it["clip_id"]).exists()]
+        ready, stats["dropped_landmarks"] = landmark_gate(ready, cache_dir, cfg.min_landmark_rate, log)
         written = write_new_shards(sdir, cfg, index, table, ready, cache_dir, log)
     stats["shards_written"] = written
     stats["shards_total"] = len(index["shards"])
@@ -180,6 +223,13 @@ def summary(stats: dict) -> str:
     if o.get("removed_videos") or o.get("unknown"):
         lines.append(f"opt-out: removed {len(o.get('removed_videos', []))} videos, {o.get('clips_removed', 0)} clips, "
                      f"rewrote {len(o.get('shards_rewritten', []))} shards; unknown ids: {o.get('unknown', [])}")
+    # face gates: every run says how many clips lacked landmarks, even when none did
+    lines.append(f"        dropped {len(stats.get('dropped_landmarks', []))} clips with face landmarks on fewer than "
+                 f"{stats.get('min_landmark_rate', 0.9):.0%} of their frames (stats.json dropped_landmarks)")
+    if stats.get("stills_rejected"):
+        by = Counter(r["reason"] for r in stats["stills_rejected"])
+        lines.append(f"        rejected {len(stats['stills_rejected'])} still portraits by the face check ("
+                     + ", ".join(f"{k} {v}" for k, v in sorted(by.items())) + ")")
     for f in stats["failed"][:10]:
         lines.append(f"  failed {f['clip_id']}: {f['reason']}")
     return "\n".join(lines)

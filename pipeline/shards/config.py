@@ -18,6 +18,7 @@ class InputProblem(ValueError):
 class ShardsConfig:
     name: str = "faces"                 # shard file prefix
     samples_per_shard: int = 64
+    min_landmark_rate: float = 0.9      # a clip whose stored frames show the face mesh on fewer is not written
     runner: str = "ray"                 # ray | sequential
     models: str = "default"             # default | tiny | a dir with vae/ and clip/
     clips: str = "curate/clips.parquet"  # relative to the data root

@@ -36,9 +36,33 @@ def still_items(folder: Path, fps: float, frames: int) -> list[dict]:
         if p.suffix.lower() not in EXTS or not p.is_file():
             continue
         cid = hashlib.sha1(p.read_bytes()).hexdigest()[:16]
-        items.append({"clip_id": cid, "video_id": f"still-{cid}", "url": "", "origin": "still",
+        items.append({"clip_id": cid, "video_id": f"still-{cid}", "url": p.name, "origin": "still",
                       "media_path": str(p.resolve()), "start_frame": 0, "end_frame": int(frames), "fps": float(fps)})
     return items
+
+
+class StillChecker:
+    """Face checks for still portraits: one detector and one mesh for a run (built on first use)."""
+
+    def __init__(self):
+        self._models = None
+
+    def __call__(self, path: Path) -> str:
+        """'' when the image passes, else the reason (a clip's face reasons, or `no_face`)."""
+        from pipeline.curate.faces import FacesConfig, make_detector
+        from pipeline.curate.filters import FiltersConfig
+        from pipeline.curate.landmarks import FaceMesh478
+        from pipeline.curate.verify import check_image
+
+        if self._models is None:
+            faces = FacesConfig()
+            self._models = (faces, FiltersConfig(), make_detector(faces), FaceMesh478(static=True, max_faces=2))
+        faces, filters, detector, mesh = self._models
+        try:
+            img = read_rgb(path)
+        except ValueError:
+            return ""   # not an image: the pseudo-clip decode reports it as a failed item, with its reason
+        return check_image(img, detector, mesh, faces, filters)[0]
 
 
 def read_rgb(path: Path) -> np.ndarray:

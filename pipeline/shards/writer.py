@@ -38,6 +38,7 @@ def save_item(enc, item: dict, feats: dict, idx, t, cache_dir: Path) -> None:
 
     feats = {**feats, "frame_index": idx, "time_s": t}
     meta = {"clip_id": item["clip_id"], "video_id": item["video_id"], "origin": item["origin"],
+            "source": item.get("url", ""),      # the video's link, or a still portrait's file name
             "fps": float(item["fps"]), "clip_dim": int(feats["clip_emb"].shape[1]),
             "schema_version": SCHEMA_VERSION, **enc.meta()}
     save_cache(cache_path(cache_dir, item["clip_id"]), feats, meta)

@@ -12,6 +12,12 @@ Every video gets a ground-truth JSON (display coordinates, half-open [start, end
   cuts (first frame of each new scene), scenes, no_face, multi_face, blur, small_face,
   face_box per frame (largest face: extent of its 478 mesh points, or null), face_boxes (all faces),
   expression (mouth / eyes curves in [0, 1]).
+Face checks (`face_check_specs`, `face_check_truth`): scenes of face-like non-faces and turned
+heads (pipeline/synth/lookalikes.py) and tightly framed talking heads add `lookalike` (frames showing
+a face-like non-face and no real face: there face_box is null, face_boxes empty, and they are not
+`no_face`), `yaw_deg` (per scene: how far its faces are turned) and `profile` (frames whose faces
+are turned more than PROFILE_DEG). Face boxes are clipped to the frame (a face framed tighter than
+the frame shows only in part).
 Everything is seeded; the same seed gives the same JSON bytes and the same video bytes.
 The heads (photo cut-outs, expression warps) and backgrounds are in pipeline/synth/heads.py.
 """
@@ -30,9 +36,11 @@ import numpy as np
 
 from pipeline.synth.capture import Capture, generate_captured
 from pipeline.synth.heads import background, expressed, expressed_mesh, head
+from pipeline.synth.lookalikes import is_lookalike, yaw_of
 
 GT_VERSION = 1
 SMALL_FACE = 0.15   # a face whose box height is below this fraction of the frame height is "small"
+PROFILE_DEG = 45.0  # a face turned further than this is not "roughly frontal"
 
 
 @dataclass
@@ -76,7 +84,7 @@ def default_specs() -> list[VideoSpec]:
                   rotation=270),
         VideoSpec("audio_480p30", 854, 480, 30, [S(75, ("hopper",), "coffee")], audio=True),
         VideoSpec("hd_1080p24", 1920, 1080, 24, [S(40, ("astronaut",), "noise")], crf=26),
-    ] + capture_specs()
+    ] + capture_specs() + face_check_specs()
 
 
 def capture_specs() -> list[VideoSpec]:
@@ -101,6 +109,42 @@ def capture_specs() -> list[VideoSpec]:
         V("avi_header50_25", 640, 360, 25, [S(60, ("astronaut_warm",), "grass"), S(40, ("hopper",), "sunset")],
           capture=C(container="avi", header_fps=50.0)),
     ]
+
+
+def face_check_specs() -> list[VideoSpec]:
+    """What must not pass as a frontal human face, and tight framing that must not pad."""
+    S = Scene
+    return [
+        # a drawn face, a real one, a cat, the drawing on a monitor (pipeline/synth/lookalikes.py)
+        VideoSpec("lookalikes_360p25", 640, 360, 25, [S(50, ("cartoon",), "brick", face_h=0.5),
+                                                      S(50, ("hopper",), "coffee"), S(50, ("cat",), "grass"),
+                                                      S(50, ("cartoon_screen",), "sunset", face_h=0.55)]),
+        # one face turned 60 degrees each way and one turned 25 (roughly frontal: kept)
+        VideoSpec("turned_360p30", 640, 360, 30, [S(50, ("astronaut_yaw60",), "grass"),
+                                                  S(50, ("hopper_yaw25",), "brick"),
+                                                  S(50, ("astronaut_yaw-60",), "coffee")]),
+        # 1:1 talking heads framed tightly (the paper's 0.45 side would pad), then too tightly for the band
+        VideoSpec("tight_512p25", 512, 512, 25, [S(75, ("hopper",), "coffee", face_h=0.5),
+                                                 S(50, ("astronaut_warm",), "sunset", face_h=0.8)]),
+    ]
+
+
+def face_check_truth(spec: VideoSpec, gt: dict) -> dict:
+    """`gt` with the face-check keys (module docstring): lookalike frames stop being faces."""
+    fake = [bool(sc.faces) and all(is_lookalike(n) for n in sc.faces) for sc in spec.scenes for _ in range(sc.frames)]
+    yaw = [max((abs(yaw_of(n)) for n in sc.faces), default=0.0) for sc in spec.scenes]
+    turned = [y > PROFILE_DEG for y, sc in zip(yaw, spec.scenes) for _ in range(sc.frames)]
+    W, H = spec.width, spec.height
+
+    def visible(b):   # a face framed tighter than the frame (tight_512p25) is boxed where it shows
+        return [max(b[0], 0.0), max(b[1], 0.0), min(b[2], float(W)), min(b[3], float(H))]
+
+    face_box = [None if f or b is None else visible(b) for f, b in zip(fake, gt["face_box"])]
+    return {**gt, "face_box": face_box,
+            "face_boxes": [[] if f else [visible(x) for x in b] for f, b in zip(fake, gt["face_boxes"])],
+            "lookalike": _intervals(fake), "profile": _intervals(turned),
+            "yaw_deg": yaw, "small_face": _intervals([bool(b) and (b[3] - b[1]) < SMALL_FACE * spec.height
+                                                      for b in face_box])}
 
 
 # ---------------------------------------------------------------- motion
@@ -242,7 +286,8 @@ def _intervals(flags: list[bool]) -> list[list[int]]:
 
 def generate_video(spec: VideoSpec, out_dir: str | Path, seed: int = 0) -> dict:
     if spec.capture is not None:
-        return generate_captured(spec, out_dir, seed, _render, ground_truth)
+        return generate_captured(spec, out_dir, seed, _render,
+                                 lambda *a, **k: face_check_truth(spec, ground_truth(*a, **k)))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     boxes_all, mouth, eyes, flags = [], [], [], []
@@ -257,7 +302,7 @@ def generate_video(spec: VideoSpec, out_dir: str | Path, seed: int = 0) -> dict:
             yield img, m
 
     _encode(out_dir / f"{spec.name}.mp4", frames(), spec, seed)
-    gt = ground_truth(spec, seed, f"{spec.name}.mp4", flags, boxes_all, mouth, eyes)
+    gt = face_check_truth(spec, ground_truth(spec, seed, f"{spec.name}.mp4", flags, boxes_all, mouth, eyes))
     (out_dir / f"{spec.name}.json").write_text(json.dumps(gt, sort_keys=True, separators=(",", ":")))
     return {**gt, "path": str(out_dir / gt["file"])}
 

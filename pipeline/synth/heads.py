@@ -6,6 +6,8 @@ Photos: `skimage.data.astronaut()` (Eileen Collins) and matplotlib's `grace_hopp
 fields (mouth opens, eyes blink) around MediaPipe face-mesh points found once per photo;
 `expressed` / `expressed_mesh` apply them to the pixels / the mesh. pipeline/synth/corpus.py
 places these heads on `background`s, moves them and writes the videos and ground truth.
+Turned heads (`<person>_yaw<deg>`) and face-like non-faces (a drawn cartoon, a cat) come from
+pipeline/synth/lookalikes.py through the same `head`.
 """
 from __future__ import annotations
 
@@ -55,18 +57,61 @@ def _mesh_points(person: str) -> np.ndarray:
 
 
 @lru_cache(maxsize=None)
-def head(identity: str) -> Head:
-    """Identity name = person[_warm|_cool]; the colour variants are also mirrored."""
-    import cv2
+def _mesh3(person: str) -> np.ndarray:
+    """(478, 3) mesh of a photo in pixels: x, y and MediaPipe's depth z scaled by the width (as x is)."""
+    from pipeline.curate.landmarks import FaceMesh478
 
+    img = _photo(person)
+    with FaceMesh478(static=True) as fm:
+        lm = fm(img)
+    if lm is None:
+        raise RuntimeError(f"face mesh found no face on bundled photo {person!r}")
+    return np.round(lm * [img.shape[1], img.shape[0], img.shape[1]] * 2) / 2
+
+
+@lru_cache(maxsize=None)
+def head(identity: str) -> Head:
+    """Identity name = person[_warm|_cool] (the colour variants are also mirrored), person_yaw<deg>
+    (the face turned by that many degrees, pipeline/synth/lookalikes.turned_face), or a face-like
+    non-face of lookalikes.LOOKALIKES."""
+    from pipeline.synth.lookalikes import is_lookalike, turned_face, yaw_of
+
+    if is_lookalike(identity):
+        return _lookalike_head(identity)
     person, _, variant = identity.partition("_")
     img = _photo(person).astype(np.float32)
     pts = _mesh_points(person).copy()
-    if variant:
+    cover = None
+    if variant.startswith("yaw"):
+        img, cover, pts = turned_face(img, _mesh3(person), yaw_of(identity))
+        pts = np.round(pts * 2) / 2
+    elif variant:
         img = img[:, ::-1].copy()
         pts[:, 0] = img.shape[1] - 1 - pts[:, 0]
         tint = {"warm": (1.12, 1.0, 0.85), "cool": (0.88, 0.97, 1.15)}[variant]
         img = np.clip(img * np.float32(tint), 0, 255)
+    return _cutout(img, pts, cover)
+
+
+def _lookalike_head(name: str) -> Head:
+    """A face-like non-face as a Head: its 'mesh' is the corners of its face-like region (so the corpus
+    places and boxes it like a face) and it has no expression (zero fields)."""
+    from pipeline.synth.lookalikes import lookalike_picture
+
+    rgb, alpha, (x0, y0, x1, y1) = lookalike_picture(name)
+    side = rgb.shape[0]
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+    h = Head(rgb, alpha, np.array([x0, y0, x1, y1], np.float32),
+             np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]], np.float32))
+    h.fields.update(mouth=np.zeros_like(xx), eyes=np.zeros_like(xx), grid=(xx, yy), roi=(0, 0, 1, 1))
+    return h
+
+
+def _cutout(img: np.ndarray, pts: np.ndarray, cover: np.ndarray | None = None) -> Head:
+    """The face of a photo (rgb float32, its mesh points in pixels) as a Head; `cover` (a rendered
+    face's coverage, same size as img) limits the alpha to what was drawn."""
+    import cv2
+
     x0, y0 = pts.min(0)
     x1, y1 = pts.max(0)
     fw, fh = x1 - x0, y1 - y0
@@ -81,7 +126,11 @@ def head(identity: str) -> Head:
     yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
     ecx, ecy = cx - ox, cy - oy - 0.06 * fh
     r = ((xx - ecx) / (0.78 * fw)) ** 2 + ((yy - ecy) / (0.78 * fh)) ** 2
-    alpha = cv2.GaussianBlur((r <= 1).astype(np.float32), (0, 0), 0.06 * fw)
+    inside = (r <= 1).astype(np.float32)
+    if cover is not None:
+        big_cover = cv2.copyMakeBorder(cover, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0) if pad else cover
+        inside *= big_cover[oy + pad: oy + pad + side, ox + pad: ox + pad + side]
+    alpha = cv2.GaussianBlur(inside, (0, 0), 0.06 * fw)
     h = Head(rgb, alpha, np.array([x0 - ox, y0 - oy, x1 - ox, y1 - oy], np.float32), pts.astype(np.float32))
     # Expression fields: Gaussian windows around the mouth and each eye (from mesh points).
     mw = float(np.linalg.norm(pts[61] - pts[291]))
