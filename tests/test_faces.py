@@ -252,3 +252,11 @@ def test_insightface_backend_says_what_is_missing(tmp_path):
         make_detector(FacesConfig(backend="insightface"))
     with pytest.raises(ValueError, match="backend"):
         make_detector(FacesConfig(backend="dlib"))
+
+
+def test_a_span_that_fits_as_a_whole_is_not_cut_even_when_a_prefix_does_not():
+    """The crop's side follows the median box, so 'fits' is not monotone: a face that grows (a zoom)
+    fails with its first few boxes (small median, small crop) yet fits with all of them."""
+    span = Span(0, 50, list(range(0, 50, 5)), "cut", "cut")
+    prefix_fails = lambda fr: len(fr) in (1, 2, len(span.frames))   # noqa: E731 - only short runs and the whole
+    assert split_to_fit(span, prefix_fails) == [(0, 50, span.frames)]

@@ -249,13 +249,16 @@ def split_to_fit(span: Span, fits) -> list[tuple[int, int, list[int]]]:
     """A span cut where its face drifts further than one fixed crop can hold (a handheld camera's
     wander over seconds): greedily the longest run of detections from the start for which
     `fits(frames)` (one crop holds all their boxes), then the next. A boundary lies halfway between
-    the last detection that fits and the first that does not. Returns [(start, end, frames)]."""
+    the last detection that fits and the first that does not. Returns [(start, end, frames)].
+    `fits` is not monotone (the crop's side follows the median box, so a run that fails may fit
+    again once more detections move the median): the longest fitting run is searched from the end,
+    so a span that fits as a whole is never cut."""
     frames = span.frames
     out, a, i = [], span.start, 0
     while i < len(frames):
-        j = i + 1
-        while j < len(frames) and fits(frames[i:j + 1]):
-            j += 1
+        j = len(frames)
+        while j > i + 1 and not fits(frames[i:j]):
+            j -= 1
         b = span.end if j == len(frames) else (frames[j - 1] + frames[j] + 1) // 2
         out.append((a, b, frames[i:j]))
         a, i = b, j
