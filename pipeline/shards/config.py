@@ -85,4 +85,8 @@ def load_dag(path: str | Path | None) -> ShardsConfig:
             put(k, v or {})
         else:
             put("", {k: v})
+    if cfg.encoder.precision not in ("auto", "fp32", "fp16", "bf16"):
+        from pipeline.configfile import ConfigError
+
+        raise ConfigError(f"{where}: encode.precision must be auto|fp32|fp16|bf16, got {cfg.encoder.precision!r}")
     return cfg
