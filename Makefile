@@ -10,7 +10,7 @@ OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser test lint demo corpus serve curate shards verify-optout train reenact eval bench report clean
+.PHONY: help install browser test lint demo corpus serve curate shards verify-optout train reenact eval bench gpu-check report clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ eval: install ## the Table 1 grid (FID / LMSE / CSIM) on held-out shards
 
 bench: install ## benchmarks: ratios against plain references, JSON under $(DATA)/bench
 	$(OFFLINE) $(PY) -m benchmarks.run --data $(DATA)
+
+gpu-check: install ## trainer + encoders at GPU speed (MFU, memory, compile, bf16 vs fp32, images/s); tiny on a CPU
+	$(OFFLINE) $(PY) -m benchmarks.gpu_check --out $(DATA)/bench/gpu_check.json
 
 report: install ## dataset statistics figures + HTML under $(DATA)/report
 	$(PY) -m pipeline.report --data $(DATA)

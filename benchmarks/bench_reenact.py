@@ -47,17 +47,19 @@ def _forward_ms_per_row(model, F: int, latent_size: int, batches: tuple[int, ...
     """One forward pass per row at each batch size, identical inputs per row (best of `reps`)."""
     import torch
 
+    from model.sdit import Conditioning
+
     out = {}
     for b in batches:
         g = torch.Generator().manual_seed(0)
         x = torch.randn((b, F, 4, latent_size, latent_size), generator=g)
         lm, off, clip = torch.rand((b, F, 478, 3), generator=g), torch.rand((b, F), generator=g), torch.randn((b, 512), generator=g)
-        t, no = torch.full((b,), 500), torch.zeros(b, dtype=torch.bool)
+        t, cond = torch.full((b,), 500), Conditioning(lm, off, clip).dropped(False, False)
         best = float("inf")
         with torch.no_grad():
             for _ in range(reps + 1):
                 t0 = time.perf_counter()
-                model(x, t, lm, off, clip, drop_landmarks=no, drop_clip=no)
+                model(x, t, cond)
                 best = min(best, time.perf_counter() - t0)
         out[b] = round(1000 * best / b, 2)
     return out
@@ -72,7 +74,7 @@ def run(data_root: Path, steps: int = 10, repeats: int = 11, latent_size: int = 
     import numpy as np
     import torch
 
-    from model.anchored import Conditioning, SampleConfig, plan_anchored, plan_naive
+    from model.anchored import SampleConfig, VideoConditioning, plan_anchored, plan_naive
     from model.config import ModelConfig
     from model.diffusion import GaussianDiffusion, linear_betas
     from model.sdit import SDiT
@@ -84,7 +86,7 @@ def run(data_root: Path, steps: int = 10, repeats: int = 11, latent_size: int = 
     shape = (4, latent_size, latent_size)
     for F, n in FRAMES.items():
         g = torch.Generator().manual_seed(0)
-        cond = Conditioning(torch.rand((n, 478, 3), generator=g), torch.arange(n) / 25.0,
+        cond = VideoConditioning(torch.rand((n, 478, 3), generator=g), torch.arange(n) / 25.0,
                             torch.randn((512,), generator=g))
         torch.manual_seed(0)
         model = SDiT(ModelConfig(size="tiny", frames=F, latent_size=latent_size, clip_dim=512)).eval()

@@ -4,7 +4,6 @@ timed in the same run on the same batch size, plus the shard loader's samples/s 
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
@@ -92,7 +91,7 @@ def bench_size(size: str, frames: int, batch: int, steps: int) -> dict:
     t, noise = step_noise(cfg, 0, 0, batch, (m.frames, m.latent_channels, m.latent_size, m.latent_size), 1000)
 
     def sdit_step():
-        losses = compute_losses(model, diffusion, b, t, noise, cfg, torch.device("cpu"), contextlib.nullcontext())
+        losses = compute_losses(model, diffusion, b, t, noise, cfg, torch.device("cpu"))
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -120,17 +119,16 @@ def bench_size(size: str, frames: int, batch: int, steps: int) -> dict:
 
 
 def bench_loader(shards: Path, batches: int = 20) -> dict | None:
-    from model.config import load_config
-    from model.data import _read_shard, check_schema, decode, make_batches, resolve_shards
+    from model.config import load_config, with_shard_dims
+    from model.data import check_schema, make_batches, resolve_shards
 
     if not (shards / "index.json").is_file():
         return None
     urls = resolve_shards(str(shards))
-    first = decode(next(iter(_read_shard(urls[0], []))))  # latent size and CLIP width come from the shards
-    S, D = first["latent_mean.npy"].shape[-1], first["clip_emb.npy"].shape[-1]
     cfg = load_config(None, ["model.size=tiny", "model.frames=4", "data.num_workers=0", "train.global_batch=4",
-                             f"model.latent_size={S}", f"model.clip_dim={D}"])
-    check_schema(urls, cfg)
+                             "model.latent_size=0", "model.clip_dim=0"])   # 0: latent size and CLIP width from the shards
+    dims = check_schema(urls, cfg)
+    with_shard_dims(cfg, dims.latent_size, dims.clip_dim)
     it = make_batches(urls, cfg)
     next(it)
     t0 = time.perf_counter()

@@ -1,1 +1,2 @@
-"""Learning side of reenactfaces: sDiT, diffusion, loader, trainer, anchored sampler, metrics."""
+"""Learning side of reenactfaces: sDiT (and its Conditioning), diffusion, loader, trainer (meter, sample
+grids), anchored sampler, reenact, evaluation, metrics."""

@@ -28,8 +28,9 @@ the preceding frames as context.
 
 Guidance modes (supplementary Table 1) set the model's drop flags: none = drop landmarks and CLIP,
 landmarks = drop CLIP, clip = drop landmarks, clip+landmarks = drop nothing. Classifier-free
-guidance with scale w: out_eps = uncond + w (cond - uncond), the unconditional pass dropping both;
-the variance channels come from the conditional pass (as DiT does). w = 1 runs no extra pass.
+guidance with scale w = cfg_scale: out_eps = uncond + w (cond - uncond), the unconditional pass
+dropping both; the variance channels come from the conditional pass (as DiT does). w = 1 runs no
+extra pass. Each step's x_{t-1} comes from GaussianDiffusion.p_sample, the step the plain loop uses.
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from model.sdit import Conditioning
 
 GUIDANCE = {  # mode -> (drop_landmarks, drop_clip)
     "none": (True, True),
@@ -114,76 +117,65 @@ def plan_naive(n_frames: int, F: int) -> SequencePlan:
 @dataclass
 class SampleConfig:
     steps: int = 1000                 # respaced DDPM steps (1000 = the full schedule)
-    cfg: float = 1.0                  # classifier-free guidance scale (paper: 1 best); 1 = no extra pass
+    cfg_scale: float = 1.0            # classifier-free guidance scale (paper: 1 best); 1 = no extra pass
     guidance: str = "clip+landmarks"  # none | landmarks | clip | clip+landmarks
+    sampler: str = "anchored"         # anchored | naive (independent consecutive chunks, the baseline)
+    anchor: int = 0                   # anchored: the driving frame every sequence shares
     max_batch: int = 0                # rows per model call (CFG doubles the rows); 0 = the whole batch
-    seed: int = 0
+    seed: int = 0                     # the noise
+    plan_seed: int = 0                # anchored: which frames share a sequence
     clip_x0: float = 0.0              # >0: clamp the predicted x_0 to [-clip_x0, clip_x0] (static thresholding);
                                       # 0 = off, as DiT samples latents. Keeps an undertrained model from drifting.
 
     def __post_init__(self):
         if self.guidance not in GUIDANCE:
             raise ValueError(f"unknown guidance mode {self.guidance!r}; known: {', '.join(GUIDANCE)}")
+        if self.sampler not in ("anchored", "naive"):
+            raise ValueError(f"unknown sampler {self.sampler!r}; known: anchored, naive")
+
+    def plan(self, n_frames: int, F: int) -> SequencePlan:
+        return plan_anchored(n_frames, F, self.anchor, self.plan_seed) if self.sampler == "anchored" \
+            else plan_naive(n_frames, F)
 
 
 @dataclass
-class Conditioning:
+class VideoConditioning:
+    """What a whole output video is conditioned on, per output frame (the plan cuts it into sequences).
+    A new input (e.g. a source latent) is one more field here and in `sequences`."""
     landmarks: torch.Tensor   # (N, 478, 3) float, driving landmarks of every output frame (no NaN)
     times: torch.Tensor       # (N,) float seconds of every output frame
     clip_emb: torch.Tensor    # (D,) CLIP embedding of the source
 
+    def sequences(self, plan: SequencePlan) -> Conditioning:
+        """The model's conditioning for every sequence of `plan` (S rows), nothing dropped."""
+        fr = torch.as_tensor(plan.frames)
+        t = self.times.float()
+        return Conditioning(landmarks=torch.nan_to_num(self.landmarks.float()[fr]),       # (S, F, 478, 3)
+                            offsets=t[fr] - t[fr[:, :1]],                                  # (S, F) s vs slot 0
+                            clip_emb=self.clip_emb.float()[None].expand(plan.num_sequences, -1))  # (S, D)
 
-def _batch_inputs(plan: SequencePlan, cond: Conditioning):
-    fr = torch.as_tensor(plan.frames)
-    lm = torch.nan_to_num(cond.landmarks.float()[fr])                        # (S, F, 478, 3)
-    t = cond.times.float()
-    offsets = t[fr] - t[fr[:, :1]]                                           # (S, F) seconds vs slot 0
-    clip = cond.clip_emb.float()[None].expand(plan.num_sequences, -1)        # (S, D)
-    return lm, offsets, clip
 
-
-def model_rows(model, x, t_model, lm, offsets, clip, drop_lm: bool, drop_clip: bool, cfg: float,
-               max_batch: int) -> torch.Tensor:
-    """Model output for every sequence (S, F, 2C, h, w), guidance applied, evaluated in chunks.
-
-    Rows = sequences (x conditional pass, + the unconditional pass when cfg != 1 and the mode
-    conditions on something); at most `max_batch` rows go into one forward call.
-    """
+def guided_output(model, x, t_model, cond: Conditioning, cfg_scale: float, max_batch: int) -> torch.Tensor:
+    """Model output for every sequence (S, F, 2C, h, w), classifier-free guidance applied, evaluated in
+    chunks: rows = the S sequences under `cond` (+ S unconditional rows when cfg_scale != 1 and `cond`
+    conditions on something); at most `max_batch` rows go into one forward call."""
     S = x.shape[0]
-    extra = cfg != 1.0 and not (drop_lm and drop_clip)
-    # each row: (sequence index, drop_landmarks, drop_clip)
-    rows = [(s, drop_lm, drop_clip) for s in range(S)]
-    if extra:
-        rows += [(s, True, True) for s in range(S)]
-    outs = []
-    step = max_batch if max_batch and max_batch > 0 else len(rows)
-    for i in range(0, len(rows), step):
-        chunk = rows[i:i + step]
-        idx = torch.tensor([r[0] for r in chunk])
-        dl = torch.tensor([r[1] for r in chunk])
-        dc = torch.tensor([r[2] for r in chunk])
-        tt = torch.full((len(chunk),), int(t_model), dtype=torch.long)
-        outs.append(model(x[idx], tt, lm[idx], offsets[idx], clip[idx], drop_landmarks=dl, drop_clip=dc))
-    out = torch.cat(outs)
+    extra = cfg_scale != 1.0 and not bool(cond.drop_landmarks.all() and cond.drop_clip.all())
+    xs, conds = (torch.cat([x, x]), Conditioning.cat([cond, cond.dropped(True, True)])) if extra else (x, cond)
+    n = xs.shape[0]
+    step = max_batch if max_batch and max_batch > 0 else n
+    tt = torch.full((n,), int(t_model), dtype=torch.long)
+    out = torch.cat([model(xs[i:i + step], tt[i:i + step], conds.rows(slice(i, i + step))) for i in range(0, n, step)])
     if not extra:
         return out
-    cond, unc = out[:S], out[S:]
+    on, off = out[:S], out[S:]
     C = x.shape[2]
-    eps = unc[:, :, :C] + cfg * (cond[:, :, :C] - unc[:, :, :C])
-    return torch.cat([eps, cond[:, :, C:]], dim=2)
-
-
-def _p_step(diffusion, out, x, i: int, clip_x0: float = 0.0):
-    """p_mean_variance on frames flattened into the batch: (S, F, ...) -> mean, log_variance.
-    The clamp of x_0 (clip_x0) is elementwise, so the anchor stays in sync."""
-    S, F = x.shape[:2]
-    tt = torch.full((S * F,), i, dtype=torch.long)
-    r = diffusion.p_mean_variance(out.reshape(S * F, *out.shape[2:]), x.reshape(S * F, *x.shape[2:]), tt, clip_x0)
-    return r["mean"].reshape(x.shape), r["log_variance"].reshape(x.shape).expand_as(x)
+    eps = off[:, :, :C] + cfg_scale * (on[:, :, :C] - off[:, :, :C])
+    return torch.cat([eps, on[:, :, C:]], dim=2)
 
 
 @torch.no_grad()
-def sample(model, diffusion, plan: SequencePlan, cond: Conditioning, latent_shape: tuple[int, int, int],
+def sample(model, diffusion, plan: SequencePlan, video: VideoConditioning, latent_shape: tuple[int, int, int],
            sc: SampleConfig, callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Run the reverse process for the whole plan; returns (N, C, h, w) latents (scaled space).
 
@@ -196,22 +188,20 @@ def sample(model, diffusion, plan: SequencePlan, cond: Conditioning, latent_shap
     sp = respace(diffusion, sc.steps)
     tmap = torch.as_tensor(sp.timestep_map).long()
     sync = plan.anchor is not None
-    drop_lm, drop_clip = GUIDANCE[sc.guidance]
-    lm, offsets, clip = _batch_inputs(plan, cond)
+    cond = video.sequences(plan).dropped(*GUIDANCE[sc.guidance])
     S, F = plan.frames.shape
     g = torch.Generator().manual_seed(int(sc.seed))
     x = torch.randn((S, F, *latent_shape), generator=g)
     if sync:
         x[:, 0] = x[0, 0].clone()                                     # rule 1
-    n_steps = len(tmap)
-    for k, i in enumerate(range(n_steps - 1, -1, -1)):
-        out = model_rows(model, x, tmap[i], lm, offsets, clip, drop_lm, drop_clip, sc.cfg, sc.max_batch)
-        noise = torch.randn(x.shape, generator=g)                # drawn for the whole batch, before any use
+    for k, i in enumerate(range(len(tmap) - 1, -1, -1)):
+        out = guided_output(model, x, tmap[i], cond, sc.cfg_scale, sc.max_batch)
+        noise = torch.randn(x.shape, generator=g)                    # drawn for the whole batch, before any use
         if sync:
-            out[:, 0] = out[:, 0].mean(dim=0)                    # rule 3
+            out[:, 0] = out[:, 0].mean(dim=0)                        # rule 3
             noise[:, 0] = noise[0, 0].clone()                         # rule 4
-        mean, log_var = _p_step(sp, out, x, i, sc.clip_x0)
-        x = mean + (torch.exp(0.5 * log_var) * noise if i > 0 else 0.0)
+        # the clamp of x_0 (clip_x0) is elementwise, so the anchor stays in sync
+        x = sp.p_sample(out, x, torch.full((S,), i, dtype=torch.long), noise, sc.clip_x0)
         if sync:
             x[:, 0] = x[0, 0].clone()                                 # rule 5 (already equal; makes it explicit)
         if callback is not None:
@@ -229,23 +219,3 @@ def assemble(plan: SequencePlan, x: torch.Tensor) -> torch.Tensor:
     if not (count == 1).all():
         raise AssertionError(f"plan does not cover every frame exactly once: counts {np.bincount(count)}")
     return out
-
-
-class AnchoredSampler:
-    """Anchored Diffusion: one batch of sequences sharing frame `anchor` (see the module doc)."""
-
-    def __init__(self, model, diffusion, frames: int, anchor: int = 0, plan_seed: int = 0):
-        self.model, self.diffusion, self.F, self.anchor, self.plan_seed = model, diffusion, frames, anchor, plan_seed
-
-    def plan(self, n_frames: int) -> SequencePlan:
-        return plan_anchored(n_frames, self.F, self.anchor, self.plan_seed)
-
-    def __call__(self, cond: Conditioning, latent_shape, sc: SampleConfig, callback=None) -> torch.Tensor:
-        return sample(self.model, self.diffusion, self.plan(len(cond.times)), cond, latent_shape, sc, callback)
-
-
-class NaiveChunkSampler(AnchoredSampler):
-    """Baseline: consecutive chunks of F frames sampled independently (no shared frame)."""
-
-    def plan(self, n_frames: int) -> SequencePlan:
-        return plan_naive(n_frames, self.F)

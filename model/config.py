@@ -1,8 +1,11 @@
 """One typed config for the sDiT trainer, with the paper's defaults (supplementary §7).
 
-Sources of values, applied in order: dataclass defaults (the paper) -> a preset (`preset: tiny`)
--> the YAML sections (dags/train.yaml) -> command-line overrides `section.key=value`.
-Unknown keys are rejected with a clear error, so a typo never silently trains the default.
+`load_config` is the one place a run's config is decided. Sources of values, applied in order:
+dataclass defaults (the paper) -> a preset (`preset: tiny`) -> the YAML sections (dags/train.yaml)
+-> a preset named on the command line (`preset=tiny`) or, training on a CPU, `train.cpu_preset`
+-> command-line overrides `section.key=value`. The only values decided later are model.latent_size /
+clip_dim given as 0, which `with_shard_dims` takes from the shards. Unknown keys and mistyped values
+are rejected with a one-line error naming the key, so a typo never silently trains the default.
 """
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.configfile import ConfigError, check_keys, coerce, load_yaml  # shared by every config
+from pipeline.configfile import ConfigError, check_keys, load_yaml, set_fields  # shared by every config
 
 # DiT's registry (Peebles & Xie, Table 1): name -> depth, hidden width, heads; "/p" = patch size.
 _BASE = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
@@ -83,12 +86,15 @@ class TrainConfig:
     ema_decay: float = 0.9999     # DiT
     seed: int = 0
     log_every: int = 100
-    ckpt_every: int = 10_000
+    ckpt_every: int = 10_000      # 0 = no checkpoints (benchmarks)
     keep_last: int = 2            # older step checkpoints are deleted
     sample_every: int = 0         # >0: save a sample grid every K steps (needs a local VAE to decode)
     vae_path: str = ""            # "" = <data>/models/vae if it exists
-    precision: str = "auto"       # "auto": bf16 autocast on GPU, fp32 on CPU; or "fp32" / "bf16"
-    peak_flops: float = 0.0       # per-device peak for MFU; 0 = look up the device table
+    precision: str = "auto"       # "auto": bf16 autocast on GPU, fp32 on CPU; or "fp32" / "bf16" (CPU too)
+    compile: bool = False         # torch.compile the model (forward + backward); the first step compiles
+    compile_backend: str = "inductor"  # torch.compile backend; "aot_eager" traces without code generation
+                                  # (inductor's C++ code generation takes minutes on a small CPU)
+    peak_flops: float = 0.0       # per-device peak FLOP/s for MFU; 0 = model.mfu.PEAK_FLOPS by device name
     run: str = "sdit"             # run directory name under <data>/train/
     cpu_preset: str = "tiny"      # applied when no GPU is present ("" = train the YAML's model on CPU anyway)
 
@@ -100,6 +106,7 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    notes: list[str] = field(default_factory=list)   # what load_config decided beyond the files (logged)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -132,12 +139,8 @@ _SECTIONS = ("model", "diffusion", "data", "train")
 def apply(cfg: Config, updates: dict, origin: str) -> Config:
     check_keys(updates, ("preset", *_SECTIONS), origin)
     for sec, vals in updates.items():
-        if sec == "preset":
-            continue
-        obj = getattr(cfg, sec)
-        check_keys(vals, (f.name for f in dataclasses.fields(obj)), origin, sec)
-        for k, v in vals.items():
-            setattr(obj, k, coerce(f"{sec}.{k}", v, getattr(obj, k)))
+        if sec != "preset":
+            set_fields(getattr(cfg, sec), vals, origin, sec)   # every value type-checked, the key named
     return cfg
 
 
@@ -154,34 +157,60 @@ def parse_overrides(items: list[str]) -> dict:
         if not sep or key.count(".") != 1:
             raise ConfigError(f"override {it!r}: expected section.key=value")
         sec, k = key.split(".")
-        out.setdefault(sec, {})[k] = yaml.safe_load(val)
+        out.setdefault(sec, {})[k] = yaml.safe_load(val) if val else ""   # `key=` sets "" (YAML would say None)
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
-                preset: str | None = None) -> Config:
-    """Defaults -> preset -> YAML -> overrides. `preset` (or a `preset=NAME` override) forces a preset
-    after the YAML: `preset=tiny` on the command line trains the tiny model whatever the YAML says."""
-    if overrides is not None and not isinstance(overrides, dict):
-        overrides = parse_overrides(overrides)
-    if overrides and "preset" in overrides:
-        overrides = dict(overrides)
-        preset = str(overrides.pop("preset"))
-    doc = load_yaml(path)
-    cfg = Config()
-    cfg.preset = str(doc.get("preset", "paper"))
-    if cfg.preset not in PRESETS:
-        raise ConfigError(f"unknown preset {cfg.preset!r}; known: {', '.join(PRESETS)}")
+def _preset(name, origin: str) -> str:
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ConfigError(f"{origin}: unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return name
+
+
+def _assemble(doc: dict, where: str, preset: str | None, overrides: dict) -> Config:
+    """defaults -> the YAML's preset -> the YAML -> `preset` (if another) -> overrides."""
+    cfg = Config(preset=_preset(doc.get("preset", "paper"), where))
     apply(cfg, PRESETS[cfg.preset], f"preset {cfg.preset}")
-    apply(cfg, doc, str(path))
+    apply(cfg, doc, where)
     if preset and preset != cfg.preset:
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-        cfg.preset = preset
+        cfg.preset = _preset(preset, "override")
         apply(cfg, PRESETS[preset], f"preset {preset}")
-    if overrides:
-        apply(cfg, overrides, "override")
+    apply(cfg, overrides, "override")
     validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
+                for_device: str | None = None) -> Config:
+    """The run's config, decided here once (see the module doc for the order).
+
+    `preset=NAME` among the overrides forces a preset after the YAML: `preset=tiny` on the command line
+    trains the tiny model whatever the YAML says. `for_device`: the device type the run trains on; on
+    "cpu", `train.cpu_preset` (unless empty, or a preset was named on the command line) replaces the
+    YAML's preset the same way, and `cfg.notes` says so. None = no device decision (a config described,
+    not trained)."""
+    overrides = dict(parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {}))
+    named = overrides.pop("preset", None)
+    doc = load_yaml(path)
+    where = str(path) if path else "defaults"
+    cfg = _assemble(doc, where, named, overrides)
+    fallback = cfg.train.cpu_preset
+    if for_device == "cpu" and named is None and fallback and cfg.preset != fallback:
+        wanted = f"{cfg.model.size} ({cfg.preset} preset)"
+        cfg = _assemble(doc, where, _preset(fallback, "train.cpu_preset"), overrides)
+        cfg.notes.append(f"no GPU: training the {cfg.preset!r} preset (model {cfg.model.size}) instead of {wanted}; "
+                         f"set train.cpu_preset='' to override")
+    return cfg
+
+
+def with_shard_dims(cfg: Config, latent_size: int, clip_dim: int) -> Config:
+    """model.latent_size / clip_dim given as 0 (= from the shards) take the shards' values (from
+    model.data.check_schema, which has checked the ones given); returns cfg."""
+    if cfg.model.latent_size == 0:
+        cfg.model.latent_size = int(latent_size)
+        cfg.model.arch()    # the adopted size must suit the patch
+    if cfg.model.clip_dim == 0:
+        cfg.model.clip_dim = int(clip_dim)
     return cfg
 
 
@@ -201,5 +230,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"diffusion.schedule {cfg.diffusion.schedule!r}: only 'linear' (DiT) is implemented")
     if cfg.train.precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"train.precision must be auto|fp32|bf16, got {cfg.train.precision!r}")
+    if cfg.train.cpu_preset and cfg.train.cpu_preset not in PRESETS:
+        raise ConfigError(f"train.cpu_preset: unknown preset {cfg.train.cpu_preset!r}; known: {', '.join(PRESETS)}")
     if not 0.0 <= cfg.data.cond_dropout < 1.0:
         raise ConfigError("data.cond_dropout must be in [0, 1)")

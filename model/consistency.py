@@ -50,27 +50,28 @@ def _curves(frames: np.ndarray, enc, F: int) -> dict:
 
 def _clip_inputs(clip: dict, n_frames: int, enc, F: int) -> dict:
     """What every seed of one clip shares: the driving inputs (cut to n_frames) and the real curve."""
+    from model.reenact import video_conditioning
+
     T = min(len(clip["time_s.npy"]), n_frames)
     filled, lm, ok, times, lat = driving_of({k: (v[:T] if isinstance(v, np.ndarray) else v) for k, v in clip.items()}, 0)
-    return {"filled": filled, "lm": lm, "ok": ok, "times": times, "frames": T,
-            "src_emb": clip["clip_emb.npy"][0].astype(np.float32), "real": _curves(real_frames(enc, lat), enc, F)}
+    src_emb = clip["clip_emb.npy"][0].astype(np.float32)
+    return {"video": video_conditioning(filled, times, src_emb), "lm": lm, "ok": ok, "frames": T,
+            "real": _curves(real_frames(enc, lat), enc, F)}
 
 
-def _one_consistency_run(clip: dict, inp: dict, steps: int, seed: int, clip_x0: float, model, cfg, diffusion,
-                         enc) -> dict:
+def _one_consistency_run(clip: dict, inp: dict, sc, gen) -> dict:
     """Anchored vs naive ASIM/ACLIP curves (the real one from `inp`), and LMSE with vs without landmark
-    guidance, for one (held-out clip, seed): self-reenactment, source = the clip's own first frame."""
-    from model.anchored import SampleConfig
+    guidance, for one (held-out clip, seed = sc.seed): self-reenactment, source = the clip's own first
+    frame. `sc`: the SampleConfig the three runs share; `gen`: model.reenact.Reenactor."""
+    from dataclasses import replace
+
     from model.metrics import LMSE_SIZE, landmarks_of, lmse_landmarks
-    from model.reenact import generate
 
     gens = {}
     for name, sampler, guidance in (("anchored", "anchored", "clip+landmarks"), ("naive", "naive", "clip+landmarks"),
                                     ("anchored_no_landmarks", "anchored", "clip")):
-        sc = SampleConfig(steps=steps, guidance=guidance, seed=seed, clip_x0=clip_x0)
-        _, gens[name], _ = generate(model, cfg, diffusion, enc, inp["filled"], inp["times"], inp["src_emb"], sc,
-                                    sampler, 0, seed)
-    F = cfg.model.frames
+        _, gens[name], _ = gen.generate(inp["video"], replace(sc, sampler=sampler, guidance=guidance))
+    F, enc, seed = gen.cfg.model.frames, gen.enc, sc.seed
     out = {"clip": clip["__key__"], "video_id": clip["meta.json"]["video_id"], "seed": seed, "frames": inp["frames"],
            "curves": {"real": inp["real"], "anchored": _curves(gens["anchored"], enc, F),
                       "naive": _curves(gens["naive"], enc, F)}, "lmse": {}}
@@ -101,13 +102,15 @@ def consistency_study(data: Path, ckpt: str | None = None, models: str = "", ste
     mean ASIM over the last third of the frames. Summary: mean and sd over the runs, and in how many
     runs anchored beat naive (paired: same clip, same seed).
     Writes <data>/eval/consistency.json (+ .png); returns the dict."""
+    from model.anchored import SampleConfig
     from model.reenact import load_all
     from pipeline.paths import DataRoot, atomic_write_text
 
     root = DataRoot.of(data)
-    model, cfg, diffusion, enc, info = load_all(root.root, ckpt, models, force_encoders=force_encoders)
-    held, split_note = load_heldout(root.root, cfg, info["heldout"])
-    F = cfg.model.frames
+    gen = load_all(root.root, ckpt, models, force_encoders=force_encoders)
+    info = gen.info
+    held, split_note = load_heldout(root.root, gen.cfg, info["heldout"])
+    F = gen.cfg.model.frames
     if clip_key:
         chosen = [s for s in held if s["__key__"] == clip_key]
         if not chosen:
@@ -126,9 +129,10 @@ def consistency_study(data: Path, ckpt: str | None = None, models: str = "", ste
                              f"(n_frames={n_frames}; F={F})")
     runs = []
     for clip in chosen:
-        inp = _clip_inputs(clip, n_frames, enc, F)   # the real clip's decode and curve: once, not per seed
+        inp = _clip_inputs(clip, n_frames, gen.enc, F)   # the real clip's decode and curve: once, not per seed
         for seed in range(seeds):
-            r = _one_consistency_run(clip, inp, steps, seed, clip_x0, model, cfg, diffusion, enc)
+            sc = SampleConfig(steps=steps, seed=seed, plan_seed=seed, anchor=0, clip_x0=clip_x0)
+            r = _one_consistency_run(clip, inp, sc, gen)
             runs.append(r)
             c = r["curves"]
             print(f"consistency [{len(runs)}/{len(chosen) * seeds}] clip {r['clip']} seed {seed}: far ASIM anchored "

@@ -7,8 +7,9 @@ starts a fresh stream instead of replaying the first one (webdataset has no mid-
 
 Safety: only .npy (allow_pickle=False) and .json members are decoded; anything else is ignored.
 Robustness: a missing, truncated or corrupt shard is logged, counted and never resampled again by that
-worker; a sample that fails to decode is logged, counted and skipped; training goes on. A schema
-mismatch is caught before training (`check_schema`) with an error naming what differs.
+worker; a sample that fails to decode is logged, counted and skipped; training goes on. The counts are
+the worker's `WorkerCounters`, handed out beside every batch it collates. A schema mismatch is caught
+before training (`check_schema`) with an error naming what differs.
 
 Conditioning dropout (data.cond_dropout = p, data.dropout_mode):
   joint (the paper's, supplementary §4): landmarks and CLIP are dropped together with probability p, never
@@ -19,10 +20,12 @@ Conditioning dropout (data.cond_dropout = p, data.dropout_mode):
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import io
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +39,23 @@ log = logging.getLogger("reenactfaces.data")
 
 class SchemaError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class ShardDims:
+    """What the shards hold, read by `check_schema` (config.with_shard_dims adopts it for 0-valued keys)."""
+    latent_size: int
+    latent_channels: int
+    clip_dim: int
+    meta: dict           # the first sample's meta.json (encoder labels, scaling factor, schema version)
+
+
+@dataclass
+class WorkerCounters:
+    """Running totals of one loader worker (one rank's DataLoader process), read beside each batch."""
+    worker: int = 0
+    bad_shards: int = 0      # shards found unreadable so far (never resampled by this worker)
+    bad_samples: int = 0     # samples that failed to decode so far (skipped)
 
 
 def resolve_shards(spec: str, data_root: Path | None = None) -> list[str]:
@@ -118,9 +138,10 @@ def _read_shard(url: str, errors: list):
     return wds.tarfile_samples([{"url": url}], handler=lambda exn: errors.append(exn) or True)
 
 
-def check_schema(urls: list[str], cfg) -> dict:
+def check_schema(urls: list[str], cfg) -> ShardDims:
     """Read the first sample of the first readable shard; raise SchemaError on any contract mismatch.
-    model.latent_size / model.clip_dim set to 0 are filled in from that sample (cfg is updated)."""
+    model.latent_size / model.clip_dim set to 0 accept what the shards hold. The config is not changed:
+    the caller adopts the returned dimensions (model.config.with_shard_dims)."""
     if not urls:
         raise SchemaError("no shards found")
     for url in urls:
@@ -134,22 +155,19 @@ def check_schema(urls: list[str], cfg) -> dict:
             raise SchemaError(f"{url}: sample {first['__key__']} lacks members {missing} (shard contract v{SCHEMA_VERSION})")
         s = decode(first)
         meta = s["meta.json"]
-        if cfg.model.latent_size == 0:  # 0 = adopt the shards' latent size / CLIP width
-            cfg.model.latent_size = int(s["latent_mean.npy"].shape[-1])
-            cfg.model.arch()
-        clip_dim = int(meta.get("clip_dim", s["clip_emb.npy"].shape[-1]))
-        if cfg.model.clip_dim == 0:
-            cfg.model.clip_dim = clip_dim
         if meta.get("schema_version") != SCHEMA_VERSION:
             raise SchemaError(f"{url}: schema_version {meta.get('schema_version')!r}, trainer expects {SCHEMA_VERSION}")
-        want = (cfg.model.latent_channels, cfg.model.latent_size, cfg.model.latent_size)
-        got = tuple(s["latent_mean.npy"].shape[1:])
+        got = tuple(int(n) for n in s["latent_mean.npy"].shape[1:])              # (C, h, w) per frame
+        clip_dim = int(meta.get("clip_dim", s["clip_emb.npy"].shape[-1]))
+        m = cfg.model
+        size = m.latent_size or got[-1]   # 0 = adopt the shards' latent size
+        want = (m.latent_channels, size, size)
         if got != want:
             raise SchemaError(f"{url}: latents are {got} per frame, config model expects {want} "
                               f"(set model.latent_size / latent_channels)")
-        if clip_dim != cfg.model.clip_dim:
-            raise SchemaError(f"{url}: clip_dim {meta.get('clip_dim')} != model.clip_dim {cfg.model.clip_dim}")
-        return meta
+        if m.clip_dim and clip_dim != m.clip_dim:
+            raise SchemaError(f"{url}: clip_dim {meta.get('clip_dim')} != model.clip_dim {m.clip_dim}")
+        return ShardDims(latent_size=got[-1], latent_channels=got[0], clip_dim=clip_dim, meta=meta)
     raise SchemaError(f"none of the {len(urls)} shards is readable (first: {urls[0]})")
 
 
@@ -175,9 +193,9 @@ class SequenceStream(IterableDataset):
         mine = mine[wid::nw] if len(mine) >= nw else mine
         rng = np.random.default_rng([self.cfg.train.seed, self.rank, wid, self.start_step])
         d, F = self.cfg.data, self.cfg.model.frames
+        self.counters = counters = WorkerCounters(worker=wid)   # this worker's copy of the stream owns it
         bad_shards: set[str] = set()
         held_only: set[str] = set()   # shards with no training clip (every clip held out)
-        bad_samples = 0
         buf: list[dict] = []
         while True:
             live = [u for u in mine if u not in bad_shards and u not in held_only]
@@ -194,10 +212,9 @@ class SequenceStream(IterableDataset):
                 try:
                     seq = make_sequence(decode(raw), F, rng, d.cond_dropout, d.dropout_mode)
                 except Exception as exn:  # corrupt/incomplete sample: skip it, keep training
-                    bad_samples += 1
+                    counters.bad_samples += 1
                     log.warning("skipping sample %s in %s: %r", raw.get("__key__"), url, exn)
                     continue
-                seq.update(worker=wid, bad_shards=len(bad_shards), bad_samples=bad_samples)
                 buf.append(seq)
                 if len(buf) >= max(1, d.shuffle_buffer):
                     yield buf.pop(int(rng.integers(len(buf))))
@@ -205,12 +222,30 @@ class SequenceStream(IterableDataset):
                 held_only.add(url)
             if errors:
                 bad_shards.add(url)
+                counters.bad_shards = len(bad_shards)
                 log.warning("skipping shard %s (%d/%d bad in this worker): %s", url, len(bad_shards), len(mine),
                             errors[0])
 
 
+class LocalBatches(IterableDataset):
+    """A stream's sequences collated into local batches inside the loader worker that reads them, each
+    yielded as (batch, a copy of that worker's WorkerCounters)."""
+
+    def __init__(self, stream: SequenceStream, size: int):
+        self.stream, self.size = stream, size
+
+    def __iter__(self):
+        from torch.utils.data import default_collate
+
+        samples = iter(self.stream)
+        while True:
+            batch = default_collate([next(samples) for _ in range(self.size)])
+            yield batch, dataclasses.replace(self.stream.counters)
+
+
 def make_batches(urls: list[str], cfg, rank: int = 0, world: int = 1, start_step: int = 0, exclude=None):
-    """Iterator of local batches (dicts of tensors, plus "key" lists) for this rank.
+    """Iterator of (local batch, WorkerCounters) for this rank: the batch a dict of tensors (plus a "key"
+    list), the counters those of the loader worker that made it.
 
     With data.overfit_batches = K > 0, K global batches are drawn once from a fixed stream and cycled
     (each rank slicing its part), so the run is identical for any world size and across resumes."""
@@ -220,9 +255,10 @@ def make_batches(urls: list[str], cfg, rank: int = 0, world: int = 1, start_step
     local = B // world
     K = cfg.data.overfit_batches
     if K > 0:
-        stream = iter(SequenceStream(urls, cfg, 0, 1, 0, exclude))
-        fixed = [torch.utils.data.default_collate([next(stream) for _ in range(B)]) for _ in range(K)]
-        fixed = [{k: v[rank * local:(rank + 1) * local] for k, v in b.items()} for b in fixed]
+        stream = SequenceStream(urls, cfg, 0, 1, 0, exclude)
+        draws = iter(LocalBatches(stream, B))
+        fixed = [next(draws) for _ in range(K)]
+        fixed = [({k: v[rank * local:(rank + 1) * local] for k, v in b.items()}, n) for b, n in fixed]
 
         def cycle():
             step = start_step
@@ -231,5 +267,7 @@ def make_batches(urls: list[str], cfg, rank: int = 0, world: int = 1, start_step
                 step += 1
         return cycle()
     nw = cfg.data.num_workers
-    return iter(DataLoader(SequenceStream(urls, cfg, rank, world, start_step, exclude), batch_size=local,
-                           num_workers=nw, persistent_workers=nw > 0, pin_memory=torch.cuda.is_available()))
+    # batch_size=None: the workers collate (LocalBatches), so their counters travel beside each batch
+    return iter(DataLoader(LocalBatches(SequenceStream(urls, cfg, rank, world, start_step, exclude), local),
+                           batch_size=None, num_workers=nw, persistent_workers=nw > 0,
+                           pin_memory=torch.cuda.is_available()))

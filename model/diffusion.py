@@ -1,6 +1,10 @@
 """Gaussian diffusion with DiT/IDDPM semantics: linear betas, eps prediction, learned-range sigma,
 loss = (weighted) eps-MSE + variational bound (vb uses a stop-gradient on the mean, so the vb term
-trains only the variance), timestep respacing for sampling, a plain DDPM ancestral sampler.
+trains only the variance), timestep respacing for sampling, and one reverse step (`p_sample`) shared
+by the plain DDPM loop here and the anchored loop (model/anchored.py).
+
+The model is called as model(x_t, t, cond): `cond` (model.sdit.Conditioning, or None) is passed
+through untouched, as DiT passes its model_kwargs.
 
 Tensors may carry any leading layout: x is (B, ..., C, h, w) and the model output (B, ..., 2C, h, w)
 (channels at dim -3), so the same code serves one frame or an F-frame sequence.
@@ -107,12 +111,12 @@ class GaussianDiffusion:
         nll = -mean_flat(discretized_gaussian_loglik(x0, p["mean"], 0.5 * p["log_variance"])) / math.log(2.0)
         return torch.where(t == 0, nll, kl)
 
-    def training_losses(self, model, x0, t, model_kwargs=None, noise=None, weight=None) -> dict:
+    def training_losses(self, model, x0, t, cond=None, noise=None, weight=None) -> dict:
         """-> dict(loss, mse, vb), each (B,). `weight` (broadcastable to x0) scales the squared error
         per latent pixel: 1 + lambda_ex under expressive landmarks (see `expressive_mask`)."""
         noise = torch.randn_like(x0) if noise is None else noise
         x_t = self.q_sample(x0, t, noise)
-        out = model(x_t, self.timestep_map.to(t.device)[t], **(model_kwargs or {}))
+        out = model(x_t, self.timestep_map.to(t.device)[t], cond)
         C = x0.shape[-3]
         eps = out[..., :C, :, :]
         sq = (noise - eps.float()) ** 2
@@ -127,10 +131,17 @@ class GaussianDiffusion:
         terms["loss"] = terms["mse"] + terms["vb"]
         return terms
 
+    def p_sample(self, model_output, x_t, t, noise, clip_x0: float = 0.0) -> torch.Tensor:
+        """One reverse step: x_{t-1} = mean + sigma * noise from the model output at x_t (no noise where
+        t == 0). t (B,) indexes THIS chain; x_t may carry frames (B, F, C, h, w): t broadcasts over them."""
+        p = self.p_mean_variance(model_output.float(), x_t, t, clip_x0)
+        nonzero = (t != 0).float().reshape(t.shape + (1,) * (x_t.dim() - t.dim()))   # (B, 1, ..., 1)
+        return p["mean"] + nonzero * torch.exp(0.5 * p["log_variance"]) * noise
+
     @torch.no_grad()
-    def p_sample_loop(self, model_fn, shape, noise=None, generator=None, device="cpu", progress=False):
-        """Plain DDPM ancestral sampling. `model_fn(x_t, t_model)` gets the ORIGINAL-chain timestep
-        (through timestep_map) and closes over its conditioning."""
+    def p_sample_loop(self, model, shape, cond=None, noise=None, generator=None, device="cpu", progress=False):
+        """Plain DDPM ancestral sampling of `shape` under `cond`. The model gets the ORIGINAL-chain
+        timestep (through timestep_map)."""
         x = noise if noise is not None else torch.randn(shape, generator=generator, device=device)
         steps = range(self.num_timesteps - 1, -1, -1)
         if progress:
@@ -138,9 +149,8 @@ class GaussianDiffusion:
             steps = tqdm(steps, desc="sampling")
         for i in steps:
             t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-            p = self.p_mean_variance(model_fn(x, self.timestep_map.to(x.device)[t]).float(), x, t)
-            z = torch.randn(x.shape, generator=generator, device=x.device) if i > 0 else torch.zeros_like(x)
-            x = p["mean"] + torch.exp(0.5 * p["log_variance"]) * z
+            out = model(x, self.timestep_map.to(x.device)[t], cond)
+            x = self.p_sample(out, x, t, torch.randn(x.shape, generator=generator, device=x.device))
         return x
 
 

@@ -21,8 +21,9 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,16 +50,37 @@ class EvalConfig:
     consistency_seeds: int = 3        # --consistency: seeds per clip
     consistency_frames: int = 32      # --consistency: frames per clip (clips at least this long)
     force_encoders: bool = False      # --force-encoders: score with other VAE/CLIP than trained on (loudly)
-    grids: dict = field(default_factory=lambda: {"cpu": [{"steps": 50, "cfg": 1, "guidance": "clip+landmarks"}]})
+    grids: dict[str, list[dict]] = field(default_factory=lambda: {
+        "cpu": [{"steps": 50, "cfg_scale": 1.0, "guidance": "clip+landmarks"}]})
+
+
+@dataclass
+class GridRow:
+    """One row of a Table 1 grid (`grids:` in dags/eval.yaml)."""
+    steps: int = 50
+    cfg_scale: float = 1.0
+    guidance: str = "clip+landmarks"
+
+    def __post_init__(self):
+        if self.guidance not in LABEL:
+            raise ValueError(f"unknown guidance {self.guidance!r}; known: {', '.join(LABEL)}")
+
+
+def grid_rows(rows: list[dict], where: str, name: str) -> list[GridRow]:
+    """The rows of grid `name`, every key and value type-checked (ConfigError naming grids.<name>[i].key)."""
+    from pipeline.configfile import fill_dataclass
+
+    return [fill_dataclass(GridRow, r, where, f"grids.{name}[{i}]") for i, r in enumerate(rows)]
 
 
 def load_eval_config(path: str | None, overrides: list[str] = ()) -> EvalConfig:
     """EvalConfig <- the YAML (dags/eval.yaml is optional, a file you name is not) <- key=value overrides."""
     import yaml
 
-    from pipeline.configfile import ConfigError, check_keys, coerce, load_yaml
+    from pipeline.configfile import ConfigError, load_yaml, set_fields
 
     cfg = EvalConfig()
+    where = path or "eval config"
     try:
         doc = load_yaml(path, default_path="dags/eval.yaml")
         for ov in overrides:
@@ -66,9 +88,9 @@ def load_eval_config(path: str | None, overrides: list[str] = ()) -> EvalConfig:
             if not sep:
                 raise ConfigError(f"override {ov!r}: expected key=value")
             doc[k] = yaml.safe_load(v)
-        check_keys(doc, (f.name for f in fields(EvalConfig)), path or "eval config")
-        for k, v in doc.items():
-            setattr(cfg, k, coerce(k, v, getattr(cfg, k)))
+        set_fields(cfg, doc, where)
+        for name, rows in cfg.grids.items():
+            grid_rows(rows, where, name)
     except ConfigError as e:
         raise SystemExit(f"evaluate: error: {e}") from None
     return cfg
@@ -85,7 +107,26 @@ def pairs(held: list[dict], max_clips: int) -> list[tuple[dict, dict]]:
     return out
 
 
-def evaluate_row(row: dict, jobs, model, cfg, diffusion, enc, ec: EvalConfig, real, net, mesh) -> dict:
+@dataclass
+class Job:
+    """One held-out driving clip: what the model is conditioned on and what its output is scored against."""
+    video: Any                # model.anchored.VideoConditioning (landmarks filled where no face)
+    landmarks: np.ndarray     # (T, 478, 3) the clip's stored landmarks, x, y in [0, 1] (NaN = no face)
+    ok: np.ndarray            # (T,) bool: a face on the driving frame
+    src_emb: np.ndarray       # (D,) CLIP embedding of the source (another video's frame)
+
+
+@dataclass
+class Scoring:
+    """What scores the generated frames: the face mesh (LMSE) and Inception (FID) with the real features."""
+    mesh: Any                         # pipeline.curate.landmarks.FaceMesh478
+    inception: Any                    # the Inception net, or "unavailable: <why>"
+    real: np.ndarray | None = None    # Inception features of the real held-out frames
+
+
+def evaluate_row(row: GridRow, jobs: list[Job], gen, ec: EvalConfig, scoring: Scoring) -> dict:
+    """One grid row over every job: LMSE pooled over frames, CSIM averaged over clips, FID over all frames.
+    `gen`: model.reenact.Reenactor."""
     from model.anchored import SampleConfig
     from model.metrics import (
         LMSE_SIZE,
@@ -95,27 +136,27 @@ def evaluate_row(row: dict, jobs, model, cfg, diffusion, enc, ec: EvalConfig, re
         landmarks_of,
         lmse_landmarks,
     )
-    from model.reenact import clip_embed, generate
+    from model.reenact import clip_embed
 
-    sc = SampleConfig(steps=int(row["steps"]), cfg=float(row["cfg"]), guidance=str(row["guidance"]),
-                      max_batch=ec.max_batch, seed=ec.seed, clip_x0=ec.clip_x0)
+    sc = SampleConfig(steps=row.steps, cfg_scale=row.cfg_scale, guidance=row.guidance, sampler=ec.sampler,
+                      anchor=ec.anchor, max_batch=ec.max_batch, seed=ec.seed, clip_x0=ec.clip_x0)
     per_clip, csims, gens = [], [], []
-    for k, (filled, lm, ok, times, src_emb) in enumerate(jobs):
-        _, gen, _ = generate(model, cfg, diffusion, enc, filled, times, src_emb, sc, ec.sampler, ec.anchor,
-                             ec.seed + k)
-        gens.append(gen)
-        glm, gok = landmarks_of(gen, mesh=mesh)
-        per_clip.append(lmse_landmarks(glm, lm * LMSE_SIZE, gok, ok))
-        csims.append(csim_embeddings(src_emb, clip_embed(enc, gen)))
+    for k, job in enumerate(jobs):
+        _, frames, _ = gen.generate(job.video, replace(sc, plan_seed=ec.seed + k))
+        gens.append(frames)
+        glm, gok = landmarks_of(frames, mesh=scoring.mesh)
+        per_clip.append(lmse_landmarks(glm, job.landmarks * LMSE_SIZE, gok, job.ok))
+        csims.append(csim_embeddings(job.src_emb, clip_embed(gen.enc, frames)))
     n_used = sum(r["frames_used"] for r in per_clip)   # LMSE pooled over every frame with a face on both sides
     lmse = sum(r["lmse"] * r["frames_used"] for r in per_clip if r["frames_used"]) / n_used if n_used else None
-    out = {"Timesteps": sc.steps, "CFG": sc.cfg, "Guidance": LABEL[sc.guidance],
+    out = {"Timesteps": sc.steps, "CFG": sc.cfg_scale, "Guidance": LABEL[sc.guidance],
            "LMSE": lmse, "CSIM": float(np.mean(csims)),
            "lmse_frames": n_used, "frames": int(sum(len(g) for g in gens))}
-    if isinstance(net, str):
-        out["FID"] = net
+    if isinstance(scoring.inception, str):
+        out["FID"] = scoring.inception
     else:
-        out["FID"] = fid_from_features(inception_features(np.concatenate(gens), net, ec.fid_size), real)
+        out["FID"] = fid_from_features(inception_features(np.concatenate(gens), scoring.inception, ec.fid_size),
+                                       scoring.real)
     return out
 
 
@@ -146,7 +187,8 @@ def run(data: Path, ec: EvalConfig) -> dict:
         load_inception,
         similarity_note,
     )
-    from model.reenact import ReenactError, load_all
+    from model.reenact import ReenactError, load_all, video_conditioning
+    from pipeline.configfile import ConfigError
     from pipeline.curate.landmarks import FaceMesh478
     from pipeline.paths import DataRoot, atomic_write_text
 
@@ -155,18 +197,20 @@ def run(data: Path, ec: EvalConfig) -> dict:
     grid_name = ec.grid if ec.grid != "auto" else ("paper" if torch.cuda.is_available() else "cpu")
     if grid_name not in ec.grids:
         raise SystemExit(f"evaluate: error: grid {grid_name!r} not in grids ({', '.join(ec.grids)})")
-    grid = ec.grids[grid_name]
     try:
-        model, cfg, diffusion, enc, info = load_all(root.root, ec.ckpt or None, ec.models, force_encoders=ec.force_encoders)
-    except ReenactError as e:
+        grid = grid_rows(ec.grids[grid_name], "eval config", grid_name)
+        gen = load_all(root.root, ec.ckpt or None, ec.models, force_encoders=ec.force_encoders)
+    except (ConfigError, ReenactError) as e:
         raise SystemExit(f"evaluate: error: {e}") from None
-    held, split_note = load_heldout(root.root, cfg, info["heldout"])
+    info = gen.info
+    held, split_note = load_heldout(root.root, gen.cfg, info["heldout"])
     jobs, lats, used = [], [], []
     for drv, src in pairs(held, ec.max_clips):
         filled, lm, ok, times, lat = driving_of(drv, ec.max_frames)
-        if len(times) < cfg.model.frames or not ok.any():
+        if len(times) < gen.cfg.model.frames or not ok.any():
             continue  # too short for one sequence, or no face at all: recorded in the stats
-        jobs.append((filled, lm, ok, times, src["clip_emb.npy"][0].astype(np.float32)))
+        src_emb = src["clip_emb.npy"][0].astype(np.float32)
+        jobs.append(Job(video_conditioning(filled, times, src_emb), lm, ok, src_emb))
         lats.append(lat)
         used.append({"driving": drv["__key__"], "source": src["__key__"], "frames": int(len(times)),
                      "cross_identity": drv["meta.json"]["video_id"] != src["meta.json"]["video_id"]})
@@ -178,16 +222,17 @@ def run(data: Path, ec: EvalConfig) -> dict:
         net, real_feats = "unavailable: " + why, None
     else:  # the real frames are VAE-decoded only when there is an FID to compute
         net = load_inception(weights)
-        real_feats = inception_features(np.concatenate([real_frames(enc, lat) for lat in lats]), net, ec.fid_size)
-    csim_note = similarity_note("CSIM", enc.models.clip_label, enc.models.clip_trained)
+        real_feats = inception_features(np.concatenate([real_frames(gen.enc, lat) for lat in lats]), net, ec.fid_size)
+    csim_note = similarity_note("CSIM", gen.enc.models.clip_label, gen.enc.models.clip_trained)
     rows = []
     with FaceMesh478(static=True) as mesh:
+        scoring = Scoring(mesh, net, real_feats)
         for i, row in enumerate(grid):
             tr = time.time()
-            r = evaluate_row(row, jobs, model, cfg, diffusion, enc, ec, real_feats, net, mesh)
+            r = evaluate_row(row, jobs, gen, ec, scoring)
             r["seconds"] = round(time.time() - tr, 2)
             rows.append(r)
-            print(f"eval [{i + 1}/{len(grid)}] steps {r['Timesteps']} cfg {r['CFG']:g} {r['Guidance']}: "
+            print(f"eval [{i + 1}/{len(grid)}] steps {r['Timesteps']} cfg_scale {r['CFG']:g} {r['Guidance']}: "
                   f"FID {_fmt(r['FID'], 1)[:40]}, LMSE {_fmt(r['LMSE'], 2)}, {labelled(csim_note)} {r['CSIM']:.3f} "
                   f"({r['seconds']}s)", flush=True)
     note = (f"Grid `{grid_name}` on {len(jobs)} held-out clips ({sum(u['frames'] for u in used)} frames; "

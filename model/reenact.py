@@ -17,7 +17,9 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -152,9 +154,32 @@ def check_encoders(state: dict, enc, ckpt_name: str, spec: str, force: bool, war
     return f"FORCED mismatch {want.get('fingerprint')} -> {have['fingerprint']}"
 
 
+@dataclass
+class Reenactor:
+    """A trained checkpoint ready to generate: its EMA model and config, the diffusion chain it was
+    trained for, the VAE/CLIP encoders that match its latents, and where they came from (`info`)."""
+    model: Any        # model.sdit.SDiT, eval mode
+    cfg: Any          # model.config.Config of the checkpoint
+    diffusion: Any    # model.diffusion.GaussianDiffusion (the full chain; sampling respaces it)
+    enc: Any          # pipeline.shards.encoders.Encoders
+    info: dict        # ckpt, models, heldout (the run's held-out record), encoders (the check's note)
+
+    def generate(self, video, sc, progress: bool = False):
+        """(latents (N, C, h, w), decoded frames (N, S, S, 3) uint8, plan) for a VideoConditioning under
+        SampleConfig `sc` (sampler, anchor, seeds, guidance, cfg_scale)."""
+        from model.anchored import sample
+
+        m = self.cfg.model
+        plan = sc.plan(len(video.times), m.frames)
+        cb = progress_printer(sc.steps) if progress else None
+        lat = sample(self.model, self.diffusion, plan, video, (m.latent_channels, m.latent_size, m.latent_size), sc, cb)
+        return lat, decode_latents(self.enc, lat), plan
+
+
 def load_all(data: Path, ckpt: str | None, models: str = "", config: str | None = None,
-             force_encoders: bool = False):
-    """-> (model, cfg, diffusion, encoders, info). Every mismatch is a ReenactError naming it."""
+             force_encoders: bool = False) -> Reenactor:
+    """The checkpoint (default: the newest under DATA/train) with its encoders. Every mismatch is a
+    ReenactError naming it."""
     from model.checkpoint import CheckpointMismatch, check_compatible, load, model_from_state, resolve
     from model.diffusion import GaussianDiffusion, linear_betas
     from pipeline.shards.encoders import EncoderConfig, Encoders, resolve_models
@@ -192,8 +217,8 @@ def load_all(data: Path, ckpt: str | None, models: str = "", config: str | None 
     diffusion = GaussianDiffusion(linear_betas(cfg.diffusion.steps))
     # "heldout": the videos the run never trained on (None: a checkpoint from before they were recorded)
     enc_note = check_encoders(state, enc, path.name, spec, force_encoders)
-    return model, cfg, diffusion, enc, {"ckpt": str(path), "models": spec, "heldout": state.get("heldout"),
-                                        "encoders": enc_note}
+    return Reenactor(model, cfg, diffusion, enc, {"ckpt": str(path), "models": spec, "heldout": state.get("heldout"),
+                                                  "encoders": enc_note})
 
 
 def clip_embed(enc, frames: np.ndarray) -> np.ndarray:
@@ -227,21 +252,16 @@ def progress_printer(total: int, label: str = "sampling", every_s: float = 2.0):
     return cb
 
 
-def generate(model, cfg, diffusion, enc, landmarks: np.ndarray, times: np.ndarray, clip_emb: np.ndarray, sc,
-             sampler: str = "anchored", anchor: int = 0, plan_seed: int = 0, progress: bool = False):
-    """Latents (N, C, h, w) and decoded frames (N, S, S, 3) for driving landmarks/times and a source embedding."""
+def video_conditioning(landmarks: np.ndarray, times: np.ndarray, clip_emb: np.ndarray):
+    """model.anchored.VideoConditioning from driving landmarks (N, 478, 3; NaN = 0), times (N,) in seconds
+    and the source's CLIP embedding (D,)."""
     import torch
 
-    from model.anchored import Conditioning, plan_anchored, plan_naive, sample
+    from model.anchored import VideoConditioning
 
-    F = cfg.model.frames
-    plan = plan_anchored(len(times), F, anchor, plan_seed) if sampler == "anchored" else plan_naive(len(times), F)
-    cond = Conditioning(torch.from_numpy(np.nan_to_num(landmarks).astype(np.float32)),
-                        torch.from_numpy(np.asarray(times, np.float32)), torch.from_numpy(clip_emb.astype(np.float32)))
-    shape = (cfg.model.latent_channels, cfg.model.latent_size, cfg.model.latent_size)
-    cb = progress_printer(sc.steps) if progress else None
-    lat = sample(model, diffusion, plan, cond, shape, sc, cb)
-    return lat, decode_latents(enc, lat), plan
+    return VideoConditioning(landmarks=torch.from_numpy(np.nan_to_num(landmarks).astype(np.float32)),
+                             times=torch.from_numpy(np.asarray(times, np.float32)),
+                             clip_emb=torch.from_numpy(np.asarray(clip_emb, np.float32)))
 
 
 def side_by_side(source: np.ndarray, driving: np.ndarray, generated: np.ndarray) -> np.ndarray:
@@ -277,8 +297,8 @@ def run(args) -> dict:
         lm, ok = mesh.batch(drv)          # on the 256 crops: x, y in [0, 1] of the crop, as in the shards
     filled, missing = fill_missing(lm, ok)
     times = np.arange(len(drv), dtype=np.float32) / fps
-    model, cfg, diffusion, enc, info = load_all(root.root, args.ckpt, args.models, args.config,
-                                                force_encoders=args.force_encoders)
+    gen = load_all(root.root, args.ckpt, args.models, args.config, force_encoders=args.force_encoders)
+    cfg, enc = gen.cfg, gen.enc
     if len(drv) < cfg.model.frames:
         raise ReenactError(f"the driving video has {len(drv)} frames, fewer than the sequence length "
                            f"F={cfg.model.frames}")
@@ -286,27 +306,27 @@ def run(args) -> dict:
     if size != SIZE:  # a model trained at another resolution (the tiny one: 64 px)
         src, drv = load_frames([src], size=size)[0], load_frames(drv, size=size)
     src_emb = clip_embed(enc, src[None])[0]
-    sc = SampleConfig(steps=args.steps, cfg=args.cfg, guidance=args.guidance, max_batch=args.max_batch,
-                      seed=args.seed, clip_x0=args.clip_x0)
+    sc = SampleConfig(steps=args.steps, cfg_scale=args.cfg_scale, guidance=args.guidance, sampler=args.sampler,
+                      anchor=args.anchor, max_batch=args.max_batch, seed=args.seed, plan_seed=args.seed,
+                      clip_x0=args.clip_x0)
     print(f"reenact: {len(drv)} frames @ {fps:.2f} fps, F={cfg.model.frames}, {args.steps} steps, "
-          f"cfg {args.cfg}, {args.guidance}, {args.sampler}; {len(missing)} faceless frames filled",
+          f"cfg_scale {args.cfg_scale}, {args.guidance}, {args.sampler}; {len(missing)} faceless frames filled",
           file=sys.stderr, flush=True)
     ts = time.time()
-    lat, gen, plan = generate(model, cfg, diffusion, enc, filled, times, src_emb, sc, args.sampler,
-                              args.anchor, args.seed, progress=True)
+    _, frames, plan = gen.generate(video_conditioning(filled, times, src_emb), sc, progress=True)
     t_sample = time.time() - ts
-    glm, gok = landmarks_of(gen)                 # LMSE in pixels of a 256 crop (model.metrics)
+    glm, gok = landmarks_of(frames)              # LMSE in pixels of a 256 crop (model.metrics)
     out = Path(args.out) if args.out else root.path("reenact", f"{safe_name(Path(args.source).stem)}__"
                                                     f"{safe_name(Path(args.driving).stem)}.mp4")
-    video = side_by_side(src, drv, gen) if args.side_by_side else gen
+    video = side_by_side(src, drv, frames) if args.side_by_side else frames
     write_mp4(out, video, fps)
-    gen_emb = clip_embed(enc, gen)
+    gen_emb = clip_embed(enc, frames)
     lm_res = lmse_landmarks(glm, lm * LMSE_SIZE, gok, ok)
     stats = {
-        "source": str(args.source), "driving": str(args.driving), "out": str(out), **info,
+        "source": str(args.source), "driving": str(args.driving), "out": str(out), **gen.info,
         "frames": int(len(drv)), "fps": fps, "driving_crop": crop, "faceless_frames_filled": missing,
         "sampler": args.sampler, "F": int(cfg.model.frames), "sequences": int(plan.num_sequences),
-        "anchor": plan.anchor, "steps": args.steps, "cfg": args.cfg, "guidance": args.guidance,
+        "anchor": plan.anchor, "steps": args.steps, "cfg_scale": args.cfg_scale, "guidance": args.guidance,
         "seed": args.seed, "max_batch": args.max_batch, "clip_x0": args.clip_x0, "side_by_side": bool(args.side_by_side),
         "sampling_s": round(t_sample, 3), "sampling_s_per_frame": round(t_sample / len(drv), 4),
         "total_s": round(time.time() - t0, 3),
@@ -336,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="use VAE/CLIP models other than the checkpoint was trained on (loud warning)")
     ap.add_argument("--dag", default="dags/reenact.yaml", help="defaults file (default dags/reenact.yaml)")
     ap.add_argument("--steps", type=int, default=None, help="respaced DDPM steps, 2..1000 (default 50)")
-    ap.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = none)")
+    ap.add_argument("--cfg-scale", "--cfg", dest="cfg_scale", type=float, default=None,
+                    help="classifier-free guidance scale (1 = none)")
     ap.add_argument("--guidance", default=None, help="none | landmarks | clip | clip+landmarks")
     ap.add_argument("--sampler", default=None, choices=("anchored", "naive"))
     ap.add_argument("--anchor", type=int, default=None, help="index of the anchor frame (default 0)")
@@ -349,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-DEFAULTS = {"steps": 50, "cfg": 1.0, "guidance": "clip+landmarks", "sampler": "anchored", "anchor": 0,
+DEFAULTS = {"steps": 50, "cfg_scale": 1.0, "guidance": "clip+landmarks", "sampler": "anchored", "anchor": 0,
             "max_batch": 0, "max_frames": 0, "seed": 0, "clip_x0": 0.0}
 
 

@@ -17,7 +17,9 @@ Where the parameters go (`python -m model.sdit --sizes` prints the table):
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -44,6 +46,56 @@ def sincos_2d(dim: int, grid: int) -> np.ndarray:
         return np.concatenate([np.sin(out), np.cos(out)], axis=1)
     rows, cols = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64), indexing="ij")
     return np.concatenate([one_axis(dim // 2, rows), one_axis(dim // 2, cols)], axis=1).astype(np.float32)
+
+
+@dataclass
+class Conditioning:
+    """What the sDiT is conditioned on, one row per sequence (DiT's `model_kwargs`, as one object).
+
+    landmarks (B, F, 478, 3): driving landmarks, x, y in [0, 1] of the crop; all zero = no face
+    offsets (B, F): seconds of each frame relative to slot 0 (the reference frame)
+    clip_emb (B, D): CLIP embedding of the source face
+    drop_landmarks, drop_clip (B,) bool: use the learned null embedding instead (conditioning dropout,
+        guidance modes); None = drop nothing
+    Every method maps over the fields, so a new input (a source latent, ...) is one more field here and
+    one more use in `SDiT.condition`; training, sampling and evaluation carry it unchanged.
+    """
+    landmarks: torch.Tensor
+    offsets: torch.Tensor
+    clip_emb: torch.Tensor
+    drop_landmarks: torch.Tensor | None = None
+    drop_clip: torch.Tensor | None = None
+
+    def map(self, fn) -> Conditioning:
+        """The same conditioning with fn applied to every tensor field (None stays None)."""
+        return dataclasses.replace(self, **{f.name: fn(v) for f in dataclasses.fields(self)
+                                            if (v := getattr(self, f.name)) is not None})
+
+    def to(self, device) -> Conditioning:
+        return self.map(lambda v: v.to(device, non_blocking=True))
+
+    def rows(self, idx) -> Conditioning:
+        """Rows `idx` (an index tensor or slice) of every field."""
+        return self.map(lambda v: v[idx])
+
+    def dropped(self, landmarks: bool, clip: bool) -> Conditioning:
+        """Every row with the drop flags set to (landmarks, clip)."""
+        B = self.offsets.shape[0]
+        flag = lambda on: torch.full((B,), on, dtype=torch.bool, device=self.offsets.device)  # noqa: E731
+        return dataclasses.replace(self, drop_landmarks=flag(landmarks), drop_clip=flag(clip))
+
+    @staticmethod
+    def cat(parts: list[Conditioning]) -> Conditioning:
+        """Rows of several conditionings, in order (a field None in every part stays None)."""
+        names = [f.name for f in dataclasses.fields(parts[0])]
+        vals = {n: [getattr(p, n) for p in parts] for n in names}
+        return dataclasses.replace(parts[0], **{n: None if all(v is None for v in vs) else torch.cat(vs)
+                                                for n, vs in vals.items()})
+
+    @classmethod
+    def from_batch(cls, batch: dict) -> Conditioning:
+        """The conditioning of a training batch (model.data), keyed by field name."""
+        return cls(**{f.name: batch[f.name] for f in dataclasses.fields(cls) if f.name in batch})
 
 
 def modulate(x, shift, scale):
@@ -162,16 +214,17 @@ class SDiT(nn.Module):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def condition(self, t, landmarks, offsets, clip_emb, drop_landmarks=None, drop_clip=None):
+    def condition(self, t, cond: Conditioning):
         """-> (B, F, D) per-frame modulation signal from the mapping network."""
-        B, Fr = offsets.shape
-        g = self.t_embed(sinusoid(t)) + self._maybe_null(self.clip_embed(clip_emb), self.null_clip, drop_clip)
-        lm = landmarks.reshape(B, Fr, -1)                                   # (B, F, 478*3)
+        B, Fr = cond.offsets.shape
+        clip = self._maybe_null(self.clip_embed(cond.clip_emb), self.null_clip, cond.drop_clip)
+        g = self.t_embed(sinusoid(t)) + clip                                # (B, D) global
+        lm = cond.landmarks.reshape(B, Fr, -1)                              # (B, F, 478*3)
         absent = (lm == 0).all(dim=-1)                                      # (B, F) frames without a face (NaN->0)
-        if drop_landmarks is not None:
-            absent = absent | drop_landmarks.bool()[:, None]
+        if cond.drop_landmarks is not None:
+            absent = absent | cond.drop_landmarks.bool()[:, None]
         le = torch.where(absent[..., None], self.null_landmarks.to(lm.dtype), self.lm_embed(lm))  # (B, F, D)
-        oe = self.offset_embed(sinusoid(offsets * self.cfg.offset_scale))  # (B, F, D)
+        oe = self.offset_embed(sinusoid(cond.offsets * self.cfg.offset_scale))  # (B, F, D)
         return self.mapping(g[:, None] + le + oe)                           # (B, F, D)
 
     @staticmethod
@@ -181,10 +234,11 @@ class SDiT(nn.Module):
         # torch.where keeps `null` in the graph every step, so DDP never sees an unused parameter
         return torch.where(drop.bool()[:, None], null.to(emb.dtype), emb)
 
-    def forward(self, x, t, landmarks, offsets, clip_emb, drop_landmarks=None, drop_clip=None):
+    def forward(self, x, t, cond: Conditioning):
+        """x (B, F, C, H, W) noisy latents, t (B,) timesteps -> (B, F, Cout, H, W) eps (+ variance)."""
         B, Fr, C, H, W = x.shape
         p, g = self.patch, self.grid
-        c = self.condition(t, landmarks, offsets, clip_emb, drop_landmarks, drop_clip)
+        c = self.condition(t, cond)                                         # (B, F, D)
         h = self.x_embed(x.reshape(B * Fr, C, H, W))                       # (B*F, D, g, g)
         h = h.flatten(2).transpose(1, 2) + self.pos_embed                   # (B*F, g*g, D): same table per frame
         h = h.reshape(B, Fr, g * g, -1)                                     # (B, F, N, D)
@@ -229,10 +283,9 @@ def forward_flops(cfg: ModelConfig, batch: int = 1) -> int:
     with torch.device("meta"):
         m = SDiT(cfg)
         B, Fr, C, S = batch, cfg.frames, cfg.latent_channels, cfg.latent_size
-        args = (torch.zeros(B, Fr, C, S, S), torch.zeros(B, dtype=torch.long), torch.zeros(B, Fr, cfg.num_landmarks, 3),
-                torch.zeros(B, Fr), torch.zeros(B, cfg.clip_dim))
+        cond = Conditioning(torch.zeros(B, Fr, cfg.num_landmarks, 3), torch.zeros(B, Fr), torch.zeros(B, cfg.clip_dim))
         with FlopCounterMode(display=False) as fc:
-            m(*args)
+            m(torch.zeros(B, Fr, C, S, S), torch.zeros(B, dtype=torch.long), cond)
     return int(fc.get_total_flops())
 
 

@@ -74,8 +74,8 @@ def tiny():
 
 def _cond(n, D=16, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return A.Conditioning(landmarks=torch.rand((n, 478, 3), generator=g), times=torch.arange(n) / 25.0,
-                          clip_emb=torch.randn((D,), generator=g))
+    return A.VideoConditioning(landmarks=torch.rand((n, 478, 3), generator=g), times=torch.arange(n) / 25.0,
+                               clip_emb=torch.randn((D,), generator=g))
 
 
 class Spy(torch.nn.Module):
@@ -85,10 +85,11 @@ class Spy(torch.nn.Module):
         super().__init__()
         self.model, self.calls = model, []
 
-    def forward(self, x, t, landmarks, offsets, clip_emb, drop_landmarks=None, drop_clip=None):
-        self.calls.append(dict(x=x.clone(), t=t.clone(), lm=landmarks.clone(), clip=clip_emb.clone(),
-                               dl=drop_landmarks.clone(), dc=drop_clip.clone(), offsets=offsets.clone()))
-        return self.model(x, t, landmarks, offsets, clip_emb, drop_landmarks, drop_clip)
+    def forward(self, x, t, cond):
+        c = cond.map(torch.clone)
+        self.calls.append(dict(x=x.clone(), t=t.clone(), cond=c, lm=c.landmarks, clip=c.clip_emb,
+                               dl=c.drop_landmarks, dc=c.drop_clip, offsets=c.offsets))
+        return self.model(x, t, cond)
 
 
 def test_anchor_identical_every_step_and_chunked_equals_unchunked(tiny):
@@ -143,7 +144,7 @@ def test_anchor_update_uses_mean_model_output_over_sequences(tiny):
     out = A.sample(spy, diff, plan, cond, LATENT, A.SampleConfig(steps=2, seed=2))
     call = spy.calls[-1]
     with torch.no_grad():
-        eps = model(call["x"], call["t"], call["lm"], call["offsets"], call["clip"], call["dl"], call["dc"])
+        eps = model(call["x"], call["t"], call["cond"])
     sp = respace(diff, 2)
     avg = eps[:, 0].mean(0, keepdim=True)
     want = sp.p_mean_variance(avg, call["x"][:1, 0], torch.zeros(1, dtype=torch.long))["mean"][0]
@@ -162,14 +163,14 @@ def test_guidance_modes_drop_what_they_name(tiny, mode, want):
     n = 5
     plan = A.plan_anchored(n, 4)
     spy = Spy(model)
-    A.sample(spy, diff, plan, _cond(n), LATENT, A.SampleConfig(steps=2, guidance=mode, cfg=1.0))
+    A.sample(spy, diff, plan, _cond(n), LATENT, A.SampleConfig(steps=2, guidance=mode, cfg_scale=1.0))
     assert len(spy.calls) == 2                               # cfg = 1: no unconditional pass
     for c in spy.calls:
         assert c["dl"].tolist() == [want[0]] * plan.num_sequences
         assert c["dc"].tolist() == [want[1]] * plan.num_sequences
     # with CFG != 1 an unconditional pass (both dropped) is added, except when nothing is conditioned
     spy = Spy(model)
-    A.sample(spy, diff, plan, _cond(n), LATENT, A.SampleConfig(steps=2, guidance=mode, cfg=3.0))
+    A.sample(spy, diff, plan, _cond(n), LATENT, A.SampleConfig(steps=2, guidance=mode, cfg_scale=3.0))
     (c0, c1) = spy.calls
     S = plan.num_sequences
     if mode == "none":
@@ -185,8 +186,8 @@ def test_dropped_conditioning_does_not_change_the_output(tiny):
     n = 5
     plan = A.plan_anchored(n, 4)
     base = _cond(n, seed=0)
-    moved = A.Conditioning(landmarks=base.landmarks + 0.3, times=base.times, clip_emb=base.clip_emb)
-    reclip = A.Conditioning(landmarks=base.landmarks, times=base.times, clip_emb=-base.clip_emb)
+    moved = A.VideoConditioning(landmarks=base.landmarks + 0.3, times=base.times, clip_emb=base.clip_emb)
+    reclip = A.VideoConditioning(landmarks=base.landmarks, times=base.times, clip_emb=-base.clip_emb)
 
     def run(c, mode):
         return A.sample(model, diff, plan, c, LATENT, A.SampleConfig(steps=3, guidance=mode))
@@ -221,7 +222,8 @@ def test_naive_sampler_shares_nothing(tiny):
     n = 8
     cond = _cond(n)
     spy = Spy(model)
-    A.NaiveChunkSampler(spy, diff, frames=4)(cond, LATENT, A.SampleConfig(steps=2))
+    sc = A.SampleConfig(steps=2, sampler="naive")
+    A.sample(spy, diff, sc.plan(n, 4), cond, LATENT, sc)
     assert spy.calls[0]["x"].shape[0] == 2
     assert torch.allclose(spy.calls[0]["offsets"][1], torch.arange(4) / 25.0)   # relative to the chunk start
     x = spy.calls[-1]["x"]

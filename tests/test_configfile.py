@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.configfile import ConfigError, check_keys, fill_dataclass, load_yaml
+from pipeline.configfile import ConfigError, check_keys, check_type, fill_dataclass, load_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,12 @@ def test_fill_dataclass_types_defaults_and_errors():
     c = fill_dataclass(_Cfg, {"rate": 3, "steps": 4, "flag": True}, "f.yaml", "s")
     assert c == _Cfg(rate=3.0, steps=4, flag=True) and isinstance(c.rate, float) and isinstance(c.steps, int)
     assert fill_dataclass(_Cfg, None, "f.yaml") == _Cfg() and fill_dataclass(_Cfg, {}, "f.yaml") == _Cfg()
-    assert fill_dataclass(_Cfg, {"rate": True}, "f.yaml").rate is True        # a bool is not silently 1.0
+    with pytest.raises(ConfigError, match=r"^f\.yaml: rate: expected float, got True$"):
+        fill_dataclass(_Cfg, {"rate": True}, "f.yaml")                       # a bool is not silently 1.0
+    with pytest.raises(ConfigError, match=r"^f\.yaml: s\.steps: expected int, got 2\.5$"):
+        fill_dataclass(_Cfg, {"steps": 2.5}, "f.yaml", "s")                  # nor a float silently an int
+    with pytest.raises(ConfigError, match=r"^f\.yaml: band: expected a list, got 0\.1$"):
+        fill_dataclass(_Cfg, {"band": 0.1}, "f.yaml")
     with pytest.raises(ConfigError, match=r"^f\.yaml: unknown key s\.stepz \(known: band, flag, rate, steps\)$"):
         fill_dataclass(_Cfg, {"stepz": 1}, "f.yaml", "s")
     with pytest.raises(ConfigError, match=r"^f\.yaml: s: steps must be >= 0, got -1$"):
@@ -134,3 +139,76 @@ def test_cli_malformed_dag_is_one_line_exit_2(tmp_path, module):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert f"{tmp_path / 'dag.yaml'}: malformed YAML (line 2)" in r.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_check_type_is_strict_but_reads_yaml_numbers():
+    assert check_type("k", "1e-4", float) == 1e-4          # PyYAML reads 1e-4 (no dot) as a string
+    assert check_type("k", 3, float) == 3.0 and isinstance(check_type("k", 3, float), float)
+    assert check_type("k", [1, 2], tuple[float, float]) == (1.0, 2.0)
+    assert check_type("k", None, str | None) is None and check_type("k", "a", str | None) == "a"
+    assert check_type("k", {"a": [{"x": 1}]}, dict[str, list[dict]]) == {"a": [{"x": 1}]}
+    for value, tp, words in [("eight", int, "expected int, got 'eight'"), (True, int, "expected int, got True"),
+                             (5, str, "expected str, got 5"), ("yes", bool, "expected true/false, got 'yes'"),
+                             ([1], tuple[float, float], "expected a list of 2 values"),
+                             ({"a": 1}, dict[str, list[dict]], "k.a: expected a list, got 1")]:
+        with pytest.raises(ConfigError, match=words):
+            check_type("k", value, tp)
+
+
+def _one_line(exc_info) -> str:
+    msg = str(exc_info.value)
+    assert "\n" not in msg
+    return msg
+
+
+@pytest.mark.parametrize("dag,text,words", [
+    ("train", "model:\n  frames: eight\n", "model.frames: expected int, got 'eight'"),
+    ("train", "train:\n  lr: fast\n", "train.lr: expected float, got 'fast'"),
+    ("train", "train:\n  compile: 1\n", "train.compile: expected true/false, got 1"),
+    ("eval", "max_clips: four\n", "max_clips: expected int, got 'four'"),
+    ("eval", "grids:\n  cpu:\n    - {steps: fifty, cfg_scale: 1, guidance: none}\n",
+     "grids.cpu[0].steps: expected int, got 'fifty'"),
+    ("eval", "grids:\n  cpu:\n    - {steps: 5, cfg: 1, guidance: none}\n", "unknown key grids.cpu[0].cfg"),
+    ("reenact", "cfg_scale: high\n", "cfg_scale: expected float, got 'high'"),
+    ("curate", "stages:\n  - name: faces\n    params: {stride: eight}\n",
+     "faces.params.stride: expected int, got 'eight'"),
+    ("shards", "stages:\n  encode: {batch_frames: many}\n", "encode.batch_frames: expected int, got 'many'"),
+])
+def test_mistyped_dag_value_is_one_line_naming_file_and_key(tmp_path, dag, text, words):
+    p = tmp_path / f"{dag}.yaml"
+    p.write_text(text)
+    if dag == "train":
+        from model.config import load_config
+
+        with pytest.raises(ConfigError) as e:
+            load_config(p)
+    elif dag == "eval":
+        from model.evaluate import load_eval_config
+
+        with pytest.raises(SystemExit) as e:
+            load_eval_config(str(p))
+    elif dag == "reenact":
+        from model.reenact import ReenactError, apply_defaults, build_parser
+
+        with pytest.raises(ReenactError) as e:
+            apply_defaults(build_parser().parse_args(["--source", "s", "--driving", "d", "--dag", str(p)]))
+    elif dag == "curate":
+        from pipeline.curate.stages import load_dag
+
+        with pytest.raises(ConfigError) as e:
+            load_dag(p)
+    else:
+        from pipeline.shards.config import load_dag
+
+        with pytest.raises(ConfigError) as e:
+            load_dag(p)
+    msg = _one_line(e)
+    assert f"{p}: " in msg and words in msg, msg
+
+
+def test_train_cli_mistyped_value_exits_2_with_one_line(tmp_path):
+    (tmp_path / "t.yaml").write_text("preset: tiny\ndata:\n  num_workers: two\n")
+    r = subprocess.run([sys.executable, "-m", "model.train", "--data", str(tmp_path), "--config", str(tmp_path / "t.yaml")],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 't.yaml'}: data.num_workers: expected int, got 'two'"], r.stderr

@@ -43,7 +43,7 @@ def test_sequences_come_from_one_clip_with_nonuniform_spacing(shards):
     root, fx = shards
     cfg = cfg_for()
     urls = resolve_shards("", root)
-    assert len(urls) == 4 and check_schema(urls, cfg)["schema_version"] == 1
+    assert len(urls) == 4 and check_schema(urls, cfg).meta["schema_version"] == 1
     n_neg = n_irregular = 0
     seqs = list(itertools.islice(iter(SequenceStream(urls, cfg)), 200))
     for s in seqs:
@@ -139,17 +139,16 @@ def test_missing_and_truncated_shards_are_skipped_and_counted(tmp_path, caplog):
     urls = resolve_shards("", tmp_path)  # index.json still lists the deleted shard
     assert check_schema(urls, cfg)
     with caplog.at_level(logging.WARNING, logger="reenactfaces.data"):
-        seen = []
-        for s in itertools.islice(iter(SequenceStream(urls, cfg)), 300):
-            seen.append(s)
-            if s["bad_shards"] == 2:
+        stream = SequenceStream(urls, cfg)
+        for _ in itertools.islice(iter(stream), 300):
+            if stream.counters.bad_shards == 2:
                 break
-    assert seen[-1]["bad_shards"] == 2
+    assert stream.counters.bad_shards == 2
     assert any("train-000002.tar" in r.message for r in caplog.records)
     assert any("train-000001.tar" in r.message for r in caplog.records)
     # training batches keep coming from the good shards
     it = make_batches(urls, cfg)
-    assert next(it)["latents"].shape == (4, 4, 4, 8, 8)
+    assert next(it)[0]["latents"].shape == (4, 4, 4, 8, 8)
 
 
 def test_all_shards_unreadable_is_an_error(tmp_path):
@@ -184,10 +183,10 @@ def test_pickled_member_is_never_loaded(tmp_path, caplog):
                 np.save(b, c[k])
                 s[k] = b.getvalue()
             w.write(s)
-    stream = iter(SequenceStream([str(evil), str(fx["paths"][0])], cfg_for(**{"data.shuffle_buffer": 1})))
+    stream = SequenceStream([str(evil), str(fx["paths"][0])], cfg_for(**{"data.shuffle_buffer": 1}))
     with caplog.at_level(logging.WARNING, logger="reenactfaces.data"):
-        got = list(itertools.islice(stream, 10))
-    assert max(s["bad_samples"] for s in got) >= 1
+        got = list(itertools.islice(iter(stream), 10))
+    assert len(got) == 10 and stream.counters.bad_samples >= 1
     assert any("Object arrays cannot be loaded" in r.message for r in caplog.records)
 
 
@@ -213,11 +212,27 @@ def test_worker_processes_split_shards_and_report_bad_ones(tmp_path):
     it = make_batches(urls, cfg_for(**{"data.num_workers": 2}))
     workers, bad, keys = set(), 0, {0: set(), 1: set()}
     for _ in range(25):
-        b = next(it)
-        for w, n, k in zip(b["worker"].tolist(), b["bad_shards"].tolist(), b["key"]):
-            workers.add(w)
-            keys[w].add(fx["clips"][k]["number"] // 2)  # shard number of the clip
-            bad = max(bad, n)
+        b, counters = next(it)     # a batch comes from one worker; its counters travel beside it
+        w = counters.worker
+        workers.add(w)
+        keys[w].update(fx["clips"][k]["number"] // 2 for k in b["key"])  # shard numbers of the clips
+        bad = max(bad, counters.bad_shards)
     assert workers == {0, 1}
     assert keys[0] <= {0, 2} and keys[1] <= {1, 3}  # worker w reads shards w::2
     assert bad == 1                                  # worker 1 found the truncated shard 3
+
+
+def test_check_schema_reports_the_shards_dims_and_leaves_the_config_alone(shards):
+    """0 = "from the shards": check_schema accepts any size then, returns what it read, and edits nothing;
+    model.config.with_shard_dims adopts the values (a given non-zero value is never overwritten)."""
+    from model.config import with_shard_dims
+
+    root, _ = shards
+    cfg = cfg_for(**{"model.latent_size": 0, "model.clip_dim": 0})
+    dims = check_schema(resolve_shards("", root), cfg)
+    assert (dims.latent_size, dims.latent_channels, dims.clip_dim) == (8, 4, 16) and dims.meta["clip_dim"] == 16
+    assert (cfg.model.latent_size, cfg.model.clip_dim) == (0, 0)
+    with_shard_dims(cfg, dims.latent_size, dims.clip_dim)
+    assert (cfg.model.latent_size, cfg.model.clip_dim) == (8, 16)
+    given = with_shard_dims(cfg_for(), 32, 512)
+    assert (given.model.latent_size, given.model.clip_dim) == (8, 16)

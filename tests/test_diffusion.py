@@ -43,7 +43,7 @@ class Oracle(torch.nn.Module):
         super().__init__()
         self.noise, self.scale = noise, torch.nn.Parameter(torch.ones(()))
 
-    def forward(self, x, t, **kw):
+    def forward(self, x, t, cond=None):
         return torch.cat([self.noise * self.scale, -torch.ones_like(x) * self.scale], dim=2)
 
 
@@ -56,7 +56,7 @@ def test_training_loss_is_zero_for_a_perfect_model_and_vb_trains_only_sigma():
     assert terms["vb"].abs().max() < 1e-4          # KL(true posterior || perfect model) = 0
     # a wrong eps: the vb term must not send gradient into the eps channels (stop-grad on the mean)
     out = torch.cat([torch.zeros_like(x0), torch.zeros_like(x0)], 2).requires_grad_(True)
-    vb = d.training_losses(lambda x, t: out, x0, t, noise=noise)["vb"].sum()
+    vb = d.training_losses(lambda x, t, cond: out, x0, t, noise=noise)["vb"].sum()
     (g,) = torch.autograd.grad(vb, out)
     assert g[:, :, :4].abs().max() == 0 and g[:, :, 4:].abs().max() > 0
 
@@ -74,7 +74,7 @@ def test_expressive_mask_and_weighted_mse():
     # a weight of 2 on the masked cells doubles exactly their squared error
     d = GaussianDiffusion(linear_betas(1000))
     x0, noise = torch.zeros(1, 1, 4, 8, 8), torch.ones(1, 1, 4, 8, 8)
-    zero = lambda x, t: torch.zeros(1, 1, 8, 8, 8)  # noqa: E731
+    zero = lambda x, t, cond: torch.zeros(1, 1, 8, 8, 8)  # noqa: E731
     lm1 = torch.full((1, 1, 478, 3), 0.05)
     lm1[..., LIPS, 0], lm1[..., LIPS, 1] = 0.55, 0.80
     w = 1 + expressive_mask(lm1, torch.ones(1, 1, dtype=torch.bool), 8, 8)[:, :, None]  # (1, 1, 1, 8, 8)
@@ -87,7 +87,7 @@ def test_respace_to_full_length_is_the_original_chain():
     d = GaussianDiffusion(linear_betas(1000))
     r = respace(d, 1000)
     assert np.array_equal(r.betas, d.betas) and torch.equal(r.timestep_map, torch.arange(1000))
-    model = lambda x, t: torch.cat([x * 0.1, torch.tanh(x)], 1)  # noqa: E731
+    model = lambda x, t, cond: torch.cat([x * 0.1, torch.tanh(x)], 1)  # noqa: E731
     a = d.p_sample_loop(model, (1, 4, 2, 2), generator=torch.Generator().manual_seed(3))
     b = r.p_sample_loop(model, (1, 4, 2, 2), generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
@@ -101,7 +101,22 @@ def test_respace_keeps_the_marginals():
     # the respaced chain reaches the same noise levels at the kept steps
     assert np.allclose(r.alphas_cumprod, d.alphas_cumprod[keep], rtol=1e-12)
     seen = []
-    r.p_sample_loop(lambda x, t: seen.append(int(t[0])) or torch.zeros(1, 8, 2, 2), (1, 4, 2, 2))
+    r.p_sample_loop(lambda x, t, cond: seen.append(int(t[0])) or torch.zeros(1, 8, 2, 2), (1, 4, 2, 2))
     assert seen == list(keep[::-1])  # the model is fed ORIGINAL timesteps
     r2 = respace(r, 10)  # respacing a respaced chain composes the maps
     assert set(r2.timestep_map.tolist()) <= set(keep.tolist())
+
+
+def test_p_sample_is_mean_plus_sigma_noise_and_no_noise_at_t0():
+    """The one reverse step both loops use: x_{t-1} = posterior mean + sigma * z, with z ignored at t = 0;
+    per-row t broadcast over frames (B, F, C, h, w) equals the frames flattened into the batch."""
+    d = respace(GaussianDiffusion(linear_betas(1000)), 10)
+    g = torch.Generator().manual_seed(0)
+    x, out = torch.randn(2, 3, 4, 2, 2, generator=g), torch.randn(2, 3, 8, 2, 2, generator=g)
+    z = torch.randn(x.shape, generator=g)
+    t = torch.tensor([5, 0])
+    step = d.p_sample(out, x, t, z)
+    p = d.p_mean_variance(out.flatten(0, 1), x.flatten(0, 1), t.repeat_interleave(3))
+    want = p["mean"] + torch.exp(0.5 * p["log_variance"]) * z.flatten(0, 1)
+    assert torch.allclose(step[0], want[:3].reshape(3, 4, 2, 2), atol=1e-6)
+    assert torch.equal(step[1], p["mean"][3:].reshape(3, 4, 2, 2))        # t = 0: the mean, no noise

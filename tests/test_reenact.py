@@ -207,7 +207,7 @@ def test_eval_writes_table1(setup, tmp_path):
     inc = tmp_path / "inception_v3.pth"
     torch.manual_seed(0)
     torch.save(inception_v3(weights=None, aux_logits=True, init_weights=True).state_dict(), inc)
-    grid = [{"steps": 3, "cfg": 1, "guidance": "clip+landmarks"}, {"steps": 3, "cfg": 2, "guidance": "none"}]
+    grid = [{"steps": 3, "cfg_scale": 1, "guidance": "clip+landmarks"}, {"steps": 3, "cfg_scale": 2, "guidance": "none"}]
     ec = EvalConfig(max_clips=2, max_frames=6, grid="mine", grids={"mine": grid}, inception=str(inc), fid_size=75)
     res = run(data, ec)
     md = (data / "eval" / "table1.md").read_text().splitlines()
@@ -249,7 +249,9 @@ def test_dag_defaults_and_flags(tmp_path):
     dag.write_text("steps: 7\nguidance: clip\n")
     args = build_parser().parse_args(base + ["--dag", str(dag), "--guidance", "none"])
     apply_defaults(args)
-    assert args.steps == 7 and args.guidance == "none" and args.cfg == 1.0
+    assert args.steps == 7 and args.guidance == "none" and args.cfg_scale == 1.0
+    for flag in ("--cfg-scale", "--cfg"):           # --cfg: the old spelling, kept as an alias
+        assert build_parser().parse_args(base + [flag, "2.5"]).cfg_scale == 2.5
     dag.write_text("stpes: 7\n")
     with pytest.raises(ReenactError, match="unknown key stpes"):
         apply_defaults(build_parser().parse_args(base + ["--dag", str(dag)]))

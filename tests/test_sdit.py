@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from model.config import SIZES, ModelConfig
-from model.sdit import SDiT, forward_flops, param_counts
+from model.sdit import Conditioning, SDiT, forward_flops, param_counts
 
 
 @pytest.fixture(autouse=True)
@@ -17,6 +17,7 @@ def one_thread():
 
 
 def inputs(cfg: ModelConfig, B: int = 2, device="cpu", seed: int = 0):
+    """(x, t, landmarks, offsets, clip_emb) for a batch of B sequences."""
     g = torch.Generator().manual_seed(seed)
     Fr, S = cfg.frames, cfg.latent_size
     if device == "meta":
@@ -28,13 +29,18 @@ def inputs(cfg: ModelConfig, B: int = 2, device="cpu", seed: int = 0):
             torch.randn(B, cfg.clip_dim, generator=g))
 
 
+def call(m, x, t, lm, off, clip, drop_landmarks=None, drop_clip=None):
+    """The model on one Conditioning built from the pieces (the tests vary one piece at a time)."""
+    return m(x, t, Conditioning(lm, off, clip, drop_landmarks, drop_clip))
+
+
 @pytest.mark.parametrize("size", list(SIZES))
 def test_every_size_shape_and_count(size):
     cfg = ModelConfig(size=size, frames=2)
     a = SIZES[size]
     with torch.device("meta"):
         m = SDiT(cfg)
-        out = m(*inputs(cfg, device="meta"))
+        out = call(m, *inputs(cfg, device="meta"))
     assert out.shape == (2, 2, 8, 32, 32)
     c = param_counts(cfg)
     assert c["total"] == sum(p.numel() for p in m.parameters()) == c["trunk"] + c["conditioning"]
@@ -63,7 +69,7 @@ def test_zero_init_output_and_first_update():
     torch.manual_seed(0)
     m = SDiT(cfg)
     x = inputs(cfg)
-    out = m(*x)
+    out = call(m, *x)
     assert out.shape == (2, 3, 8, 8, 8)
     assert torch.count_nonzero(out) == 0  # adaLN-Zero + zero final layer
     out.sub(torch.randn_like(out)).pow(2).mean().backward()
@@ -87,18 +93,18 @@ def test_dropped_conditioning_uses_null_embeddings():
     lm2, clip2 = torch.rand_like(lm), torch.randn_like(clip)
     yes, no = torch.ones(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool)
     with torch.no_grad():
-        assert not torch.allclose(m(x, t, lm, off, clip, no, no), m(x, t, lm2, off, clip, no, no))
-        assert torch.equal(m(x, t, lm, off, clip, yes, no), m(x, t, lm2, off, clip, yes, no))
-        assert not torch.allclose(m(x, t, lm, off, clip), m(x, t, lm, off, clip2))
-        assert torch.equal(m(x, t, lm, off, clip, no, yes), m(x, t, lm, off, clip2, no, yes))
+        assert not torch.allclose(call(m, x, t, lm, off, clip, no, no), call(m, x, t, lm2, off, clip, no, no))
+        assert torch.equal(call(m, x, t, lm, off, clip, yes, no), call(m, x, t, lm2, off, clip, yes, no))
+        assert not torch.allclose(call(m, x, t, lm, off, clip), call(m, x, t, lm, off, clip2))
+        assert torch.equal(call(m, x, t, lm, off, clip, no, yes), call(m, x, t, lm, off, clip2, no, yes))
         # a frame without a face (landmarks NaN -> 0) is treated like a dropped frame: the null embedding
         lm0 = lm.clone()
         lm0[:, 1] = 0
-        drop_all = m(x, t, lm, off, clip, yes, no)
-        assert not torch.allclose(m(x, t, lm0, off, clip), drop_all)
-        assert torch.allclose(m(x, t, torch.zeros_like(lm), off, clip), drop_all, atol=1e-6)
+        drop_all = call(m, x, t, lm, off, clip, yes, no)
+        assert not torch.allclose(call(m, x, t, lm0, off, clip), drop_all)
+        assert torch.allclose(call(m, x, t, torch.zeros_like(lm), off, clip), drop_all, atol=1e-6)
         # time offsets matter (temporal information is conditioning, not position)
-        assert not torch.allclose(m(x, t, lm, off, clip), m(x, t, lm, off + 0.5, clip))
+        assert not torch.allclose(call(m, x, t, lm, off, clip), call(m, x, t, lm, off + 0.5, clip))
 
 
 def test_attention_mixes_frames():
@@ -108,7 +114,7 @@ def test_attention_mixes_frames():
     x2 = x.clone()
     x2[:, 2] += 1.0  # change only the last frame's input
     with torch.no_grad():
-        a, b = m(x, t, lm, off, clip), m(x2, t, lm, off, clip)
+        a, b = call(m, x, t, lm, off, clip), call(m, x2, t, lm, off, clip)
     assert not torch.allclose(a[:, 0], b[:, 0])  # frame 0's output sees frame 2 through attention
 
 
@@ -119,6 +125,20 @@ def test_activation_checkpointing_same_gradients():
         cfg.grad_checkpoint = gc
         m = randomised(cfg).train()
         drop = torch.tensor([True, False])
-        m(*inputs(cfg), drop_landmarks=drop, drop_clip=~drop).pow(2).mean().backward()
+        call(m, *inputs(cfg), drop_landmarks=drop, drop_clip=~drop).pow(2).mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
     assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+def test_conditioning_rows_cat_and_drops_cover_every_field():
+    cfg = tiny()
+    _, _, lm, off, clip = inputs(cfg, B=3)
+    c = Conditioning(lm, off, clip)
+    two = c.rows(torch.tensor([2, 0]))
+    assert torch.equal(two.landmarks, lm[[2, 0]]) and torch.equal(two.offsets, off[[2, 0]]) and two.drop_clip is None
+    d = c.dropped(True, False)
+    assert d.drop_landmarks.tolist() == [True] * 3 and d.drop_clip.tolist() == [False] * 3
+    both = Conditioning.cat([d, c.dropped(False, True)])
+    assert both.clip_emb.shape == (6, cfg.clip_dim) and both.drop_landmarks.tolist() == [True] * 3 + [False] * 3
+    assert torch.equal(Conditioning.from_batch({"landmarks": lm, "offsets": off, "clip_emb": clip, "key": ["k"]}).clip_emb,
+                       clip)

@@ -64,7 +64,7 @@ def test_training_never_sees_a_heldout_video(tmp_path):
     assert not {vid[k] for k in keys} & held.videos
     assert {vid[k] for k in keys} == set(vid.values()) - held.videos
     batches = make_batches(train_urls, cfg_for(**{"data.num_workers": 2}), exclude=held)
-    seen = {vid[k] for _ in range(20) for k in next(batches)["key"]}
+    seen = {vid[k] for _ in range(20) for k in next(batches)[0]["key"]}  # (batch, worker counters)
     assert seen and not seen & held.videos
     # a resumed run keeps what its checkpoint recorded, even if the rule would now pick otherwise
     held2, _, _ = training_split(urls, 0.1, 2, recorded=["vid5"])

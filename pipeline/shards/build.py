@@ -179,8 +179,8 @@ def run(data: str | Path, cfg: ShardsConfig, log=print) -> dict:
     stats = {"data": str(root.root), "runner": cfg.runner, "clips_total": len(items), "clips_pending": len(pending),
              "bad_rows": bad, "recovered": recovered, "optout": {k: v for k, v in removal.items() if k != "blocked"},
              "encoded": 0, "cache_hits": 0, "failed": [], "shards_written": [], "encode_s": 0.0,
-             "frames_encoded": 0, "model_s": 0.0, "stills_rejected": stills_rejected, "dropped_landmarks": [],
-             "min_landmark_rate": cfg.min_landmark_rate}
+             "frames_encoded": 0, "model_s": 0.0, "vae_clip_s": 0.0, "vae_clip_images_per_s": None,
+             "stills_rejected": stills_rejected, "dropped_landmarks": [], "min_landmark_rate": cfg.min_landmark_rate}
     written = []
     if pending:
         models = prepare_models(cfg.models, root, cfg, pending, log)
@@ -200,6 +200,10 @@ def run(data: str | Path, cfg: ShardsConfig, log=print) -> dict:
             stats["encoded"] = sum(r["status"] == "ok" for r in results)
             stats["frames_encoded"] = sum(r["nframes"] for r in results)
             stats["model_s"] = sum(r["model_s"] for r in results)   # pure encoder time inside the stage
+            # VAE + CLIP alone (no face mesh): images/s per encoder actor, i.e. per GPU on a GPU machine
+            stats["vae_clip_s"] = sum(r["vae_clip_s"] for r in results)
+            if stats["vae_clip_s"] > 0:
+                stats["vae_clip_images_per_s"] = stats["frames_encoded"] / stats["vae_clip_s"]
             stats["failed"] = [r for r in results if r["status"] != "ok"]
         stats["encode_s"] = time.perf_counter() - t0
         ready = [it for it in pending if cache_path(cache_dir, it["clip_id"]).exists()]

@@ -49,11 +49,11 @@ _STAGES = ("decode", "encode", "stills", "write")
 
 
 def load_dag(path: str | Path | None) -> ShardsConfig:
-    """dags/shards.yaml -> ShardsConfig; unknown keys are an error (a typo must not be ignored).
+    """dags/shards.yaml -> ShardsConfig; an unknown key or a mistyped value is an error naming it.
 
     Top-level keys and `inputs:` set ShardsConfig fields; `tiny:` and `stages:` (decode, encode,
     stills, write) set their renamed fields (_RENAME), and decode/encode also EncoderConfig's."""
-    from pipeline.configfile import check_keys, load_yaml
+    from pipeline.configfile import check_keys, check_type, field_types, load_yaml
 
     cfg = ShardsConfig()
     if not path:
@@ -69,11 +69,13 @@ def load_dag(path: str | Path | None) -> ShardsConfig:
         check_keys(vals, own[section] | {k for s, k in _RENAME if s == section}, where, section)
         for k, v in vals.items():
             if (section, k) in _RENAME:
-                setattr(cfg, _RENAME[(section, k)], v)
+                obj, name = cfg, _RENAME[(section, k)]
             elif section in ("decode", "encode") and k in enc:
-                setattr(cfg.encoder, k, v)
+                obj, name = cfg.encoder, k
             else:
-                setattr(cfg, k, v)
+                obj, name = cfg, k
+            key = f"{section}.{k}" if section else k
+            setattr(obj, name, check_type(f"{where}: {key}", v, field_types(type(obj))[name]))
 
     for k, v in doc.items():          # in file order: a later key wins, as it reads
         if k == "stages":
@@ -84,4 +86,8 @@ def load_dag(path: str | Path | None) -> ShardsConfig:
             put(k, v or {})
         else:
             put("", {k: v})
+    if cfg.encoder.precision not in ("auto", "fp32", "fp16", "bf16"):
+        from pipeline.configfile import ConfigError
+
+        raise ConfigError(f"{where}: encode.precision must be auto|fp32|fp16|bf16, got {cfg.encoder.precision!r}")
     return cfg

@@ -2,8 +2,11 @@
 
 A clip's crop is decoded once at `size` x `size`; the three models then see the same frames.
 Real weights load by their usual names for users online (diffusers / open_clip hub ids) or from
-local directories offline. `build_tiny_models` makes small models of the same classes (used by
-tests and the offline demo); vaefit.py teaches the tiny VAE just enough to reconstruct faces.
+local directories offline. On a GPU the VAE and CLIP run in half precision (autocast; a batch whose
+output is not finite is redone in fp32) on batches of `gpu_batch_frames`, fed from pinned memory, while
+decoding stays on CPU workers (pipeline/shards/writer.py); on a CPU they run in fp32 as before.
+`build_tiny_models` makes small models of the same classes (used by tests and the offline demo);
+vaefit.py teaches the tiny VAE just enough to reconstruct faces.
 """
 from __future__ import annotations
 
@@ -27,8 +30,10 @@ class EncoderConfig:
     vae: str = DEFAULT_VAE          # hub id or local diffusers dir
     clip_model: str = DEFAULT_CLIP[0]      # open_clip name, or a local dir (open_clip_config.json)
     clip_pretrained: str = DEFAULT_CLIP[1]  # tag or checkpoint file; ignored for a local dir
-    batch_frames: int = 16          # frames per model forward
+    batch_frames: int = 16          # frames per model forward (CPU)
+    gpu_batch_frames: int = 64      # frames per model forward on a GPU
     device: str = "auto"            # auto | cpu | cuda
+    precision: str = "auto"         # auto = fp16 on a GPU, fp32 on a CPU; or fp32 | fp16 | bf16 (autocast)
 
 
 # ---------------------------------------------------------------- frames
@@ -218,6 +223,18 @@ def pick_device(want: str) -> str:
     return want
 
 
+def pick_dtype(precision: str, device: str):
+    """The autocast dtype for `precision` on `device` (float32 = no autocast)."""
+    import torch
+
+    if precision == "auto":
+        precision = "fp16" if device.startswith("cuda") else "fp32"
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if precision not in dtypes:
+        raise ValueError(f"encoder precision must be auto|fp32|fp16|bf16, got {precision!r}")
+    return dtypes[precision]
+
+
 class Encoders:
     """The three models; `encode(frames)` returns the per-frame feature arrays of one clip."""
 
@@ -228,6 +245,9 @@ class Encoders:
 
         self.cfg, self.models = cfg, models
         self.device = pick_device(cfg.device)
+        self.dtype = pick_dtype(cfg.precision, self.device)
+        self.batch_frames = cfg.gpu_batch_frames if self.device.startswith("cuda") else cfg.batch_frames
+        self.fp32_redone = 0          # half-precision batches whose output was not finite, redone in fp32
         torch.manual_seed(0)
         self.vae = load_vae(models.vae, self.device)
         self.clip = load_clip(models.clip_model, models.clip_pretrained, self.device)
@@ -250,32 +270,63 @@ class Encoders:
         return encoder_identity(self.meta())
 
     def _batches(self, frames: np.ndarray):
-        """uint8 frames (T,S,S,3) -> float (B,3,S,S) in [0, 1] on the device, cfg.batch_frames at a time."""
+        """uint8 frames (T,S,S,3) -> float (B,3,S,S) in [0, 1] on the device, `batch_frames` at a time.
+        To a GPU the uint8 frames go from pinned memory, asynchronously (4x fewer bytes than floats)."""
         import torch
 
-        for s in range(0, len(frames), self.cfg.batch_frames):
-            x = torch.from_numpy(np.ascontiguousarray(frames[s:s + self.cfg.batch_frames])).to(self.device)
+        gpu = self.device.startswith("cuda")
+        for s in range(0, len(frames), self.batch_frames):
+            x = torch.from_numpy(np.ascontiguousarray(frames[s:s + self.batch_frames]))
+            x = x.pin_memory().to(self.device, non_blocking=True) if gpu else x.to(self.device)
             yield x.permute(0, 3, 1, 2).float() / 255.0
+
+    def _autocast(self, dtype):
+        import torch
+
+        return torch.autocast(self.device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32)
+
+    def _run(self, fn, x):
+        """fn(x) -> tensors, under this set's precision; all redone in fp32 if any output is not finite
+        (fp16 overflows in a VAE's activations show up as inf/NaN, never as slightly wrong numbers)."""
+        import torch
+
+        with self._autocast(self.dtype):
+            out = fn(x)
+        if self.dtype != torch.float32 and not all(bool(torch.isfinite(o).all()) for o in out):
+            self.fp32_redone += 1
+            out = fn(x)
+        return out
 
     def _clip(self, x):
         """(B,3,S,S) in [0, 1] -> (B, D) float16 L2-normalised CLIP image embeddings (cpu)."""
         import torch.nn.functional as F
 
-        c = F.interpolate(x, size=(self.clip_size, self.clip_size), mode="bicubic",
-                          align_corners=False, antialias=True).clamp(0, 1)
-        c = (c - self.clip_mean.to(c)) / self.clip_std.to(c)
-        return F.normalize(self.clip.encode_image(c).float(), dim=-1).half().cpu()
+        def embed(x):
+            c = F.interpolate(x, size=(self.clip_size, self.clip_size), mode="bicubic",
+                              align_corners=False, antialias=True).clamp(0, 1)
+            c = (c - self.clip_mean.to(c)) / self.clip_std.to(c)
+            return (F.normalize(self.clip.encode_image(c).float(), dim=-1),)
+
+        return self._run(embed, x)[0].half().cpu()
+
+    def _vae(self, x):
+        """(B,3,S,S) in [0, 1] -> posterior (mean, std), each (B, C, S/8, S/8) float32 on the device."""
+        def encode(x):
+            post = self.vae.encode(x * 2 - 1).latent_dist
+            return post.mean.float(), post.std.float()
+
+        return self._run(encode, x)
 
     def forward_models(self, frames: np.ndarray) -> dict:
-        """VAE + CLIP on uint8 frames (T,S,S,3), in batches of cfg.batch_frames."""
+        """VAE + CLIP on uint8 frames (T,S,S,3), in batches of `batch_frames`."""
         import torch
 
         means, stds, embs = [], [], []
         with torch.inference_mode():
             for x in self._batches(frames):
-                post = self.vae.encode(x * 2 - 1).latent_dist
-                means.append(post.mean.half().cpu())
-                stds.append(post.std.half().cpu())
+                mean, std = self._vae(x)
+                means.append(mean.half().cpu())
+                stds.append(std.half().cpu())
                 embs.append(self._clip(x))
         return {"latent_mean": torch.cat(means).numpy(), "latent_std": torch.cat(stds).numpy(),
                 "clip_emb": torch.cat(embs).numpy()}
@@ -292,6 +343,7 @@ class Encoders:
 
         t0 = time.perf_counter()
         out = self.forward_models(frames)
+        self.last_vae_clip_s = time.perf_counter() - t0   # the GPU's part (the .cpu() copies synchronise)
         if self.mesh is not None:
             out["landmarks"], out["landmarks_ok"] = self.mesh.batch(frames)
         self.last_s = time.perf_counter() - t0   # pure model time: the stage's overhead is measured against it

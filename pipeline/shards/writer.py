@@ -46,9 +46,12 @@ def save_item(enc, item: dict, feats: dict, idx, t, cache_dir: Path) -> None:
 
 # ---------------------------------------------------------------- runners
 
+COLUMNS = ["clip_id", "status", "reason", "nframes", "model_s", "vae_clip_s"]   # one result row per clip
+
+
 def _failed(it: dict, e: Exception) -> dict:
     return {"clip_id": it["clip_id"], "status": "error", "reason": f"{type(e).__name__}: {e}"[:300], "nframes": 0,
-            "model_s": 0.0}
+            "model_s": 0.0, "vae_clip_s": 0.0}
 
 
 def encode_sequential(items, root: DataRoot, cfg: ShardsConfig, models, cache_dir: Path, log) -> list[dict]:
@@ -65,7 +68,7 @@ def encode_sequential(items, root: DataRoot, cfg: ShardsConfig, models, cache_di
                         raise got
                     k = encode_item(enc, it, *got, cache_dir)
                     out.append({"clip_id": it["clip_id"], "status": "ok", "reason": "", "nframes": k,
-                                "model_s": enc.last_s})
+                                "model_s": enc.last_s, "vae_clip_s": enc.last_vae_clip_s})
                 except Exception as e:
                     out.append(_failed(it, e))
                 log(f"encoded {len(out)}/{len(items)} {it['clip_id']} {out[-1]['status']} "
@@ -113,7 +116,7 @@ class _EncodeActor:
         for r in batch.to_dict("records"):
             it = json.loads(r["item"])
             rows.append({"clip_id": it["clip_id"], "status": r["status"], "reason": r["reason"], "nframes": 0,
-                         "model_s": 0.0})
+                         "model_s": 0.0, "vae_clip_s": 0.0})
             if r["status"] == "ok":
                 ok.append((len(rows) - 1, it, np.frombuffer(r["frames"], dtype=np.uint8).reshape(json.loads(r["shape"])),
                            np.frombuffer(r["frame_index"], dtype=np.int64), np.frombuffer(r["time_s"], dtype=np.float32)))
@@ -126,16 +129,17 @@ class _EncodeActor:
                     n = len(frames)
                     save_item(self.enc, it, {key: v[start:start + n] for key, v in feats.items()}, idx, t,
                               self.cache_dir)
-                    rows[k].update(nframes=n, model_s=self.enc.last_s * n / total)
+                    rows[k].update(nframes=n, model_s=self.enc.last_s * n / total,
+                                   vae_clip_s=self.enc.last_vae_clip_s * n / total)
                     start += n
             except Exception:   # find the culprit: clip by clip, so the others still get their features
                 for k, it, frames, idx, t in ok:
                     try:
                         rows[k].update(nframes=encode_item(self.enc, it, frames, idx, t, self.cache_dir),
-                                       model_s=self.enc.last_s)
+                                       model_s=self.enc.last_s, vae_clip_s=self.enc.last_vae_clip_s)
                     except Exception as e:
                         rows[k] = _failed(it, e)
-        return pd.DataFrame(rows, columns=["clip_id", "status", "reason", "nframes", "model_s"])
+        return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def encode_ray(items, root: DataRoot, cfg: ShardsConfig, models, cache_dir: Path, log) -> list[dict]:
@@ -158,8 +162,8 @@ def encode_ray(items, root: DataRoot, cfg: ShardsConfig, models, cache_dir: Path
                         num_cpus=cfg.encode_cpus, num_gpus=gpus)
     out = []
     for r in ds.iter_rows():
-        out.append({k: r[k] for k in ("clip_id", "status", "reason")} | {"nframes": int(r["nframes"]),
-                                                                          "model_s": float(r["model_s"])})
+        out.append({k: r[k] for k in ("clip_id", "status", "reason")} | {
+            "nframes": int(r["nframes"]), "model_s": float(r["model_s"]), "vae_clip_s": float(r["vae_clip_s"])})
         log(f"encoded {len(out)}/{len(items)} {r['clip_id']} {r['status']}")
     return out
 
