@@ -338,10 +338,16 @@ def test_crops_of_non_square_pixel_videos_are_square_on_screen(run, tmp_path):
 
 
 def test_recall_of_clean_single_face_time(run):
-    """Of all frames where the ground truth shows one sharp, large enough face, >= 90% are in accepted clips."""
+    """Of all frames where the ground truth shows one sharp, large enough, real frontal face that a crop
+    inside the face-ratio band can frame without padding, >= 90% are in accepted clips."""
+    from pipeline.curate.faces import FacesConfig
+
+    too_tight = FacesConfig().face_h_band[1]        # a face taller than this share of the frame must pad
     clean = kept = 0
     for vid, g in run["gt"].items():
         bad = _frames(g["no_face"]) | _frames(g["multi_face"]) | _frames(g["small_face"]) | _frames(g["blur"])
+        bad |= _frames(g.get("lookalike", [])) | _frames(g.get("profile", []))
+        bad |= _frames([(sc["start"], sc["end"]) for sc in g["scenes"] if sc["face_h"] > too_tight])
         good = set(range(g["num_frames"])) - bad
         clean += len(good)
         kept += len(_accepted_frames(run, vid) & good)
