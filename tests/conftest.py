@@ -31,7 +31,8 @@ def _corpus_key(seed: int) -> str:
     import importlib.metadata as md
 
     h = hashlib.sha1(str(seed).encode())
-    for f in ("pipeline/synth/corpus.py", "pipeline/synth/heads.py", "pipeline/curate/landmarks.py"):
+    for f in ("pipeline/synth/corpus.py", "pipeline/synth/heads.py", "pipeline/synth/transitions.py",
+              "pipeline/curate/landmarks.py"):
         h.update((REPO / f).read_bytes())
     for pkg in ("av", "opencv-python", "numpy", "mediapipe", "scikit-image", "imageio-ffmpeg"):
         try:

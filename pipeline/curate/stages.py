@@ -21,7 +21,7 @@ from pipeline.curate.faces import FaceScanner, FacesConfig, make_detector, place
 from pipeline.curate.filters import FiltersConfig, judge, split_long
 from pipeline.curate.probe import ProbeConfig, TruncatedDecode, probe_video, scan
 from pipeline.curate.quality import QualityConfig, QualitySampler, make_scorer
-from pipeline.curate.scenes import SceneCutter, ScenesConfig
+from pipeline.curate.scenes import ScenesConfig, ShotDetector, transition_intervals
 
 STAGES = ["download", "probe", "scenes", "faces", "quality", "filters", "manifest"]
 
@@ -101,11 +101,11 @@ def load_dag(path: str | Path | None) -> CurateConfig:
 
 
 class Models:
-    """Per-worker heavy objects (face detector, quality scorer), built once on first use."""
+    """Per-worker heavy objects (face detector, quality scorer, shot network), built once on first use."""
 
     def __init__(self, cfg: CurateConfig):
         self.cfg = cfg
-        self._det = self._scorer = None
+        self._det = self._scorer = self._shot_net = None
 
     @property
     def detector(self):
@@ -119,39 +119,55 @@ class Models:
             self._scorer = make_scorer(self.cfg.quality)
         return self._scorer
 
+    @property
+    def shot_net(self):
+        """TransNetV2 (None unless scenes.detector is transnetv2)."""
+        if self._shot_net is None and self.cfg.scenes.detector == "transnetv2":
+            from pipeline.curate.transnet import ShotNet
+
+            self._shot_net = ShotNet(self.cfg.scenes.transnet_device, self.cfg.scenes.transnet_threads)
+        return self._shot_net
+
 
 def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: CurateConfig,
                   models: Models) -> dict:
     """probe -> (scenes + faces + quality in one decode) -> crop -> filters, for one downloaded file.
 
     Returns {"probe": {...}, "clips": [CLIPS rows], "rejections": [...], "times": {stage: cpu s},
-    "cuts": [...], "num_frames": n, "message": str}. Raises VideoError for a file that cannot be
-    curated (the caller records it as the video's status).
+    "cuts": [hard cut frames], "boundaries": [{start, end, kind}], "num_frames": n, "message": str}.
+    Frames of gradual boundaries (+ scenes.margin) are rejections with reason "transition". Raises
+    VideoError for a file that cannot be curated (the caller records it as the video's status).
     """
     from pipeline.ids import clip_id
 
-    times = {k: 0.0 for k in ("probe", "scenes", "faces", "quality", "filters")}
+    times = {k: 0.0 for k in ("probe", "scenes", "transnet", "faces", "quality", "filters")}
     t0 = time.process_time()
     info = probe_video(media, cfg.probe)
     times["probe"] = time.process_time() - t0
     fps = info.fps
-    cutter = SceneCutter(cfg.scenes, fps)
+    shots = ShotDetector(cfg.scenes, fps, models.shot_net)
     faces = FaceScanner(cfg.faces, models.detector, info.width)
     sampler = QualitySampler(cfg.quality, models.scorer, faces, cfg.faces.face_w_ratio, cfg.faces.face_h_ratio)
     scan_t: dict[str, float] = {}
     message = ""
     try:
-        n = scan(media, cfg.probe.small_side, {"scenes": lambda f: cutter.update(f.index, f.small),
-                                               "faces": faces.update, "quality": sampler.update}, scan_t)
+        n = scan(media, cfg.probe.small_side, {"scenes": shots.update, "faces": faces.update,
+                                               "quality": sampler.update}, scan_t)
     except TruncatedDecode as e:  # keep the frames before the damage
         n, message = e.frames, str(e)
     t0 = time.process_time()
-    cuts = cutter.finish()
+    boundaries = shots.finish(n)
+    # transition frames (+ margin) belong to no clip: their edges split face tracks like cuts do
+    gaps = transition_intervals(boundaries, n, cfg.scenes.margin)
+    edges = [b.start for b in boundaries if b.kind == "cut"] + [x for g in gaps for x in g]
     t1 = time.process_time()
     dets = faces.finish(n)
-    spans, bad = segment(dets, cuts, cfg.faces)
+    spans, bad = segment(dets, edges, cfg.faces)
+    spans = [sp for sp in spans if not any(a <= sp[0] and sp[1] <= b for a, b in gaps)]
+    bad = [(s, e, r) for s0, e0, r in bad for s, e in _outside(s0, e0, gaps)]
     t2 = time.process_time()
-    times["scenes"] = scan_t.get("scenes", 0.0) + t1 - t0
+    times["transnet"] = shots.net_seconds          # the network's share, counted apart from the cheap pass
+    times["scenes"] = scan_t.get("scenes", 0.0) + t1 - t0 - times["transnet"]
     times["faces"] = scan_t.get("faces", 0.0) + t2 - t1
     times["quality"] = scan_t.get("quality", 0.0)
     times["decode"] = scan_t.get("decode", 0.0)
@@ -160,7 +176,8 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
         return {"video_id": video_id, "url": url, "start_frame": int(s), "end_frame": int(e),
                 "start_s": s / fps, "end_s": e / fps}
 
-    rejections = [{**span_row(s, e), "stage": "faces", "reason": r} for s, e, r in bad]
+    rejections = [{**span_row(s, e), "stage": "scenes", "reason": "transition"} for s, e in gaps]
+    rejections += [{**span_row(s, e), "stage": "faces", "reason": r} for s, e, r in bad]
     clips = []
     f = cfg.filters
     for s, e, det_frames in spans:
@@ -179,4 +196,18 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
                 rejections.append({**span_row(a, b), "stage": "filters", "reason": reason})
     times["filters"] = time.process_time() - t2
     return {"probe": info.to_dict(), "clips": clips, "rejections": rejections, "times": times,
-            "cuts": cuts, "num_frames": n, "detections": faces.calls, "message": message}
+            "cuts": [b.start for b in boundaries if b.kind == "cut"],
+            "boundaries": [b.to_dict() for b in boundaries], "num_frames": n, "detections": faces.calls,
+            "message": message}
+
+
+def _outside(s: int, e: int, gaps: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Pieces of [s, e) outside the sorted, disjoint intervals `gaps`."""
+    out = []
+    for a, b in gaps:
+        if b <= s or a >= e:
+            continue
+        if a > s:
+            out.append((s, a))
+        s = max(s, b)
+    return out + ([(s, e)] if e > s else [])
