@@ -11,6 +11,7 @@
                 Faults are cleared and the request log reset before every test that uses it.
 `data_root`     function: a fresh pipeline.paths.DataRoot in tmp_path.
 `portraits`     session: a folder of 6 still portrait PNGs (pipeline.synth.corpus.make_portraits).
+`shot_net`      session: the real pretrained TransNetV2 (pipeline.curate.transnet.ShotNet), CPU, 1 thread.
 """
 from __future__ import annotations
 
@@ -105,3 +106,10 @@ def portraits(tmp_path_factory) -> list[Path]:
     from pipeline.synth.corpus import make_portraits
 
     return make_portraits(tmp_path_factory.mktemp("portraits"), n=6, size=256)
+
+
+@pytest.fixture(scope="session")
+def shot_net():
+    from pipeline.curate.transnet import ShotNet
+
+    return ShotNet(device="cpu", threads=1)

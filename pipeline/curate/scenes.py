@@ -43,11 +43,11 @@ class ScenesConfig:
     cut_min_diff: float = 12.0    # mean |difference| (0..255) of consecutive thumbnails that can be a cut
     cut_spike_ratio: float = 3.0  # a difference this many times its neighbours' is a clean cut: no network
     # every detector
-    dark_luma: float = 20.0       # mean brightness (0..255) below which a frame is black (fade through black)
+    dark_luma: float = 12.0       # mean brightness (0..255) below which a frame is black (fade through black)
     fade_step: float = 0.02       # a fade darkens by at least this share of the brightness per frame
     max_fade_s: float = 2.0       # black runs longer than this are content, not a transition
     merge_gap_s: float = 0.25     # boundaries closer than this merge into one gradual boundary
-    margin: int = 2               # frames either side of a gradual boundary that no clip may use
+    margin: int = 3               # frames either side of a gradual boundary that no clip may use (found: <= 2 off)
 
     def __post_init__(self):
         if self.detector not in DETECTORS:
@@ -140,9 +140,9 @@ def dark_fades(luma: np.ndarray, fps: float, cfg: ScenesConfig) -> list[Boundary
             def falling(brighter, darker):   # brightness steps down from `brighter` into `darker`
                 return luma[brighter] - luma[darker] >= max(1.0, cfg.fade_step * luma[brighter])
 
-            while s > 0 and i - s < max_run and falling(s - 1, s):
+            while s > 1 and i - s < max_run and falling(s - 2, s - 1):   # s - 1 darker than its predecessor
                 s -= 1
-            while e < n and e - j < max_run and falling(e, e - 1):
+            while e + 1 < n and e - j < max_run and falling(e + 1, e):   # e darker than its successor
                 e += 1
             out.append(Boundary(s, e, "gradual"))
         i = j
