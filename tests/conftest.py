@@ -11,6 +11,7 @@
                 Faults are cleared and the request log reset before every test that uses it.
 `data_root`     function: a fresh pipeline.paths.DataRoot in tmp_path.
 `portraits`     session: a folder of 6 still portrait PNGs (pipeline.synth.corpus.make_portraits).
+`shot_net`      session: the real pretrained TransNetV2 (pipeline.curate.transnet.ShotNet), CPU, 1 thread.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def _corpus_key(seed: int) -> str:
 
     h = hashlib.sha1(str(seed).encode())
     for f in ("pipeline/synth/corpus.py", "pipeline/synth/capture.py", "pipeline/synth/heads.py",
-              "pipeline/synth/lookalikes.py", "pipeline/curate/landmarks.py"):
+              "pipeline/synth/lookalikes.py", "pipeline/synth/transitions.py", "pipeline/curate/landmarks.py"):
         h.update((REPO / f).read_bytes())
     for pkg in ("av", "opencv-python", "numpy", "mediapipe", "scikit-image", "imageio-ffmpeg"):
         try:
@@ -105,3 +106,10 @@ def portraits(tmp_path_factory) -> list[Path]:
     from pipeline.synth.corpus import make_portraits
 
     return make_portraits(tmp_path_factory.mktemp("portraits"), n=6, size=256)
+
+
+@pytest.fixture(scope="session")
+def shot_net():
+    from pipeline.curate.transnet import ShotNet
+
+    return ShotNet(device="cpu", threads=1)

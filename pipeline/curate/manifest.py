@@ -38,7 +38,9 @@ VIDEOS = pa.schema([
     ("sar", pa.float64()),            # sample aspect ratio (stored pixel width / height)
     ("num_frames", pa.int64()),
     ("duration_s", pa.float64()), ("rotation", pa.int64()), ("codec", pa.string()), ("has_audio", pa.bool_()),
-    ("cuts", pa.int64()), ("cut_frames", pa.list_(pa.int64())),   # scene cuts: first frame of each new scene
+    ("cuts", pa.int64()), ("cut_frames", pa.list_(pa.int64())),   # hard cuts: first frame of each new shot
+    # every shot boundary: a cut is [c, c); a gradual one (dissolve, fade) holds its frames [start, end)
+    ("boundaries", pa.list_(pa.struct([("start", pa.int64()), ("end", pa.int64()), ("kind", pa.string())]))),
     ("clips", pa.int64()), ("accepted", pa.int64()), ("accepted_s", pa.float64()),
     ("config", pa.string()),          # fingerprint of the stage parameters that produced the row
 ])
@@ -46,7 +48,7 @@ VIDEOS = pa.schema([
 REJECTIONS = pa.schema([
     ("video_id", pa.string()), ("url", pa.string()),
     ("start_frame", pa.int64()), ("end_frame", pa.int64()), ("start_s", pa.float64()), ("end_s", pa.float64()),
-    ("stage", pa.string()),           # "faces" (no / multi / small face) | "filters"
+    ("stage", pa.string()),           # "scenes" (transition) | "faces" (no / multi / small face) | "filters"
     ("reason", pa.string()),
 ])
 

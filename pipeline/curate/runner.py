@@ -71,7 +71,8 @@ def analyse_step(item: dict, root: str, cfg: CurateConfig, models: Models) -> di
             acc = [c for c in res["clips"] if c["status"] == "accepted"]
             video.update({k: res["probe"][k] for k in ("width", "height", "fps", "header_fps", "sar", "duration_s",
                                                        "rotation", "codec", "has_audio")})
-            video.update(num_frames=res["num_frames"], cuts=len(res["cuts"]), cut_frames=res["cuts"], clips=len(res["clips"]),
+            video.update(num_frames=res["num_frames"], cuts=len(res["cuts"]), cut_frames=res["cuts"],
+                         boundaries=res["boundaries"], clips=len(res["clips"]),
                          accepted=len(acc), accepted_s=sum(c["duration_s"] for c in acc),
                          message=one_line(res["message"]))
             if not acc:

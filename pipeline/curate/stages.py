@@ -21,7 +21,7 @@ from pipeline.curate.faces import FacesConfig, make_detector, place_crop
 from pipeline.curate.filters import FiltersConfig, judge, split_long
 from pipeline.curate.probe import ProbeConfig, TruncatedDecode, probe_video, scan
 from pipeline.curate.quality import QualityConfig, QualitySampler, make_scorer
-from pipeline.curate.scenes import SceneCutter, ScenesConfig
+from pipeline.curate.scenes import ScenesConfig, ShotDetector, transition_intervals
 from pipeline.curate.tracking import FaceScanner, segment, split_to_fit
 from pipeline.curate.verify import FaceVerifier
 
@@ -103,11 +103,11 @@ def load_dag(path: str | Path | None) -> CurateConfig:
 
 
 class Models:
-    """Per-worker heavy objects (face detector, face mesh, quality scorer), built once on first use."""
+    """Per-worker heavy objects (face detector, face mesh, quality scorer, shot network), built once on first use."""
 
     def __init__(self, cfg: CurateConfig):
         self.cfg = cfg
-        self._det = self._scorer = self._mesh = None
+        self._det = self._scorer = self._mesh = self._shot_net = None
 
     @property
     def detector(self):
@@ -130,24 +130,35 @@ class Models:
             self._scorer = make_scorer(self.cfg.quality)
         return self._scorer
 
+    @property
+    def shot_net(self):
+        """TransNetV2 (None unless scenes.detector is transnetv2)."""
+        if self._shot_net is None and self.cfg.scenes.detector == "transnetv2":
+            from pipeline.curate.transnet import ShotNet
+
+            self._shot_net = ShotNet(self.cfg.scenes.transnet_device, self.cfg.scenes.transnet_threads)
+        return self._shot_net
+
 
 def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: CurateConfig,
                   models: Models) -> dict:
     """probe -> (scenes + faces + quality in one decode) -> crop -> filters, for one downloaded file.
 
     Returns {"probe": {...} (fps: measured; header_fps: the container's), "clips": [CLIPS rows],
-    "rejections": [...], "times": {stage: cpu s}, "cuts": [...], "num_frames": n, "message": str}:
-    every decoded frame lies in exactly one clip row or one rejection (manifest.frame_accounting). Raises VideoError for a file that cannot be
-    curated (the caller records it as the video's status).
+    "rejections": [...], "times": {stage: cpu s}, "cuts": [hard cut frames], "boundaries": [{start,
+    end, kind}], "num_frames": n, "message": str}. Frames of gradual boundaries (+ scenes.margin) are
+    rejections with reason "transition"; every decoded frame lies in exactly one clip row or one
+    rejection (manifest.frame_accounting). Raises VideoError for a file that cannot be curated (the
+    caller records it as the video's status).
     """
     from pipeline.ids import clip_id
     from pipeline.video_io import end_time, measured_fps
 
-    times = {k: 0.0 for k in ("probe", "scenes", "faces", "verify", "quality", "filters")}
+    times = {k: 0.0 for k in ("probe", "scenes", "transnet", "faces", "verify", "quality", "filters")}
     t0 = time.process_time()
     info = probe_video(media, cfg.probe)
     times["probe"] = time.process_time() - t0
-    cutter = SceneCutter(cfg.scenes, info.fps)        # the header's rate: only for PySceneDetect's timecodes
+    shots = ShotDetector(cfg.scenes, info.fps, models.shot_net)   # the header's rate: PySceneDetect's timecodes
     # min_face_px counts stored pixels: undo the SAR's stretch of the display width (rotated: the height's)
     faces = FaceScanner(cfg.faces, models.detector, info.width / (info.sar if info.rotation % 180 == 0 else 1.0))
     # the verifier samples by the header rate (only its sampling density depends on it)
@@ -157,18 +168,27 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
     scan_t: dict[str, float] = {}
     message = ""
     try:
-        n = scan(media, cfg.probe.small_side, {"scenes": lambda f: cutter.update(f.index, f.small),
-                                               "faces": faces.update, "verify": verifier.update, "quality": sampler.update,
+        n = scan(media, cfg.probe.small_side, {"scenes": shots.update, "faces": faces.update,
+                                               "verify": verifier.update, "quality": sampler.update,
                                                "timestamps": lambda f: stamps.append(f.time)}, scan_t)
     except TruncatedDecode as e:  # keep the frames before the damage
         n, message = e.frames, str(e)
     t0 = time.process_time()
-    cuts = cutter.finish()
+    boundaries = shots.finish(n)
+    # transition frames (+ margin) belong to no clip: their edges split face tracks like cuts do
+    gaps = transition_intervals(boundaries, n, cfg.scenes.margin)
+    edges = [b.start for b in boundaries if b.kind == "cut"] + [x for g in gaps for x in g]
     t1 = time.process_time()
     dets = faces.finish(n)
-    spans, bad = segment(dets, cuts, cfg.faces)
+    spans, bad = segment(dets, edges, cfg.faces)
+    spans = [sp for sp in spans if not any(a <= sp.start and sp.end <= b for a, b in gaps)]
+    for sp in spans:                               # a track that meets a transition window says so
+        sp.start_split = "transition" if any(sp.start == b for _, b in gaps) else sp.start_split
+        sp.end_split = "transition" if any(sp.end == a for a, _ in gaps) else sp.end_split
+    bad = [(s, e, r) for s0, e0, r in bad for s, e in _outside(s0, e0, gaps)]
     t2 = time.process_time()
-    times["scenes"] = scan_t.get("scenes", 0.0) + t1 - t0
+    times["transnet"] = shots.net_seconds          # the network's share, counted apart from the cheap pass
+    times["scenes"] = scan_t.get("scenes", 0.0) + t1 - t0 - times["transnet"]
     times["faces"] = scan_t.get("faces", 0.0) + t2 - t1
     times["quality"] = scan_t.get("quality", 0.0)
     times["verify"] = scan_t.get("verify", 0.0)
@@ -182,7 +202,8 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
         return {"video_id": video_id, "url": url, "start_frame": int(s), "end_frame": int(e),
                 "start_s": edge[s], "end_s": edge[e]}
 
-    rejections = [{**span_row(s, e), "stage": "faces", "reason": r} for s, e, r in bad]
+    rejections = [{**span_row(s, e), "stage": "scenes", "reason": "transition"} for s, e in gaps]
+    rejections += [{**span_row(s, e), "stage": "faces", "reason": r} for s, e, r in bad]
     clips = []
     f = cfg.filters
     def crop_holds(frames):
@@ -220,5 +241,19 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
     times["filters"] = time.process_time() - t2
     probed = {**info.to_dict(), "header_fps": info.fps, "fps": fps, "duration_s": edge[n] if n else info.duration_s}
     return {"probe": probed, "clips": clips, "rejections": rejections, "times": times,
-            "cuts": cuts, "num_frames": n, "detections": faces.calls,
+            "cuts": [b.start for b in boundaries if b.kind == "cut"],
+            "boundaries": [b.to_dict() for b in boundaries], "num_frames": n, "detections": faces.calls,
             "verify_samples": len(verifier.samples), "message": message}
+
+
+
+def _outside(s: int, e: int, gaps: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Pieces of [s, e) outside the sorted, disjoint intervals `gaps`."""
+    out = []
+    for a, b in gaps:
+        if b <= s or a >= e:
+            continue
+        if a > s:
+            out.append((s, a))
+        s = max(s, b)
+    return out + ([(s, e)] if e > s else [])

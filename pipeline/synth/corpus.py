@@ -18,6 +18,8 @@ a face-like non-face and no real face: there face_box is null, face_boxes empty,
 `no_face`), `yaw_deg` (per scene: how far its faces are turned) and `profile` (frames whose faces
 are turned more than PROFILE_DEG). Face boxes are clipped to the frame (a face framed tighter than
 the frame shows only in part).
+Edits (`transition_specs`, `generate_edit`) join shots with cross-dissolves and fades through black
+(pipeline/synth/transitions.py) and add `transitions` [{start, end, kind}]: the frames of each window.
 Everything is seeded; the same seed gives the same JSON bytes and the same video bytes.
 The heads (photo cut-outs, expression warps) and backgrounds are in pipeline/synth/heads.py.
 """
@@ -37,6 +39,7 @@ import numpy as np
 from pipeline.synth.capture import Capture, generate_captured
 from pipeline.synth.heads import background, expressed, expressed_mesh, head
 from pipeline.synth.lookalikes import is_lookalike, yaw_of
+from pipeline.synth.transitions import Transition, edit_truth, mix, mix_plan
 
 GT_VERSION = 1
 SMALL_FACE = 0.15   # a face whose box height is below this fraction of the frame height is "small"
@@ -332,15 +335,105 @@ def ground_truth(spec: VideoSpec, seed: int, file: str, scene_of: list[int], box
     }
 
 
+# ---------------------------------------------------------------- edits: shots joined by gradual transitions
+@dataclass
+class EditSpec:
+    name: str
+    width: int
+    height: int
+    fps: float
+    shots: list[Scene]              # Scene.frames = frames the shot is shown alone (outside transitions)
+    transitions: list[Transition]   # one between each pair of neighbouring shots
+    crf: int = 22
+
+
+def transition_specs() -> list[EditSpec]:
+    """Dissolves of 8-15 frames and fades through black between different people at 23.976 and
+    60 fps; lengths, positions and content vary so that no threshold fits one video."""
+    S, T, ntsc = Scene, Transition, 24000 / 1001
+    return [
+        EditSpec("dissolves_23976", 640, 360, ntsc,
+                 [S(42, ("astronaut",), "brick"), S(37, ("hopper",), "sunset"), S(35, ("astronaut_warm",), "coffee"),
+                  S(46, ("hopper_cool",), "grass"), S(36, ("astronaut",), "noise")],
+                 [T("dissolve", 12), T("cut"), T("dissolve", 8), T("fade", 14, black=2)]),
+        EditSpec("fades_60", 480, 270, 60,
+                 [S(80, ("hopper",), "coffee"), S(66, ("astronaut_warm",), "brick", face_h=0.3),
+                  S(40, (), "grass"), S(72, ("hopper_cool",), "sunset", face_h=0.45), S(64, ("astronaut",), "gravel")],
+                 [T("fade", 15), T("dissolve", 15), T("dissolve", 11), T("fade", 24, black=6)]),
+        EditSpec("dissolve_portrait_23976", 270, 480, ntsc,
+                 [S(34, ("hopper_cool",), "noise", face_h=0.22), S(30, ("astronaut",), "grass", face_h=0.24),
+                  S(38, ("hopper",), "brick", face_h=0.2), S(30, ("astronaut_warm",), "sunset", face_h=0.23)],
+                 [T("dissolve", 10), T("fade", 9, black=1), T("dissolve", 14)]),
+    ]
+
+
+def generate_edit(spec: EditSpec, out_dir: str | Path, seed: int = 0) -> dict:
+    """Each shot rendered as a one-scene video of its own (own seeded motion), mixed per mix_plan.
+    Ground truth as generate_video's, plus `transitions`; `cuts` are the hard cuts, `scenes` the
+    shots' pure frames; in a mixed frame `face_boxes` holds the faces of both shots and `face_box`
+    the largest face of the heavier one (None on black)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = mix_plan([sh.frames for sh in spec.shots], spec.transitions)
+    need = [1 + max(f for p in plan for k2, f, _ in p if k2 == k) for k in range(len(spec.shots))]
+    shots = [_render(VideoSpec(f"{spec.name}.shot{k}", spec.width, spec.height, spec.fps,
+                               [Scene(need[k], sh.faces, sh.bg, sh.face_h, sh.blur)]), seed)
+             for k, sh in enumerate(spec.shots)]
+    shown: list[list] = [[] for _ in spec.shots]      # frames rendered so far per shot (generators run in order)
+    face_box, boxes_all, mouth, eyes = [], [], [], []
+
+    def frames():
+        for parts in plan:
+            for k, f, _ in parts:
+                while len(shown[k]) <= f:
+                    shown[k].append(next(shots[k]))
+            got = [(shown[k][f], w) for k, f, w in parts]
+            for k, f, _ in parts:       # frames before the ones in use are never needed again
+                shown[k][:f] = [None] * f
+            lead = max(got, key=lambda g: g[1])[0] if got else (None, [], 0.0, 0.0)
+            boxes_all.append(sorted((b for (_, bx, _, _), _ in got for b in bx),
+                                    key=lambda b: -(b[2] - b[0]) * (b[3] - b[1])))
+            face_box.append(lead[1][0] if lead[1] else None)
+            mouth.append(round(lead[2], 4))
+            eyes.append(round(lead[3], 4))
+            yield mix([(g[0], w) for g, w in got], (spec.height, spec.width, 3)), lead[2]
+
+    _encode(out_dir / f"{spec.name}.mp4", frames(), VideoSpec(spec.name, spec.width, spec.height, spec.fps, [],
+                                                              crf=spec.crf), seed)
+    scenes, cuts, windows = edit_truth(plan, spec.transitions)
+    n = len(plan)
+    gt = {
+        "version": GT_VERSION, "name": spec.name, "file": f"{spec.name}.mp4", "seed": seed,
+        "fps": spec.fps, "num_frames": n, "width": spec.width, "height": spec.height,
+        "rotation": 0, "has_audio": False, "duration_s": round(n / spec.fps, 4),
+        "cuts": cuts, "transitions": windows,
+        "scenes": [{"start": s, "end": e, "faces": list(spec.shots[k].faces), "background": spec.shots[k].bg,
+                    "face_h": spec.shots[k].face_h, "blur_sigma": round(spec.shots[k].blur * spec.height, 2)}
+                   for k, s, e in scenes],
+        "no_face": _intervals([b is None for b in face_box]),
+        "multi_face": _intervals([len(b) >= 2 for b in boxes_all]),
+        "blur": _intervals([any(spec.shots[k].blur > 0 for k, _, _ in p) for p in plan]),
+        "small_face": _intervals([b is not None and (b[3] - b[1]) < SMALL_FACE * spec.height for b in face_box]),
+        "face_box": face_box,
+        "face_boxes": boxes_all,
+        "expression": {"mouth": mouth, "eyes": eyes},
+        # the face-check keys (face_check_truth): edits show only real, frontal faces
+        "lookalike": [], "profile": [], "yaw_deg": [0.0] * len(scenes),
+    }
+    (out_dir / f"{spec.name}.json").write_text(json.dumps(gt, sort_keys=True, separators=(",", ":")))
+    return {**gt, "path": str(out_dir / gt["file"])}
+
+
 def generate_corpus(out_dir: str | Path, seed: int = 0, names: list[str] | None = None) -> list[dict]:
     """Write <name>.mp4 + <name>.json for each (selected) default video; returns the ground truths."""
-    specs = default_specs()
+    specs = [*default_specs(), *transition_specs()]
     if names:
         unknown = set(names) - {s.name for s in specs}
         if unknown:
             raise ValueError(f"unknown corpus video(s): {', '.join(sorted(unknown))}")
         specs = [s for s in specs if s.name in names]
-    return [generate_video(s, out_dir, seed) for s in specs]
+    return [generate_edit(s, out_dir, seed) if isinstance(s, EditSpec) else generate_video(s, out_dir, seed)
+            for s in specs]
 
 
 def load_corpus(out_dir: str | Path) -> list[dict]:
