@@ -8,8 +8,11 @@ frame of the next held-out clip of another video (same video only if the split h
 Per grid row:
   LMSE  landmarks of the generated frames vs the driving clip's stored landmarks, pixels of a 256
         crop (model.metrics), over frames with a face on both sides;
-  CSIM  per clip the minimum cosine between the source's CLIP embedding and each generated
-        frame's, averaged over clips;
+  CSIM  identity similarity (model/csim.py): per clip the minimum and the mean over generated frames of
+        the cosine between the source clip's face-identity embedding (its identity.npy) and each
+        frame's (dlib's ResNet), averaged over clips;
+  CLIP-sim  the same minimum with CLIP embeddings (the supplementary's CSIM), labelled "untrained"
+        when the CLIP has random weights (the offline tiny models);
   FID   generated frames of all clips vs the real held-out frames (VAE reconstructions of the
         shards' posterior means: shards hold no pixels), or "unavailable: <why>" without weights.
 `--consistency` runs model/consistency.py instead: anchored vs naive similarity to the anchor over
@@ -75,11 +78,13 @@ def load_eval_config(path: str | None, overrides: list[str] = ()) -> EvalConfig:
 
 
 def pairs(held: list[dict], max_clips: int) -> list[tuple[dict, dict]]:
-    """(driving, source) with the source from another video where possible."""
+    """(driving, source) with the source of another person where possible."""
+    from model.split import person_of
+
     out = []
     for k, drv in enumerate(held[:max_clips]):
         others = held[k + 1:] + held[:k]
-        src = next((s for s in others if s["meta.json"]["video_id"] != drv["meta.json"]["video_id"]),
+        src = next((s for s in others if person_of(s["meta.json"]) != person_of(drv["meta.json"])),
                    others[0] if others else drv)
         out.append((drv, src))
     return out
@@ -87,6 +92,7 @@ def pairs(held: list[dict], max_clips: int) -> list[tuple[dict, dict]]:
 
 def evaluate_row(row: dict, jobs, model, cfg, diffusion, enc, ec: EvalConfig, real, net, mesh) -> dict:
     from model.anchored import SampleConfig
+    from model.csim import identity_csim, identity_of_crops
     from model.metrics import (
         LMSE_SIZE,
         csim_embeddings,
@@ -99,24 +105,31 @@ def evaluate_row(row: dict, jobs, model, cfg, diffusion, enc, ec: EvalConfig, re
 
     sc = SampleConfig(steps=int(row["steps"]), cfg=float(row["cfg"]), guidance=str(row["guidance"]),
                       max_batch=ec.max_batch, seed=ec.seed, clip_x0=ec.clip_x0)
-    per_clip, csims, gens = [], [], []
-    for k, (filled, lm, ok, times, src_emb) in enumerate(jobs):
+    per_clip, csims, gens, idents = [], [], [], []
+    for k, (filled, lm, ok, times, src_emb, src_ident) in enumerate(jobs):
         _, gen, _ = generate(model, cfg, diffusion, enc, filled, times, src_emb, sc, ec.sampler, ec.anchor,
                              ec.seed + k)
         gens.append(gen)
         glm, gok = landmarks_of(gen, mesh=mesh)
         per_clip.append(lmse_landmarks(glm, lm * LMSE_SIZE, gok, ok))
         csims.append(csim_embeddings(src_emb, clip_embed(enc, gen)))
+        idents.append(identity_csim(src_ident, identity_of_crops(gen)))
     n_used = sum(r["frames_used"] for r in per_clip)   # LMSE pooled over every frame with a face on both sides
     lmse = sum(r["lmse"] * r["frames_used"] for r in per_clip if r["frames_used"]) / n_used if n_used else None
     out = {"Timesteps": sc.steps, "CFG": sc.cfg, "Guidance": LABEL[sc.guidance],
-           "LMSE": lmse, "CSIM": float(np.mean(csims)),
+           "LMSE": lmse, "CSIM": _mean([c["min"] for c in idents]), "CSIM_mean": _mean([c["mean"] for c in idents]),
+           "CLIP_sim": float(np.mean(csims)),
            "lmse_frames": n_used, "frames": int(sum(len(g) for g in gens))}
     if isinstance(net, str):
         out["FID"] = net
     else:
         out["FID"] = fid_from_features(inception_features(np.concatenate(gens), net, ec.fid_size), real)
     return out
+
+
+def _mean(v: list) -> float | None:
+    v = [x for x in v if x is not None]
+    return float(np.mean(v)) if v else None
 
 
 def _fmt(v, nd):
@@ -128,17 +141,19 @@ def _fmt(v, nd):
 
 
 def markdown(rows: list[dict], note: str) -> str:
-    lines = ["| Timesteps | CFG | Guidance | FID | LMSE | CSIM |", "|---:|---:|---|---:|---:|---:|"]
+    lines = ["| Timesteps | CFG | Guidance | FID | LMSE | CSIM min | CSIM mean | CLIP-sim |",
+             "|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         fid = "unavailable" if isinstance(r["FID"], str) else _fmt(r["FID"], 1)
         lines.append(f"| {r['Timesteps']} | {r['CFG']:g} | {r['Guidance']} | {fid} | {_fmt(r['LMSE'], 2)} | "
-                     f"{_fmt(r['CSIM'], 2)} |")
+                     f"{_fmt(r['CSIM'], 3)} | {_fmt(r['CSIM_mean'], 3)} | {_fmt(r['CLIP_sim'], 2)} |")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
 def run(data: Path, ec: EvalConfig) -> dict:
     import torch
 
+    from model.csim import clip_label, csim_label, source_identity
     from model.metrics import find_inception_weights, inception_features, load_inception
     from model.reenact import ReenactError, load_all
     from pipeline.curate.landmarks import FaceMesh478
@@ -160,7 +175,7 @@ def run(data: Path, ec: EvalConfig) -> dict:
         filled, lm, ok, times, lat = driving_of(drv, ec.max_frames)
         if len(times) < cfg.model.frames or not ok.any():
             continue  # too short for one sequence, or no face at all: recorded in the stats
-        jobs.append((filled, lm, ok, times, src["clip_emb.npy"][0].astype(np.float32)))
+        jobs.append((filled, lm, ok, times, src["clip_emb.npy"][0].astype(np.float32), source_identity(src)))
         lats.append(lat)
         used.append({"driving": drv["__key__"], "source": src["__key__"], "frames": int(len(times)),
                      "cross_identity": drv["meta.json"]["video_id"] != src["meta.json"]["video_id"]})
@@ -173,6 +188,7 @@ def run(data: Path, ec: EvalConfig) -> dict:
     else:  # the real frames are VAE-decoded only when there is an FID to compute
         net = load_inception(weights)
         real_feats = inception_features(np.concatenate([real_frames(enc, lat) for lat in lats]), net, ec.fid_size)
+    clip_sim = clip_label(enc.models.clip_label)
     rows = []
     with FaceMesh478(static=True) as mesh:
         for i, row in enumerate(grid):
@@ -181,13 +197,15 @@ def run(data: Path, ec: EvalConfig) -> dict:
             r["seconds"] = round(time.time() - tr, 2)
             rows.append(r)
             print(f"eval [{i + 1}/{len(grid)}] steps {r['Timesteps']} cfg {r['CFG']:g} {r['Guidance']}: "
-                  f"FID {_fmt(r['FID'], 1)[:40]}, LMSE {_fmt(r['LMSE'], 2)}, CSIM {r['CSIM']:.3f} "
+                  f"FID {_fmt(r['FID'], 1)[:40]}, LMSE {_fmt(r['LMSE'], 2)}, {csim_label()} min "
+                  f"{_fmt(r['CSIM'], 3)} mean {_fmt(r['CSIM_mean'], 3)}, {clip_sim} {r['CLIP_sim']:.3f} "
                   f"({r['seconds']}s)", flush=True)
     note = (f"Grid `{grid_name}` on {len(jobs)} held-out clips ({sum(u['frames'] for u in used)} frames; "
             f"{split_note}), {ec.sampler} sampling, checkpoint "
-            f"`{Path(info['ckpt']).name}`, models `{info['models']}`. LMSE in pixels of a 256 crop; CSIM = "
-            f"min cosine of CLIP embeddings (source vs generated) averaged over clips; FID against VAE "
-            f"reconstructions of the held-out frames.")
+            f"`{Path(info['ckpt']).name}`, models `{info['models']}`. LMSE in pixels of a 256 crop; {csim_label()} = "
+            f"cosine of face-identity embeddings, source clip vs each generated frame, min and mean over frames, "
+            f"averaged over clips (n/a where the source has no identity); {clip_sim} = min cosine of CLIP "
+            f"embeddings, source vs generated; FID against VAE reconstructions of the held-out frames.")
     if isinstance(net, str):
         note += f" FID {net}."
     out_dir = root.dir("eval")

@@ -158,7 +158,7 @@ def main(argv=None) -> dict:
     resume = ckpt.latest(ckpt_dir)
     if resume is not None:
         state = ckpt.load(resume, map_location=device)
-        recorded = (state.get("heldout") or {}).get("videos")
+        recorded = state.get("heldout")     # model.split.HeldOut.record (older checkpoints: a video split)
         ckpt.check_compatible(state, cfg, resume)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])

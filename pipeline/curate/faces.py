@@ -50,6 +50,7 @@ class Det:
     faces: int = 0
     sig: np.ndarray | None = None               # identity signature of the largest face
     sig_kind: str = "hs-histogram"              # "hs-histogram" | "arcface": which distance/threshold applies
+    ident: object = None                        # pipeline.curate.identity.FaceIdentity where one was computed
 
 
 # ---------------------------------------------------------------- detectors
@@ -194,8 +195,9 @@ def signature_distance(a: np.ndarray, b: np.ndarray, kind: str) -> float:
 class FaceScanner:
     """Consumer of the decode pass (`update(frame)` for every frame, then `finish(n)` -> {frame: Det})."""
 
-    def __init__(self, cfg: FacesConfig, detector, src_width: int):
+    def __init__(self, cfg: FacesConfig, detector, src_width: int, identity=None):
         self.cfg, self.detector, self.src_width = cfg, detector, src_width
+        self.identity = identity    # a face-identity encoder (pipeline.curate.identity): decides "identity"
         self.dets: dict[int, Det] = {}
         self.calls = 0
         self._buf: dict[int, np.ndarray] = {}
@@ -239,6 +241,13 @@ class FaceScanner:
 
     def _refine(self, a: int, b: int) -> None:
         why = disagreement(self.dets[a], self.dets[b], self.cfg)
+        if why == "identity" and self.identity is not None:
+            # the cheap signature saw a change: the identity embeddings (frames still buffered) decide
+            for k in (a, b):
+                d = self.dets[k]
+                if d.ident is None:
+                    d.ident = self.identity.identity(self.identity.faces(self._buf[k], [d.box])[0])
+            why = disagreement(self.dets[a], self.dets[b], self.cfg)
         if not why or b - a <= 1 or (why == "jump" and b - a <= 2):
             return
         m = (a + b) // 2
@@ -257,6 +266,8 @@ def disagreement(d1: Det, d2: Det, cfg: FacesConfig) -> str:
     move = max(abs(x1 + w1 / 2 - x2 - w2 / 2), abs(y1 + h1 / 2 - y2 - h2 / 2))
     if move > cfg.max_jump or max(w1 / w2, w2 / w1) > cfg.max_scale_change:
         return "jump"
+    if d1.ident is not None and d2.ident is not None:    # face identity, where computed, overrules the signature
+        return "" if d1.ident.same_person(d2.ident) else "identity"
     if d1.sig is not None and d2.sig is not None and d1.sig_kind == d2.sig_kind:
         limit = cfg.arcface_identity_threshold if d1.sig_kind == "arcface" else cfg.identity_threshold
         if signature_distance(d1.sig, d2.sig, d1.sig_kind) > limit:

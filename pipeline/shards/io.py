@@ -21,7 +21,7 @@ from pipeline.schema import SCHEMA_VERSION, SHARD_MEMBERS
 MEMBER_ORDER = list(SHARD_MEMBERS)
 NPY_DTYPES = {"latent_mean.npy": np.float16, "latent_std.npy": np.float16, "clip_emb.npy": np.float16,
               "landmarks.npy": np.float32, "landmarks_ok.npy": np.bool_, "frame_index.npy": np.int64,
-              "time_s.npy": np.float32}
+              "time_s.npy": np.float32, "identity.npy": np.float32}
 
 
 def npy_bytes(a: np.ndarray) -> bytes:
