@@ -16,8 +16,8 @@ ArcFace). `IdentitySampler` is a consumer of curation's single decode pass: wher
 one usable face, every `every` frames it keeps the aligned face chip (150 px for dlib) and two 64-bit
 difference hashes (for duplicates): of the paper-ratio crop around the face and of the whole frame. On the
 test corpus, where different videos reuse one photo, the pair separates copies (re-encoded, rescaled, 25 vs
-30 fps, trimmed: <= 13 of 128 bits apart in the median frame) from other footage of the same face (>= 20),
-where either hash alone overlaps. The ResNet runs only for the accepted clips, at the end
+30 fps, trimmed: <= 10.5 of 128 bits apart in the median frame) from other footage of the same face (>= 15
+in every frame), where either hash alone overlaps. The ResNet runs only for the accepted clips, at the end
 (`clip_identity`), since it costs ~0.16 CPU s a face.
 """
 from __future__ import annotations

@@ -110,6 +110,8 @@ def apply(root: DataRoot, cfg, index: dict, table, items: list[dict], log=print)
         videos.setdefault(it["video_id"], {"url": it.get("url", ""), "origin": it["origin"]})
     for r in table.itertuples():
         videos.setdefault(r.video_id, {"url": r.url or "", "origin": r.origin})
+    for vid, url in people.curated_videos(root).items():   # videos with no accepted clip (all duplicates, say)
+        videos.setdefault(vid, {"url": url, "origin": "video"})
 
     targets: dict[str, str] = {}
     if oo is not None:

@@ -193,6 +193,17 @@ def check_photos(oo, cfg) -> None:
     photo_matches(oo, {}, cfg)
 
 
+def curated_videos(root: DataRoot) -> dict[str, str]:
+    """{video_id: url} of every video in curate/clips.parquet, whatever the status of its clips."""
+    import pyarrow.parquet as pq
+
+    p = root.path("curate", "clips.parquet")
+    if not p.exists():
+        return {}
+    t = pq.read_table(p, columns=["video_id", "url"]).to_pydict()
+    return {v: u or "" for v, u in zip(t["video_id"], t["url"])}
+
+
 def video_clip_ids(root: DataRoot, video_ids: set[str]) -> dict[str, str]:
     """{clip_id: video_id} of these videos in curate/clips.parquet, whatever the status (duplicates too)."""
     import pyarrow.parquet as pq
