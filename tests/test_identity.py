@@ -241,3 +241,47 @@ def test_duplicates_are_rejected_naming_the_first_copy(tmp_path):
     forget(root, {orig["clip_id"]})
     assert copies_of({orig["clip_id"]}, duplicate_links(root)) == {mirror["clip_id"], reup["clip_id"],
                                                                     overlap["clip_id"]}
+
+
+def test_optout_csv_may_name_a_face_photo(tmp_path, photos):
+    from PIL import Image
+
+    from pipeline.curate.sources import ManifestError, load_optout
+
+    (tmp_path / "faces").mkdir()
+    Image.fromarray(photos["hopper"]).save(tmp_path / "faces" / "grace.jpg")
+    (tmp_path / "faces" / "notes.txt").write_text("not an image")
+    p = tmp_path / "optout.csv"
+    p.write_text("video_id_or_url,date,reason,face_photo\nvidA,2026-01-02,,\n,2026-01-03,me,faces/grace.jpg\n")
+    oo = load_optout(p)
+    assert [e.photo for e in oo.photos] == [str(tmp_path / "faces" / "grace.jpg")]
+    assert oo.matches("vidA", "") and not oo.matches("", "") and oo.ids == frozenset({"vidA"})
+    for row, why in [(",2026-01-03,,faces/missing.jpg", "row 2: face_photo not found"),
+                     (",2026-01-03,,faces/notes.txt", "row 2: face_photo is not a JPEG"),
+                     (",2026-01-03,,", "row 2: empty video_id_or_url")]:
+        p.write_text("video_id_or_url,date,reason,face_photo\n" + row + "\n")
+        with pytest.raises(ManifestError, match=why):
+            load_optout(p)
+    # the three-column file of older checkouts still reads
+    p.write_text("video_id_or_url,date,reason\nvidA,2026-01-02,\n")
+    assert load_optout(p).photos == []
+
+
+def test_a_face_photo_without_one_face_stops_the_run_and_removes_nothing(tmp_path_factory, tmp_path):
+    from PIL import Image
+    from test_shards import copy_world, make_cfg, snapshot
+
+    from pipeline.shards.build import run
+    from pipeline.shards.optout import ManifestProblem
+
+    root, models = copy_world(tmp_path_factory, tmp_path)
+    snap = snapshot(root)
+    Image.fromarray(np.full((240, 240, 3), 128, np.uint8)).save(root / "manifests" / "wall.png")
+    (root / "manifests" / "optout.csv").write_text("video_id_or_url,date,reason,face_photo\n,2026-03-01,,wall.png\n")
+    with pytest.raises(ManifestProblem, match="row 2: face_photo wall.png: no face found"):
+        run(root, make_cfg(root, models, manifests=True), log=lambda m: None)
+    assert snapshot(root) == snap and not (root / "shards" / "optout_audit.jsonl").exists()
+    cli = subprocess.run([sys.executable, "-m", "pipeline.shards.optout", "verify", "--data", str(root),
+                          "--optout", str(root / "manifests" / "optout.csv")], capture_output=True, text=True,
+                         cwd=REPO)
+    assert cli.returncode == 2 and "no face found" in cli.stderr and len(cli.stderr.strip().splitlines()) == 1

@@ -185,7 +185,7 @@ def remove_video(root: DataRoot, sdir: Path, vid: str, url: str, trigger: str, i
     table = shardio.load_table(sdir)
     mine = table[table["video_id"] == vid]
     clip_ids = set(mine["clip_id"]) | {it["clip_id"] for it in items if it["video_id"] == vid}
-    rewritten, deleted_shards = drop_from_shards(sdir, index, table, set(mine["clip_id"]))
+    rewritten, deleted_shards = shardio.rewrite_without(sdir, index, table, set(mine["clip_id"]))
 
     files: list[str] = []
     media = [it["media_path"] for it in items if it["video_id"] == vid and it["origin"] == "video"]
@@ -211,33 +211,6 @@ def remove_video(root: DataRoot, sdir: Path, vid: str, url: str, trigger: str, i
     return {"time": _now(), "video_id": vid, "url": url, "trigger": trigger, "clips_removed": sorted(clip_ids),
             "shards_rewritten": rewritten, "shards_deleted": deleted_shards, "files_deleted": files,
             "manifest_rows_removed": clip_rows}
-
-
-def drop_from_shards(sdir: Path, index: dict, table, clip_ids: set[str]) -> tuple[list[dict], list[dict]]:
-    """Rewrite only the shards holding `clip_ids` without them (a shard left empty is deleted); update
-    index.json and shards.parquet. Returns (rewritten, deleted) records for the audit."""
-    from pipeline.shards import io as shardio
-
-    mine = table[table["clip_id"].isin(clip_ids)]
-    rewritten, deleted = [], []
-    by_name = {s["name"]: s for s in index["shards"]}
-    for name in sorted(set(mine["shard"])):
-        path = sdir / name
-        old = by_name.get(name)
-        kept = [s for s in shardio.read_samples(path) if s[0] not in clip_ids] if path.exists() else []
-        if kept:
-            entry = shardio.write_shard(path, kept)
-            rewritten.append({"name": name, "old_sha256": old and old["sha256"], "new_sha256": entry["sha256"],
-                              "nsamples": entry["nsamples"]})
-            index["shards"] = [entry if s["name"] == name else s for s in index["shards"]]
-        else:
-            path.unlink(missing_ok=True)
-            deleted.append({"name": name, "old_sha256": old and old["sha256"]})
-            index["shards"] = [s for s in index["shards"] if s["name"] != name]
-    if len(mine):
-        shardio.save_index(sdir, index)
-        shardio.save_table(sdir, table[~table["clip_id"].isin(clip_ids)])
-    return rewritten, deleted
 
 
 def _drop_clip_rows(root: DataRoot, vid: str) -> int:

@@ -226,11 +226,10 @@ def remove_clips(root: DataRoot, sdir: Path, clips: dict[str, dict], trigger: st
     """Remove single clips {clip_id: info} everywhere (see the module doc); the audit record, or None."""
     from pipeline.curate.clusters import forget
     from pipeline.shards import io as shardio
-    from pipeline.shards.optout import drop_from_shards
 
     ids = set(clips)
     table = shardio.load_table(sdir)
-    rewritten, deleted = drop_from_shards(sdir, index, table, ids)
+    rewritten, deleted = shardio.rewrite_without(sdir, index, table, ids)
     files = []
     for p in sorted(root.path("shards", "cache").glob("*/*.npz")) if root.path("shards", "cache").is_dir() else []:
         if p.stem in {safe_name(c) for c in ids}:
