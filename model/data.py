@@ -171,15 +171,16 @@ def check_schema(urls: list[str], cfg) -> ShardDims:
     raise SchemaError(f"none of the {len(urls)} shards is readable (first: {urls[0]})")
 
 
-def _video_id(raw: dict) -> str | None:
+def _meta(raw: dict) -> dict | None:
+    """The sample's meta.json (video_id, identity_id: what the held-out split tests), None if unreadable."""
     try:
-        return str(json.loads(raw["meta.json"])["video_id"])
+        return dict(json.loads(raw["meta.json"]))
     except Exception:
         return None  # make_sequence/decode reports the broken sample
 
 
 class SequenceStream(IterableDataset):
-    """`exclude`: held-out videos (model.split.HeldOut); their clips are skipped, and a shard that holds
+    """`exclude`: held-out people (model.split.HeldOut); their clips are skipped, and a shard that holds
     nothing else is not read again by this worker."""
 
     def __init__(self, urls: list[str], cfg, rank: int = 0, world: int = 1, start_step: int = 0, exclude=None):
@@ -206,7 +207,7 @@ class SequenceStream(IterableDataset):
             errors: list = []
             used = 0
             for raw in _read_shard(url, errors):
-                if self.exclude is not None and _video_id(raw) in self.exclude:
+                if self.exclude is not None and _meta(raw) in self.exclude:
                     continue
                 used += 1
                 try:

@@ -8,8 +8,11 @@ frame of the next held-out clip of another video (same video only if the split h
 Per grid row:
   LMSE  landmarks of the generated frames vs the driving clip's stored landmarks, pixels of a 256
         crop (model.metrics), over frames with a face on both sides;
-  CSIM  per clip the minimum cosine between the source's CLIP embedding and each generated
-        frame's, averaged over clips;
+  CSIM  identity similarity (model/csim.py): per clip the minimum and the mean over generated frames of
+        the cosine between the source clip's face-identity embedding (its identity.npy) and each
+        frame's (dlib's ResNet), averaged over clips;
+  CLIP-sim  the same minimum with CLIP embeddings (the supplementary's CSIM), labelled "untrained"
+        when the CLIP has random weights (the offline tiny models);
   FID   generated frames of all clips vs the real held-out frames (VAE reconstructions of the
         shards' posterior means: shards hold no pixels), or "unavailable: <why>" without weights.
 `--consistency` runs model/consistency.py instead: anchored vs naive similarity to the anchor over
@@ -97,11 +100,13 @@ def load_eval_config(path: str | None, overrides: list[str] = ()) -> EvalConfig:
 
 
 def pairs(held: list[dict], max_clips: int) -> list[tuple[dict, dict]]:
-    """(driving, source) with the source from another video where possible."""
+    """(driving, source) with the source of another person where possible."""
+    from model.split import person_of
+
     out = []
     for k, drv in enumerate(held[:max_clips]):
         others = held[k + 1:] + held[:k]
-        src = next((s for s in others if s["meta.json"]["video_id"] != drv["meta.json"]["video_id"]),
+        src = next((s for s in others if person_of(s["meta.json"]) != person_of(drv["meta.json"])),
                    others[0] if others else drv)
         out.append((drv, src))
     return out
@@ -114,6 +119,7 @@ class Job:
     landmarks: np.ndarray     # (T, 478, 3) the clip's stored landmarks, x, y in [0, 1] (NaN = no face)
     ok: np.ndarray            # (T,) bool: a face on the driving frame
     src_emb: np.ndarray       # (D,) CLIP embedding of the source (another video's frame)
+    src_ident: Any = None     # the source clip's face-identity embedding (model.csim.source_identity)
 
 
 @dataclass
@@ -128,6 +134,7 @@ def evaluate_row(row: GridRow, jobs: list[Job], gen, ec: EvalConfig, scoring: Sc
     """One grid row over every job: LMSE pooled over frames, CSIM averaged over clips, FID over all frames.
     `gen`: model.reenact.Reenactor."""
     from model.anchored import SampleConfig
+    from model.csim import identity_csim, identity_of_crops
     from model.metrics import (
         LMSE_SIZE,
         csim_embeddings,
@@ -140,17 +147,19 @@ def evaluate_row(row: GridRow, jobs: list[Job], gen, ec: EvalConfig, scoring: Sc
 
     sc = SampleConfig(steps=row.steps, cfg_scale=row.cfg_scale, guidance=row.guidance, sampler=ec.sampler,
                       anchor=ec.anchor, max_batch=ec.max_batch, seed=ec.seed, clip_x0=ec.clip_x0)
-    per_clip, csims, gens = [], [], []
+    per_clip, csims, gens, idents = [], [], [], []
     for k, job in enumerate(jobs):
         _, frames, _ = gen.generate(job.video, replace(sc, plan_seed=ec.seed + k))
         gens.append(frames)
         glm, gok = landmarks_of(frames, mesh=scoring.mesh)
         per_clip.append(lmse_landmarks(glm, job.landmarks * LMSE_SIZE, gok, job.ok))
         csims.append(csim_embeddings(job.src_emb, clip_embed(gen.enc, frames)))
+        idents.append(identity_csim(job.src_ident, identity_of_crops(frames)))
     n_used = sum(r["frames_used"] for r in per_clip)   # LMSE pooled over every frame with a face on both sides
     lmse = sum(r["lmse"] * r["frames_used"] for r in per_clip if r["frames_used"]) / n_used if n_used else None
     out = {"Timesteps": sc.steps, "CFG": sc.cfg_scale, "Guidance": LABEL[sc.guidance],
-           "LMSE": lmse, "CSIM": float(np.mean(csims)),
+           "LMSE": lmse, "CSIM": _mean([c["min"] for c in idents]), "CSIM_mean": _mean([c["mean"] for c in idents]),
+           "CLIP_sim": float(np.mean(csims)),
            "lmse_frames": n_used, "frames": int(sum(len(g) for g in gens))}
     if isinstance(scoring.inception, str):
         out["FID"] = scoring.inception
@@ -158,6 +167,11 @@ def evaluate_row(row: GridRow, jobs: list[Job], gen, ec: EvalConfig, scoring: Sc
         out["FID"] = fid_from_features(inception_features(np.concatenate(gens), scoring.inception, ec.fid_size),
                                        scoring.real)
     return out
+
+
+def _mean(v: list) -> float | None:
+    v = [x for x in v if x is not None]
+    return float(np.mean(v)) if v else None
 
 
 def _fmt(v, nd):
@@ -168,18 +182,20 @@ def _fmt(v, nd):
     return f"{v:.{nd}f}" if abs(v) < 1000 else f"{v:.0f}"
 
 
-def markdown(rows: list[dict], note: str, csim_name: str = "CSIM") -> str:
-    lines = [f"| Timesteps | CFG | Guidance | FID | LMSE | {csim_name} |", "|---:|---:|---|---:|---:|---:|"]
+def markdown(rows: list[dict], note: str, clip_name: str = "CLIP-sim") -> str:
+    lines = [f"| Timesteps | CFG | Guidance | FID | LMSE | CSIM min | CSIM mean | {clip_name} |",
+             "|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         fid = "unavailable" if isinstance(r["FID"], str) else _fmt(r["FID"], 1)
         lines.append(f"| {r['Timesteps']} | {r['CFG']:g} | {r['Guidance']} | {fid} | {_fmt(r['LMSE'], 2)} | "
-                     f"{_fmt(r['CSIM'], 2)} |")
+                     f"{_fmt(r['CSIM'], 3)} | {_fmt(r['CSIM_mean'], 3)} | {_fmt(r['CLIP_sim'], 2)} |")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
 def run(data: Path, ec: EvalConfig) -> dict:
     import torch
 
+    from model.csim import csim_label, source_identity
     from model.metrics import (
         find_inception_weights,
         inception_features,
@@ -210,7 +226,7 @@ def run(data: Path, ec: EvalConfig) -> dict:
         if len(times) < gen.cfg.model.frames or not ok.any():
             continue  # too short for one sequence, or no face at all: recorded in the stats
         src_emb = src["clip_emb.npy"][0].astype(np.float32)
-        jobs.append(Job(video_conditioning(filled, times, src_emb), lm, ok, src_emb))
+        jobs.append(Job(video_conditioning(filled, times, src_emb), lm, ok, src_emb, source_identity(src)))
         lats.append(lat)
         used.append({"driving": drv["__key__"], "source": src["__key__"], "frames": int(len(times)),
                      "cross_identity": drv["meta.json"]["video_id"] != src["meta.json"]["video_id"]})
@@ -223,7 +239,7 @@ def run(data: Path, ec: EvalConfig) -> dict:
     else:  # the real frames are VAE-decoded only when there is an FID to compute
         net = load_inception(weights)
         real_feats = inception_features(np.concatenate([real_frames(gen.enc, lat) for lat in lats]), net, ec.fid_size)
-    csim_note = similarity_note("CSIM", gen.enc.models.clip_label, gen.enc.models.clip_trained)
+    clip_note = similarity_note("CLIP-sim", gen.enc.models.clip_label, gen.enc.models.clip_trained)
     rows = []
     with FaceMesh478(static=True) as mesh:
         scoring = Scoring(mesh, net, real_feats)
@@ -233,21 +249,23 @@ def run(data: Path, ec: EvalConfig) -> dict:
             r["seconds"] = round(time.time() - tr, 2)
             rows.append(r)
             print(f"eval [{i + 1}/{len(grid)}] steps {r['Timesteps']} cfg_scale {r['CFG']:g} {r['Guidance']}: "
-                  f"FID {_fmt(r['FID'], 1)[:40]}, LMSE {_fmt(r['LMSE'], 2)}, {labelled(csim_note)} {r['CSIM']:.3f} "
+                  f"FID {_fmt(r['FID'], 1)[:40]}, LMSE {_fmt(r['LMSE'], 2)}, {csim_label()} min "
+                  f"{_fmt(r['CSIM'], 3)} mean {_fmt(r['CSIM_mean'], 3)}, {labelled(clip_note)} {r['CLIP_sim']:.3f} "
                   f"({r['seconds']}s)", flush=True)
     note = (f"Grid `{grid_name}` on {len(jobs)} held-out clips ({sum(u['frames'] for u in used)} frames; "
             f"{split_note}), {ec.sampler} sampling, checkpoint "
-            f"`{Path(info['ckpt']).name}`, models `{info['models']}`. LMSE in pixels of a 256 crop; CSIM = "
-            f"min cosine of CLIP embeddings (source vs generated) averaged over clips; FID against VAE "
-            f"reconstructions of the held-out frames.")
+            f"`{Path(info['ckpt']).name}`, models `{info['models']}`. LMSE in pixels of a 256 crop; {csim_label()} = "
+            f"cosine of face-identity embeddings, source clip vs each generated frame, min and mean over frames, "
+            f"averaged over clips (n/a where the source has no identity); {labelled(clip_note)} = min cosine of CLIP "
+            f"embeddings, source vs generated; FID against VAE reconstructions of the held-out frames.")
     if isinstance(net, str):
         note += f" FID {net}."
-    if csim_note["caveat"]:
-        note += f" {csim_note['caveat'][0].upper()}{csim_note['caveat'][1:]}."
+    if clip_note["caveat"]:
+        note += f" {clip_note['caveat'][0].upper()}{clip_note['caveat'][1:]}."
     out_dir = root.dir("eval")
     result = {"rows": rows, "grid": grid_name, "clips": used, "config": asdict(ec), **info,
-              "seconds": round(time.time() - t0, 2), "note": note, "csim_note": csim_note}
-    atomic_write_text(out_dir / "table1.md", markdown(rows, note, labelled(csim_note)))
+              "seconds": round(time.time() - t0, 2), "note": note, "clip_note": clip_note}
+    atomic_write_text(out_dir / "table1.md", markdown(rows, note, labelled(clip_note)))
     atomic_write_text(out_dir / "table1.json", json.dumps(result, indent=1))
     print(f"eval: wrote {out_dir / 'table1.md'} and table1.json ({len(rows)} rows, {result['seconds']}s)")
     return result

@@ -12,41 +12,45 @@ import numpy as np
 def load_heldout(data: Path, cfg, record: dict | None) -> tuple[list[dict], str]:
     """Decoded held-out samples (all shard members) sorted by clip id, and a note on the split.
 
-    `record`: the checkpoint's held-out record ({fraction, min_clips, videos}); None for a checkpoint
-    that predates it (the rule is recomputed from its config and the note says it may have seen them)."""
+    `record`: the checkpoint's held-out record (model.split.HeldOut.record; a video split from before
+    identity splits loads with a warning); None for a checkpoint that predates records (the identity rule
+    is recomputed from its config and the note says it may have seen them)."""
     from model.data import decode, resolve_shards
-    from model.split import HeldOut, catalog, heldout_videos, shard_videos
+    from model.split import HeldOut, catalog, heldout_units, shard_samples
     from pipeline.shards.io import read_samples
 
     urls = resolve_shards("", data)
-    by_shard = shard_videos(urls) or {}        # video ids from the meta members only: nothing decoded yet
-    counts = catalog(by_shard)
-    if not counts:
+    by_shard = shard_samples(urls) or {}      # video ids and people from the meta members only: nothing decoded
+    if not catalog(by_shard):
         raise SystemExit(f"evaluate: error: no shard samples under {data / 'shards'}")
     if record is None:
         f, m = cfg.data.heldout_fraction, cfg.data.heldout_min_clips
-        held = HeldOut(heldout_videos(counts, f, m), f)
-        note = (f"split recomputed (sha1(video_id) < {f}, topped up to {m} clips): WARNING the checkpoint "
+        held = HeldOut(set(), f, m, heldout_units(catalog(by_shard, "person"), f, m))
+        note = (f"split recomputed (sha1(identity) < {f}, topped up to {m} clips): WARNING the checkpoint "
                 f"predates held-out records and may have trained on these clips")
-    elif record["videos"] is None:
-        held = HeldOut(None, record["fraction"])
-        note = f"split: sha1(video_id) < {record['fraction']}, excluded from training"
     else:
-        if not record["videos"]:
-            raise SystemExit("evaluate: error: the checkpoint's training run held out no video "
+        held, warn = HeldOut.from_record(record)
+        if held.rule_only:
+            note = f"split: sha1(identity) < {record['fraction']}, excluded from training"
+        elif not held.people and not held.videos:
+            raise SystemExit("evaluate: error: the checkpoint's training run held out nobody "
                              "(data.heldout_fraction=0): every shard clip was trained on")
-        held = HeldOut(set(record["videos"]), record["fraction"])
-        note = f"split: the {len(record['videos'])} videos the training run held out"
+        elif record.get("unit") == "identity":
+            note = (f"split: the {len(held.people)} people the training run held out"
+                    + (f" (and {len(held.videos)} videos of an older video split)" if held.videos else ""))
+        else:
+            note = f"split: the {len(held.videos)} videos the training run held out; {warn}"
+            print(f"evaluate: {warn}", flush=True)
     out = []
     for url in urls:      # decode only the held-out samples, reading only shards that hold one
-        if any(v in held for v in by_shard.get(url, [])):
+        if any(s in held for s in by_shard.get(url, [])):
             for key, members in read_samples(Path(url)):
                 raw = dict(members)
-                if json.loads(raw["meta.json"])["video_id"] in held:
+                if json.loads(raw["meta.json"]) in held:
                     out.append(decode({"__key__": key, **raw}))
     out.sort(key=lambda s: s["__key__"])
     if not out:
-        raise SystemExit("evaluate: error: none of the checkpoint's held-out videos is in the shards any more")
+        raise SystemExit("evaluate: error: none of the checkpoint's held-out people is in the shards any more")
     return out, note
 
 

@@ -118,7 +118,8 @@ def init_distributed():
 
 
 def resume(ckpt_dir: Path, model, ema, opt, cfg, device) -> tuple[int, list | None]:
-    """Load the latest step checkpoint of the run if there is one: (step, held-out videos it recorded)."""
+    """Load the latest step checkpoint of the run if there is one: (step, the held-out record it kept:
+    model.split.HeldOut.record; older checkpoints hold a video split)."""
     from model import checkpoint as ckpt
 
     path = ckpt.latest(ckpt_dir)
@@ -133,7 +134,7 @@ def resume(ckpt_dir: Path, model, ema, opt, cfg, device) -> tuple[int, list | No
         g["betas"], g["eps"], g["weight_decay"] = tuple(cfg.train.betas), cfg.train.eps, cfg.train.weight_decay
     ckpt.set_rng_state(state["rng"])
     log.info("resumed %s at step %d", path, int(state["step"]))
-    return int(state["step"]), (state.get("heldout") or {}).get("videos")
+    return int(state["step"]), state.get("heldout")
 
 
 class NonFiniteLoss(RuntimeError):

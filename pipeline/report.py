@@ -8,6 +8,9 @@ Face ratios are measured on the face mesh stored in the shards (478 MediaPipe la
 to cheek, height top of forehead to chin, over the crop side. The curation detector's boxes cannot give a
 height: MediaPipe's are square, so their height ratio is always the width ratio. Without shards the box
 figures are shown, labelled as such.
+standard deviation printed beside ours. Figure 7's two panels: a t-SNE of per-clip face-identity embeddings and
+one of per-frame CLIP embeddings, both coloured by video; and the identity statistics (people, clips per person)
+beside the paper's 1M clips of 53k identities.
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ PAPER = {
     "face_w_ratio": (0.45, 0.05),
     "face_h_ratio": (0.53, 0.07),
 }
+# "1M clips of 53k identities" (the paper's dataset): ~18.9 clips per identity
+PAPER_IDENTITIES = {"clips": 1_000_000, "identities": 53_000}
 FIGURES = [  # (column, title, unit)
     ("duration_s", "Clip duration", "seconds"),
     ("quality", "Clip quality", "score 0-100"),
@@ -204,12 +209,19 @@ def _tsne(path: Path, embs: list, vids: list, max_points: int = 600) -> dict:
         return {"status": "unavailable: no shards with CLIP embeddings"}
     x = np.concatenate(embs)
     idx = np.random.default_rng(0).permutation(len(x))[:max_points]
-    x, labels = x[idx], [vids[i] for i in idx]
+    return _tsne_plot(path, x[idx], [vids[i] for i in idx], "t-SNE of per-frame CLIP embeddings, coloured by video")
+
+
+def _tsne_plot(path: Path, x, labels: list[str], title: str, marker_of: list[str] | None = None, unit="frames") -> dict:
+    """2-D t-SNE of the rows of x, coloured by label (video); `marker_of` (a person per row) sets the marker."""
+    import numpy as np
+
     if len(x) < 5:
-        return {"status": "unavailable: fewer than 5 frames"}
+        return {"status": f"unavailable: fewer than 5 {unit}"}
     from sklearn.manifold import TSNE
 
-    y = TSNE(n_components=2, perplexity=min(30, len(x) - 1) / 2, random_state=0, init="pca").fit_transform(x)
+    y = TSNE(n_components=2, perplexity=min(30, len(x) - 1) / 2, random_state=0, init="pca").fit_transform(
+        np.asarray(x, np.float32))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -217,12 +229,16 @@ def _tsne(path: Path, embs: list, vids: list, max_points: int = 600) -> dict:
 
     fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
     uniq = sorted(set(labels))
+    marks = sorted(set(marker_of or []))
     for i, v in enumerate(uniq):
-        m = [lab == v for lab in labels]
-        ax.scatter(y[m, 0], y[m, 1], s=6, color=plt.cm.tab20(i % 20), label=v[:12])
-    ax.set_title("t-SNE of per-frame CLIP embeddings, coloured by video")
+        for j, who in enumerate(marks or [None]):
+            m = np.array([lab == v and (who is None or marker_of[k] == who) for k, lab in enumerate(labels)])
+            if m.any():
+                ax.scatter(y[m, 0], y[m, 1], s=6 if unit == "frames" else 24, color=plt.cm.tab20(i % 20),
+                           marker="osv^D<>p*h"[j % 10], label=v[:12] if j == 0 or not marks else None)
+    ax.set_title(title, fontsize=9)
     if len(uniq) <= 12:
-        ax.legend(fontsize=6, markerscale=2)
+        ax.legend(fontsize=6, markerscale=1.5)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -255,6 +271,34 @@ def face_ratio_values(acc, mesh: dict) -> tuple[dict, dict]:
     source = {"measure": "detector box", "what": BOX_WHAT + " (no face mesh: no shards for these clips; run "
               "`make shards`)", "clips": box["clips"], "accepted": int(len(acc)), "box": box}
     return {"face_w_ratio": w[fin].tolist(), "face_h_ratio": h[fin].tolist()}, source
+def _identities(out: Path, acc) -> dict:
+    """Identity statistics of the accepted clips and Figure 7's identity panel (t-SNE of per-clip identity
+    embeddings, coloured by video, one marker per identity)."""
+    import numpy as np
+
+    p = PAPER_IDENTITIES
+    res: dict = {"paper": {**p, "clips_per_identity": round(p["clips"] / p["identities"], 1)}}
+    if "identity_id" not in acc or not acc["identity_id"].notna().any():
+        res["status"] = "unavailable: the clips have no identities (curated before identity embeddings)"
+        return res
+    known = acc[acc["identity_id"].notna()]
+    per = known["identity_id"].value_counts()
+    res.update(status="ok", model=sorted(known["identity_model"].dropna().unique().tolist()),
+               identities=int(len(per)), clips=int(len(known)),
+               clips_per_identity={"mean": float(per.mean()), "median": float(per.median()), "max": int(per.max()),
+                                   "counts": sorted(per.astype(int).tolist(), reverse=True)},
+               videos_per_identity=float(known.groupby("identity_id")["video_id"].nunique().mean()))
+    _bar(out / "identities.png", {f"{k[:13]} ({known.loc[known.identity_id == k, 'video_id'].nunique()} videos)": int(v)
+                                  for k, v in per.head(30).items()},
+         f"Clips per identity: {len(per)} people in {len(known)} clips (paper: 53k in 1M, ~18.9 each)")
+    res["figure"] = "identities.png"
+    emb = known[known["identity"].notna()]
+    res["tsne"] = _tsne_plot(out / "tsne_identity.png", np.stack([np.asarray(e, np.float32) for e in emb["identity"]]),
+                             emb["video_id"].astype(str).tolist(), f"t-SNE of per-clip face-identity embeddings "
+                             f"({', '.join(res['model'])}), coloured by video; marker = identity",
+                             emb["identity_id"].astype(str).tolist(), unit="clips") if len(emb) else {
+        "status": "unavailable: no identity embeddings"}
+    return res
 
 
 def build_report(data_root: str | Path, examples_per_reason: int = 3, max_sheet: int = 24) -> dict:
@@ -336,8 +380,13 @@ def build_report(data_root: str | Path, examples_per_reason: int = 3, max_sheet:
         "status": "unavailable: no shards (run `make shards`)"}
     if report["tsne_clip"]["status"] == "ok":
         report["figures"]["tsne_clip"] = "tsne_clip.png"
-    # ArcFace embeddings need insightface's buffalo_l weights, which are not shipped in any package.
-    report["tsne_arcface"] = {"status": "unavailable: ArcFace (insightface buffalo_l) weights not present"}
+    # Figure 7, left: face identity (dlib's ResNet offline, ArcFace when configured) per clip
+    report["identities"] = _identities(out, acc)
+    if report["identities"].get("figure"):
+        report["figures"]["identities"] = report["identities"]["figure"]
+    report["tsne_identity"] = report["identities"].pop("tsne", {"status": report["identities"]["status"]})
+    if report["tsne_identity"]["status"] == "ok":
+        report["figures"]["tsne_identity"] = "tsne_identity.png"
 
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "index.html").write_text(_html(report))
@@ -369,8 +418,21 @@ Quality scorer(s): {html.escape(', '.join(r.get('quality_scorers', [])) or 'n/a'
 <h2>Statistics (supplementary §5)</h2><table><tr><th>quantity</th><th>n</th><th>mean</th><th>sd</th>
 <th>paper mean</th><th>paper sd</th></tr>{rows}</table>{faces}
 <h2>Rejections</h2><table><tr><th>reason</th><th>count</th></tr>{reasons}</table>
-<p>t-SNE (CLIP): {html.escape(r['tsne_clip']['status'])}. t-SNE (ArcFace): {html.escape(r['tsne_arcface']['status'])}.</p>
+<h2>Identities</h2><p>{_identity_line(r['identities'])}</p>
+<p>t-SNE (face identity, per clip): {html.escape(r['tsne_identity']['status'])}. t-SNE (CLIP, per frame):
+{html.escape(r['tsne_clip']['status'])}.</p>
 <h2>Figures</h2>{figs}</body></html>"""
+
+
+def _identity_line(s: dict) -> str:
+    p = s["paper"]
+    if s["status"] != "ok":
+        return html.escape(s["status"])
+    c = s["clips_per_identity"]
+    return html.escape(f"{s['identities']} people in {s['clips']} accepted clips ({', '.join(s['model'])}): "
+                       f"{c['mean']:.1f} clips per person (median {c['median']:g}, max {c['max']}), "
+                       f"{s['videos_per_identity']:.1f} videos per person. Paper: {p['identities']:,} identities in "
+                       f"{p['clips']:,} clips, {p['clips_per_identity']} clips per identity.")
 
 
 def _fmt(x) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: identity.npy and identity_id in every shard sample
 
 # clips.parquet: one row per candidate clip; the shard writer takes status == "accepted".
 CLIPS = pa.schema([
@@ -35,9 +35,17 @@ CLIPS = pa.schema([
     ("quality_scorer", pa.string()),   # e.g. "hyperiqa", "sharpness-v1"
     ("resolution", pa.int64()),        # crop side in stored pixels along its coarser axis (crop_size / max(sar, 1))
     ("status", pa.string()),           # "accepted" | "rejected"
-    ("reason", pa.string()),           # empty when accepted
+    ("reason", pa.string()),           # empty when accepted; "duplicate" for a copy of an earlier clip
     ("start_split", pa.string()),      # why the clip starts here: video_start, cut, no_face, jump, identity, ...
     ("end_split", pa.string()),        # why it ends here: video_end, cut, no_face, jump, identity, max_duration, ...
+    # identity (pipeline/curate/identity.py, clusters.py); null where not computed (clips rejected by the filters)
+    ("identity", pa.list_(pa.float32())),  # mean face-identity embedding of a few aligned frames of the clip
+    ("identity_model", pa.string()),   # e.g. "dlib-resnet-v1" (128-D, Euclidean) | "arcface-w600k_r50"
+    ("identity_frames", pa.int64()),   # aligned faces averaged
+    ("identity_id", pa.string()),      # the person across the dataset (stable: a registry never renumbers)
+    ("duplicate_of", pa.string()),     # clip_id of the earlier clip this one copies (status rejected)
+    ("face_hashes", pa.list_(pa.int64())),   # 64-bit dHash of the face crop, every identity.every frames
+    ("frame_hashes", pa.list_(pa.int64())),  # 64-bit dHash of the whole frame, same frames (duplicates)
 ])
 
 # Shard sample: one per clip, key = clip_id. Members (suffix -> content):
@@ -49,5 +57,7 @@ SHARD_MEMBERS = {
     "landmarks_ok.npy": "bool (T,): a face was found on that frame",
     "frame_index.npy": "int64 (T,): source-video frame index of each stored frame",
     "time_s.npy": "float32 (T,): seconds from the clip start of each stored frame",
-    "meta.json": "clip_id, video_id, origin, fps, size, vae, vae_scaling_factor, clip_model, weights, schema_version",
+    "identity.npy": "float32 (D,): the clip's face-identity embedding (clips.parquet identity); (0,) if none",
+    "meta.json": "clip_id, video_id, origin, fps, size, vae, vae_scaling_factor, clip_model, weights, "
+                 "identity_id, identity_model, schema_version",
 }

@@ -2,7 +2,8 @@
 random latents / CLIP embeddings / landmarks, written as a real tar with webdataset.TarWriter.
 
 Each clip's landmark z coordinate is its clip number, so tests can tell which clip a frame came from;
-`write_shards` also returns every clip's arrays (keyed by clip id) for exact comparisons.
+`write_shards` also returns every clip's arrays (keyed by clip id) for exact comparisons. Two clips per
+video (`vid<i // 2>`); `identity_of(i)` names clip i's person (default: none, so the split unit is the video).
 """
 from __future__ import annotations
 
@@ -46,13 +47,14 @@ def make_clip(i: int, rng: np.random.Generator, latent: int = 8, clip_dim: int =
         "landmarks_ok.npy": ok,
         "frame_index.npy": frame_index,
         "time_s.npy": ((frame_index - start) / fps).astype(np.float32),
+        "identity.npy": rng.standard_normal(128).astype(np.float32) * 0.1,   # dlib-like scale
     }
 
 
 def write_shards(root: Path, n_clips: int = 8, per_shard: int = 4, latent: int = 8, clip_dim: int = 16,
                  frames: tuple[int, int] = (10, 20), seed: int = 0, name: str = "train",
                  schema_version: int = SCHEMA_VERSION, nan_latents: bool = False,
-                 drop_member: str | None = None, scaling_factor: float = 0.18215) -> dict:
+                 drop_member: str | None = None, scaling_factor: float = 0.18215, identity_of=None) -> dict:
     """Write <root>/shards/<name>-NNNNNN.tar + index.json. Returns {"paths": [...], "clips": {id: arrays}}."""
     import webdataset as wds
 
@@ -68,7 +70,9 @@ def write_shards(root: Path, n_clips: int = 8, per_shard: int = 4, latent: int =
                 cid = hashlib.sha1(f"{name}:{seed}:{i}".encode()).hexdigest()[:16]
                 meta = dict(clip_id=cid, video_id=f"vid{i // 2}", origin="video", fps=25.0, size=latent * 8,
                             vae="test-vae", vae_scaling_factor=scaling_factor, clip_model="test-clip",
-                            clip_dim=clip_dim, schema_version=schema_version)
+                            clip_dim=clip_dim, schema_version=schema_version, identity_model="dlib-resnet-v1")
+                if identity_of is not None:
+                    meta["identity_id"] = identity_of(i)
                 sample = {"__key__": cid, "meta.json": json.dumps(meta).encode()}
                 sample.update({k: _npy(v) for k, v in arrays.items()})
                 if drop_member:

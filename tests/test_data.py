@@ -24,6 +24,7 @@ from model.data import (
     resolve_shards,
 )
 from pipeline.configfile import ConfigError
+from pipeline.schema import SCHEMA_VERSION
 
 
 def cfg_for(**over):
@@ -43,7 +44,7 @@ def test_sequences_come_from_one_clip_with_nonuniform_spacing(shards):
     root, fx = shards
     cfg = cfg_for()
     urls = resolve_shards("", root)
-    assert len(urls) == 4 and check_schema(urls, cfg).meta["schema_version"] == 1
+    assert len(urls) == 4 and check_schema(urls, cfg).meta["schema_version"] == SCHEMA_VERSION
     n_neg = n_irregular = 0
     seqs = list(itertools.islice(iter(SequenceStream(urls, cfg)), 200))
     for s in seqs:

@@ -116,11 +116,11 @@ def test_reenact_cli_writes_video_and_stats(setup):
     assert st["sequences"] == 3 and st["anchor"] == 0 and st["F"] == 4
     assert st["ckpt"].endswith("step_00000001.pt") and st["models"].endswith("tiny")
     assert st["encoders"].startswith("match ") and "encoders" not in r.stderr
-    assert -1.0 <= st["csim"] <= 1.0 and "step 4/4" in r.stderr
-    # the tiny models' CLIP has random weights: CSIM is labelled so wherever it is printed or stored
-    assert st["csim_note"]["embedder_trained"] is False and st["csim_note"]["embedder"].startswith("tiny-openclip")
-    assert f"CSIM [untrained local CLIP] {st['csim']:.3f}" in r.stdout
-    assert "says nothing about identity" in r.stdout and "says nothing about identity" in st["csim_note"]["caveat"]
+    assert -1.0 <= st["csim"] <= st["csim_mean"] <= 1.0 and "step 4/4" in r.stderr
+    # identity CSIM beside the driving person's, and the CLIP similarity under its own, labelled, name
+    assert -1.0 <= st["csim_driving"] <= st["csim_driving_mean"] <= 1.0 and st["csim_model"] == "dlib-resnet-v1"
+    assert "untrained" in st["clip_sim_label"] and -1.0 <= st["clip_sim"] <= 1.0
+    assert "CSIM (identity, dlib-resnet-v1) min" in r.stdout and "untrained" in r.stdout
     # the same seed gives the same video (identical latents -> identical MP4), here run in-process
     from model.metrics import load_frames
     from model.reenact import main
@@ -211,30 +211,39 @@ def test_eval_writes_table1(setup, tmp_path):
     ec = EvalConfig(max_clips=2, max_frames=6, grid="mine", grids={"mine": grid}, inception=str(inc), fid_size=75)
     res = run(data, ec)
     md = (data / "eval" / "table1.md").read_text().splitlines()
-    assert md[0] == "| Timesteps | CFG | Guidance | FID | LMSE | CSIM [untrained local CLIP] |"
+    assert md[0] == "| Timesteps | CFG | Guidance | FID | LMSE | CSIM min | CSIM mean | CLIP-sim [untrained local CLIP] |"
     assert md[2].startswith("| 3 | 1 | CLIP+Landmarks | ") and md[3].startswith("| 3 | 2 | None | ")
     js = json.loads((data / "eval" / "table1.json").read_text())
     assert [r["Guidance"] for r in js["rows"]] == ["CLIP+Landmarks", "None"]
     for r in js["rows"]:
-        assert isinstance(r["FID"], float) and r["FID"] >= 0 and -1 <= r["CSIM"] <= 1
+        assert isinstance(r["FID"], float) and r["FID"] >= 0 and -1 <= r["CLIP_sim"] <= 1
+        # identity CSIM (dlib on the generated crops) against the source clip's identity.npy
+        assert -1 <= r["CSIM"] <= r["CSIM_mean"] <= 1
     assert len(res["clips"]) == 2 and all(c["cross_identity"] for c in res["clips"])
     assert all(c["frames"] == 6 for c in res["clips"])
     assert "WARNING" in res["note"]  # this checkpoint has no held-out record: the split is recomputed
-    assert js["csim_note"]["embedder_trained"] is False and "untrained local CLIP" in js["note"]
+    assert js["clip_note"]["embedder_trained"] is False and "untrained local CLIP" in js["note"]
     assert "says nothing about identity" in md[-1]
     ec = EvalConfig(max_clips=1, max_frames=6, grid="mine", grids={"mine": grid[:1]},
                     inception=str(tmp_path / "none.pth"))
     res = run(data, ec)
     assert res["rows"][0]["FID"].startswith("unavailable: ")
     assert "| unavailable |" in (data / "eval" / "table1.md").read_text()
-    # a checkpoint that records its held-out videos is scored on exactly those
+    # a checkpoint that records its held-out people is scored on exactly those (these samples have no
+    # identity_id: the video is the person)
     video = {k: c["meta"]["video_id"] for k, c in clips.items()}
-    rec = make_tiny_checkpoint(data, heldout={"fraction": 0.1, "min_clips": 2, "videos": ["vid2"]}, name="rec")
+    rec = make_tiny_checkpoint(data, heldout={"unit": "identity", "fraction": 0.1, "min_clips": 2,
+                                              "people": ["video:vid2"], "videos": []}, name="rec")
     res = run(data, EvalConfig(ckpt=str(rec), max_clips=2, max_frames=6, grid="mine", grids={"mine": grid[:1]},
                                inception=str(inc), fid_size=75))
     assert {video[c["driving"]] for c in res["clips"]} == {"vid2"} and "WARNING" not in res["note"]
+    # an older checkpoint's video split still loads, with a warning that a person may be on both sides
+    old = make_tiny_checkpoint(data, heldout={"fraction": 0.1, "min_clips": 2, "videos": ["vid1"]}, name="old")
+    res = run(data, EvalConfig(ckpt=str(old), max_clips=2, max_frames=6, grid="mine", grids={"mine": grid[:1]},
+                               inception=str(inc), fid_size=75))
+    assert {video[c["driving"]] for c in res["clips"]} == {"vid1"} and "WARNING" in res["note"]
     none = make_tiny_checkpoint(data, heldout={"fraction": 0.0, "min_clips": 2, "videos": []}, name="none")
-    with pytest.raises(SystemExit, match="held out no video"):
+    with pytest.raises(SystemExit, match="held out nobody"):
         run(data, EvalConfig(ckpt=str(none), grid="mine", grids={"mine": grid[:1]}))
 
 

@@ -186,3 +186,31 @@ def test_the_mesh_measures_a_real_face_taller_than_its_square_box():
     w, h = mesh_face_ratios(lm, ok)
     # a face is taller (forehead to chin) than wide (cheek to cheek): measured here w 0.44, h 0.51
     assert h / w > 1.1 and abs(w - crop.face_w_ratio) < 0.05
+def test_report_identity_panel_and_statistics(data_root, tmp_path):
+    """Figure 7's identity panel (t-SNE of per-clip identity embeddings) and the identity statistics beside the
+    paper's 1M clips / 53k identities, from the clips' identity columns."""
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    t = pq.read_table(root / "curate" / "clips.parquet").to_pylist()
+    rng = np.random.default_rng(0)
+    people = {"pA": rng.normal(0, 0.09, 128), "pB": rng.normal(0, 0.09, 128)}
+    for r in t:          # vid0 and vid2 show pA, vid1 pB
+        who = "pB" if r["video_id"] == "vid1" else "pA"
+        if r["status"] == "accepted":
+            r.update(identity=(people[who] + rng.normal(0, 0.02, 128)).tolist(), identity_model="dlib-resnet-v1",
+                     identity_frames=3, identity_id=who)
+    pq.write_table(pa.Table.from_pylist(t, schema=CLIPS), root / "curate" / "clips.parquet")
+    r = build_report(root)
+    ids = r["identities"]
+    assert ids["status"] == "ok" and ids["identities"] == 2 and ids["clips"] == 8
+    assert ids["clips_per_identity"]["counts"] == [5, 3] and ids["videos_per_identity"] == 1.5
+    assert ids["paper"] == {"clips": 1_000_000, "identities": 53_000, "clips_per_identity": 18.9}
+    assert r["tsne_identity"]["status"] == "ok" and r["tsne_identity"]["points"] == 8
+    html = (root / "report" / "index.html").read_text()
+    for key in ("identities", "tsne_identity"):
+        with Image.open(root / "report" / r["figures"][key]) as im:
+            im.verify()
+        assert f'src="{r["figures"][key]}"' in html
+    assert "2 people in 8 accepted clips" in html and "53,000 identities" in html
+    # without identity columns filled: said, not drawn
+    assert build_report(data_root)["identities"]["status"].startswith("unavailable")

@@ -51,24 +51,51 @@ def cfg_for(**over):
 
 
 def test_training_never_sees_a_heldout_video(tmp_path):
-    fx = write_shards(tmp_path, n_clips=12, per_shard=2)        # 6 videos, one per shard
+    fx = write_shards(tmp_path, n_clips=12, per_shard=2)        # 6 videos, one per shard, no identities
     urls = resolve_shards("", tmp_path)
     by_shard = shard_videos(urls)
     assert catalog(by_shard) == {f"vid{i}": 2 for i in range(6)}
     held, train_urls, note = training_split(urls, 0.1, 2)
-    assert 2 <= len(held.videos) <= 3 and "held out" in note
-    assert len(train_urls) == 6 - len(held.videos)              # shards holding only held-out clips are dropped
+    # samples without an identity_id: the video is the person
+    assert 2 <= len(held.people) <= 3 and all(p.startswith("video:") for p in held.people) and "held out" in note
+    held_vids = {p.split(":", 1)[1] for p in held.people}
+    assert len(train_urls) == 6 - len(held_vids)                # shards holding only held-out clips are dropped
     vid = {k: c["meta"]["video_id"] for k, c in fx["clips"].items()}
     # the filter alone (all shards given): held-out clips are skipped, every training clip is reached
     keys = {s["key"] for s in itertools.islice(iter(SequenceStream(urls, cfg_for(), exclude=held)), 300)}
-    assert not {vid[k] for k in keys} & held.videos
-    assert {vid[k] for k in keys} == set(vid.values()) - held.videos
+    assert not {vid[k] for k in keys} & held_vids
+    assert {vid[k] for k in keys} == set(vid.values()) - held_vids
     batches = make_batches(train_urls, cfg_for(**{"data.num_workers": 2}), exclude=held)
-    seen = {vid[k] for _ in range(20) for k in next(batches)[0]["key"]}  # (batch, worker counters)
-    assert seen and not seen & held.videos
-    # a resumed run keeps what its checkpoint recorded, even if the rule would now pick otherwise
-    held2, _, _ = training_split(urls, 0.1, 2, recorded=["vid5"])
-    assert held2.videos == held.videos | {"vid5"}
+    seen = {vid[k] for _ in range(20) for k in next(batches)[0]["key"]}
+    assert seen and not seen & held_vids
+    # a resumed run keeps what its checkpoint recorded (here an older video split), even if the rule would
+    # now pick otherwise, and says the old split may share people across sides
+    held2, _, note2 = training_split(urls, 0.1, 2, recorded=["vid5"])
+    assert held2.videos == {"vid5"} and held2.people == held.people and "WARNING" in note2
+    assert {"video_id": "vid5"} in held2 and {"video_id": "vid5", "identity_id": "someone"} in held2
+
+
+def test_a_heldout_person_never_reaches_a_training_batch_whatever_video_they_are_in(tmp_path):
+    # personA is clip 0 of vid0 and clip 6 of vid3; the other clips of those videos are other people
+    people = {0: "personA", 6: "personA"}
+    fx = write_shards(tmp_path, n_clips=12, per_shard=2, identity_of=lambda i: people.get(i, f"p{i}"))
+    urls = resolve_shards("", tmp_path)
+    person = {k: c["meta"]["identity_id"] for k, c in fx["clips"].items()}
+    rec = {"unit": "identity", "fraction": 0.1, "min_clips": 2, "people": ["personA"], "videos": []}
+    held, train_urls, note = training_split(urls, 0.1, 2, recorded=rec)
+    assert "personA" in held.people and "WARNING" not in note
+    # vid0's and vid3's shards stay: they still hold clips of people who train
+    assert fx["paths"][0].as_posix() in train_urls and fx["paths"][3].as_posix() in train_urls
+    batches = make_batches(train_urls, cfg_for(**{"data.num_workers": 2}), exclude=held)
+    seen = [person[k] for _ in range(40) for k in next(batches)[0]["key"]]
+    assert "personA" not in seen
+    assert {"p1", "p7"} <= set(seen)            # the rest of personA's videos does train
+    # the rule alone, over people: personA's two clips fall on one side together
+    rule = HeldOut(None, 0.5)
+    assert ({"video_id": "vid0", "identity_id": "personA"} in rule) == ({"video_id": "vid3", "identity_id": "personA"} in rule)
+    # the checkpoint record round-trips
+    back, warn = HeldOut.from_record(held.record())
+    assert back.people == held.people and back.videos == held.videos and warn == ""
 
 
 def test_every_clip_heldout_is_a_clear_error(tmp_path):

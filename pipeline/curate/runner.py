@@ -15,6 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
+from pipeline.curate.clusters import assign
 from pipeline.curate.download import download, one_line
 from pipeline.curate.manifest import read_state, write_outputs, write_state
 from pipeline.curate.stages import CurateConfig, Models, analyse_video
@@ -275,8 +276,10 @@ def curate(root: DataRoot, sources: list[dict], cfg: CurateConfig, engine: str =
                                                            "status": "error", "error_class": "Lost",
                                                            "message": "no result: " + (engine_error or "worker lost")}}
         states.append(st)
+    # identities across videos and duplicates: decided here, where every video is visible (clusters.py)
+    identities = assign(root, states, cfg.manifest, cfg.identity, log)
     info = {"engine": engine if todo else "none", "processed": len(todo), "skipped": len(uniq) - len(todo),
             "wall_s": round(time.time() - t0, 2), "config": fp, "engine_error": engine_error,
             # which Ray ran it: {address (as asked, "" = embedded), embedded, gcs_address, job_id, cluster_cpus}
-            "ray": ray_info or None}
+            "ray": ray_info or None, "identities": identities}
     return write_outputs(root, states, info)

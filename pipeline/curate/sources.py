@@ -17,7 +17,7 @@ from pipeline.ids import video_id_from_url
 from pipeline.paths import safe_name
 
 SOURCES_COLUMNS = ("url", "video_id", "license", "note")
-OPTOUT_COLUMNS = ("video_id_or_url", "date", "reason")
+OPTOUT_COLUMNS = ("video_id_or_url", "date", "reason", "face_photo")
 MAX_URL = 2048
 MAX_ID = 512
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -41,10 +41,11 @@ class Source:
 
 @dataclass(frozen=True)
 class OptOutEntry:
-    value: str             # an id or a URL, as written
+    value: str             # an id or a URL, as written ("" for a face_photo-only row)
     date: dt.date
     reason: str
     row: int
+    photo: str = ""        # a face photo (path, resolved from optout.csv's folder): opt-out by person
 
 
 @dataclass
@@ -54,6 +55,11 @@ class OptOut:
     ids: frozenset[str] = frozenset()
     urls: frozenset[str] = frozenset()
     entries: list[OptOutEntry] = field(default_factory=list)
+
+    @property
+    def photos(self) -> list[OptOutEntry]:
+        """The rows that name a person by a face photo (pipeline/shards/people.py removes their clips)."""
+        return [e for e in self.entries if e.photo]
 
     def matches(self, video_id: str | None, url: str | None) -> bool:
         if video_id and video_id in self.ids:
@@ -172,8 +178,9 @@ def load_optout(path: str | Path) -> OptOut:
     for line, r in _rows(path, OPTOUT_COLUMNS, OPTOUT_COLUMNS[:2]):
         where = f"{path.name} row {line}"
         value, date = r["video_id_or_url"], r["date"]
-        if not value:
-            raise ManifestError(f"{where}: empty video_id_or_url")
+        photo = _photo(path, r.get("face_photo", ""), where)
+        if not value and not photo:
+            raise ManifestError(f"{where}: empty video_id_or_url (and no face_photo)")
         if _CONTROL.search(value):
             raise ManifestError(f"{where}: video_id_or_url contains control characters")
         if not _DATE.match(date):
@@ -182,7 +189,9 @@ def load_optout(path: str | Path) -> OptOut:
             day = dt.date.fromisoformat(date)
         except ValueError:
             raise ManifestError(f"{where}: date {date!r} is not a real date") from None
-        if "://" in value:
+        if not value:
+            pass
+        elif "://" in value:
             why = check_url(value)
             if why:
                 raise ManifestError(f"{where}: {why}: {value[:80]!r}")
@@ -191,8 +200,24 @@ def load_optout(path: str | Path) -> OptOut:
             ids.add(video_id_from_url(value))
         else:
             ids.add(value)
-        entries.append(OptOutEntry(value, day, r.get("reason", ""), line))
+        entries.append(OptOutEntry(value, day, r.get("reason", ""), line, photo))
     return OptOut(frozenset(ids), frozenset(urls), entries)
+
+
+def _photo(optout_csv: Path, value: str, where: str) -> str:
+    """A face_photo cell -> the photo's path (relative ones from optout.csv's folder), checked to be an image."""
+    if not value:
+        return ""
+    if _CONTROL.search(value):
+        raise ManifestError(f"{where}: face_photo contains control characters")
+    p = Path(value).expanduser()
+    p = p if p.is_absolute() else optout_csv.parent / p
+    if not p.is_file():
+        raise ManifestError(f"{where}: face_photo not found: {value[:120]}")
+    head = p.read_bytes()[:12]
+    if not (head.startswith((b"\xff\xd8\xff", b"\x89PNG", b"BM")) or head[8:12] == b"WEBP"):
+        raise ManifestError(f"{where}: face_photo is not a JPEG, PNG, WebP or BMP image: {value[:120]}")
+    return str(p)
 
 
 def load_inputs(sources_csv: Path, optout_csv: Path | None) -> list[dict]:

@@ -1,10 +1,12 @@
 """The curation DAG: typed stage configs, their resources, and the per-video analysis.
 
 dags/curate.yaml names the stages in order with their parameters and Ray resources:
-download -> probe -> scenes -> faces -> quality -> filters -> manifest. The runner maps two
+download -> probe -> scenes -> faces -> quality -> identity -> filters -> manifest. The runner maps two
 Ray Data steps over the sources: `download` (I/O-bound tasks) and `analyse` (one actor per
 worker holding the face detector and quality scorer) which runs probe, then the single decode
-pass feeding scenes + faces + quality, then filters, and returns manifest rows. `analyse_video`
+pass feeding scenes + faces + quality + identity (chips and frame hashes), then filters, then the identity
+embedding of each accepted clip, and returns manifest rows. Identities across videos and duplicates are a
+dataset-level step in the driver (pipeline/curate/clusters.py). `analyse_video`
 below is that step as a plain function: the sequential runner and the unit tests call it directly.
 """
 from __future__ import annotations
@@ -17,15 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.configfile import ConfigError, check_keys, fill_dataclass, load_yaml
+from pipeline.curate.clusters import ManifestConfig
 from pipeline.curate.faces import FacesConfig, make_detector, place_crop
 from pipeline.curate.filters import FiltersConfig, judge, split_long
+from pipeline.curate.identity import IdentityConfig, IdentitySampler, make_encoder
 from pipeline.curate.probe import ProbeConfig, TruncatedDecode, probe_video, scan
 from pipeline.curate.quality import QualityConfig, QualitySampler, make_scorer
 from pipeline.curate.scenes import ScenesConfig, ShotDetector, transition_intervals
 from pipeline.curate.tracking import FaceScanner, segment, split_to_fit
 from pipeline.curate.verify import FaceVerifier
 
-STAGES = ["download", "probe", "scenes", "faces", "quality", "filters", "manifest"]
+STAGES = ["download", "probe", "scenes", "faces", "quality", "identity", "filters", "manifest"]
 
 
 @dataclass
@@ -53,7 +57,9 @@ class CurateConfig:
     scenes: ScenesConfig = field(default_factory=ScenesConfig)
     faces: FacesConfig = field(default_factory=FacesConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
     filters: FiltersConfig = field(default_factory=FiltersConfig)
+    manifest: ManifestConfig = field(default_factory=ManifestConfig)   # dataset-level: not in the fingerprint
     resources: dict[str, Resources] = field(default_factory=lambda: {
         "download": Resources(0.25, 2), "analyse": Resources(0.5, 2)})
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -61,7 +67,7 @@ class CurateConfig:
     def fingerprint(self) -> str:
         """Hash of every parameter that changes results (not resources): resume reuses only matching work."""
         d = {k: dataclasses.asdict(getattr(self, k)) for k in ("download", "probe", "scenes", "faces",
-                                                                "quality", "filters")}
+                                                                "quality", "identity", "filters")}
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -92,7 +98,7 @@ def load_dag(path: str | Path | None) -> CurateConfig:
             # fill_dataclass typed them (2 and 2.0 are one config, with one fingerprint)
             typed = fill_dataclass(DownloadConfig, params, where, "download.params")
             cfg.download = DownloadParams({k: getattr(typed, k) for k in params})
-        elif name != "manifest":
+        else:
             setattr(cfg, name, fill_dataclass(type(getattr(cfg, name)), params, where, f"{name}.params"))
         if st.get("resources"):
             step = "download" if name == "download" else "analyse"
@@ -103,11 +109,12 @@ def load_dag(path: str | Path | None) -> CurateConfig:
 
 
 class Models:
-    """Per-worker heavy objects (face detector, face mesh, quality scorer, shot network), built once on first use."""
+    """Per-worker heavy objects (face detector, face mesh, quality scorer, shot network, identity encoder),
+    built once on first use."""
 
     def __init__(self, cfg: CurateConfig):
         self.cfg = cfg
-        self._det = self._scorer = self._mesh = self._shot_net = None
+        self._det = self._scorer = self._mesh = self._shot_net = self._identity = None
 
     @property
     def detector(self):
@@ -139,6 +146,12 @@ class Models:
             self._shot_net = ShotNet(self.cfg.scenes.transnet_device, self.cfg.scenes.transnet_threads)
         return self._shot_net
 
+    @property
+    def identity(self):
+        if self._identity is None:
+            self._identity = make_encoder(self.cfg.identity)
+        return self._identity
+
 
 def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: CurateConfig,
                   models: Models) -> dict:
@@ -154,22 +167,24 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
     from pipeline.ids import clip_id
     from pipeline.video_io import end_time, measured_fps
 
-    times = {k: 0.0 for k in ("probe", "scenes", "transnet", "faces", "verify", "quality", "filters")}
+    times = {k: 0.0 for k in ("probe", "scenes", "transnet", "faces", "verify", "quality", "identity", "filters")}
     t0 = time.process_time()
     info = probe_video(media, cfg.probe)
     times["probe"] = time.process_time() - t0
     shots = ShotDetector(cfg.scenes, info.fps, models.shot_net)   # the header's rate: PySceneDetect's timecodes
     # min_face_px counts stored pixels: undo the SAR's stretch of the display width (rotated: the height's)
-    faces = FaceScanner(cfg.faces, models.detector, info.width / (info.sar if info.rotation % 180 == 0 else 1.0))
+    faces = FaceScanner(cfg.faces, models.detector, info.width / (info.sar if info.rotation % 180 == 0 else 1.0),
+                        identity=models.identity)
     # the verifier samples by the header rate (only its sampling density depends on it)
     verifier = FaceVerifier(cfg.faces, cfg.filters, models.mesh, faces, info.width, info.height, info.fps)
     sampler = QualitySampler(cfg.quality, models.scorer, faces, cfg.faces.face_w_ratio, cfg.faces.face_h_ratio)
+    idents = IdentitySampler(cfg.identity, models.identity, faces, cfg.faces.face_w_ratio, cfg.faces.face_h_ratio)
     stamps: list[float] = []                          # each decoded frame's time (s from the first frame)
     scan_t: dict[str, float] = {}
     message = ""
     try:
         n = scan(media, cfg.probe.small_side, {"scenes": shots.update, "faces": faces.update,
-                                               "verify": verifier.update, "quality": sampler.update,
+                                               "verify": verifier.update, "quality": sampler.update, "identity": idents.update,
                                                "timestamps": lambda f: stamps.append(f.time)}, scan_t)
     except TruncatedDecode as e:  # keep the frames before the damage
         n, message = e.frames, str(e)
@@ -191,6 +206,7 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
     times["scenes"] = scan_t.get("scenes", 0.0) + t1 - t0 - times["transnet"]
     times["faces"] = scan_t.get("faces", 0.0) + t2 - t1
     times["quality"] = scan_t.get("quality", 0.0)
+    times["identity"] = scan_t.get("identity", 0.0)
     times["verify"] = scan_t.get("verify", 0.0)
     times["decode"] = scan_t.get("decode", 0.0) + scan_t.get("timestamps", 0.0)
     # Time from the frames' timestamps: edge[i] is when frame i starts showing, edge[n] when the video ends.
@@ -238,7 +254,12 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
             clips.append(row)
             if reason:
                 rejections.append({**span_row(a, b), "stage": "filters", "reason": reason})
-    times["filters"] = time.process_time() - t2
+    t3 = time.process_time()
+    times["filters"] = t3 - t2
+    for row in clips:   # the ResNet runs for accepted clips only (~0.16 CPU s a face with dlib)
+        if row["status"] == "accepted":
+            row.update(idents.clip_identity(row["start_frame"], row["end_frame"]), identity_model=models.identity.name)
+    times["identity"] += time.process_time() - t3
     probed = {**info.to_dict(), "header_fps": info.fps, "fps": fps, "duration_s": edge[n] if n else info.duration_s}
     return {"probe": probed, "clips": clips, "rejections": rejections, "times": times,
             "cuts": [b.start for b in boundaries if b.kind == "cut"],

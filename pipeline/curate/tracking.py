@@ -44,6 +44,7 @@ class Det:
     sig_kind: str = "hs-histogram"              # "hs-histogram" | "arcface": which distance/threshold applies
     score: float = 0.0                          # detector confidence of the main face
     time: float = 0.0                           # seconds from the video's first frame (its timestamp)
+    ident: object = None                        # pipeline.curate.identity.FaceIdentity where one was computed
 
 
 def main_face(faces: list, cfg: FacesConfig) -> tuple[object | None, list]:
@@ -62,8 +63,9 @@ def main_face(faces: list, cfg: FacesConfig) -> tuple[object | None, list]:
 class FaceScanner:
     """Consumer of the decode pass (`update(frame)` for every frame, then `finish(n)` -> {frame: Det})."""
 
-    def __init__(self, cfg: FacesConfig, detector, src_width: float):
+    def __init__(self, cfg: FacesConfig, detector, src_width: float, identity=None):
         self.cfg, self.detector, self.src_width = cfg, detector, src_width
+        self.identity = identity    # a face-identity encoder (pipeline.curate.identity): decides "identity"
         self.dets: dict[int, Det] = {}
         self.calls = 0
         self._buf: dict[int, tuple[np.ndarray, float]] = {}
@@ -109,7 +111,15 @@ class FaceScanner:
 
     def _refine(self, a: int, b: int) -> None:
         """Bisect a disagreeing gap until the change lies between two adjacent frames."""
-        if b - a <= 1 or not disagreement(self.dets[a], self.dets[b], self.cfg):
+        why = disagreement(self.dets[a], self.dets[b], self.cfg)
+        if why == "identity" and self.identity is not None:
+            # the cheap signature saw a change: the identity embeddings (frames still buffered) decide
+            for k in (a, b):
+                d = self.dets[k]
+                if d.ident is None and k in self._buf:
+                    d.ident = self.identity.identity(self.identity.faces(self._buf[k][0], [d.box])[0])
+            why = disagreement(self.dets[a], self.dets[b], self.cfg)
+        if b - a <= 1 or not why:
             return
         m = (a + b) // 2
         self._detect(m)
@@ -119,7 +129,10 @@ class FaceScanner:
 
 def identity_changed(d1: Det, d2: Det, cfg: FacesConfig) -> bool:
     """The one "is it still the same face?" test between two detections of a track. Signatures of
-    different kinds are not comparable (and never split)."""
+    different kinds are not comparable (and never split). A face-identity embedding, where both have
+    one, overrules the signature."""
+    if d1.ident is not None and d2.ident is not None:
+        return not d1.ident.same_person(d2.ident)
     if d1.sig is None or d2.sig is None or d1.sig_kind != d2.sig_kind:
         return False
     limit = cfg.arcface_identity_threshold if d1.sig_kind == "arcface" else cfg.identity_threshold

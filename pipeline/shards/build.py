@@ -44,10 +44,14 @@ def clip_items(root: DataRoot, cfg: ShardsConfig) -> tuple[list[dict], list[dict
         if not _KEY.match(str(r["clip_id"])):
             bad.append({"clip_id": str(r["clip_id"])[:80], "video_id": r["video_id"], "reason": "clip_id not a safe key"})
             continue
+        ident = r.get("identity")
         items.append({"clip_id": r["clip_id"], "video_id": r["video_id"], "url": r["url"] or "", "origin": "video",
                       "media_path": r["media_path"], "start_frame": int(r["start_frame"]),
                       "end_frame": int(r["end_frame"]), "fps": float(r["fps"]), "crop_x0": int(r["crop_x0"]),
-                      "crop_y0": int(r["crop_y0"]), "crop_size": int(r["crop_size"])})
+                      "crop_y0": int(r["crop_y0"]), "crop_size": int(r["crop_size"]),
+                      # who is in the clip (curate's identity step); an older manifest has none
+                      "identity": None if ident is None else [float(v) for v in ident],
+                      "identity_model": r.get("identity_model") or "", "identity_id": r.get("identity_id") or ""})
     return items, bad
 
 
@@ -167,12 +171,16 @@ def run(data: str | Path, cfg: ShardsConfig, log=print) -> dict:
         if not Path(cfg.stills).is_dir():
             raise InputProblem(f"stills folder not found: {cfg.stills}")
         items += still_items(Path(cfg.stills), cfg.stills_fps, cfg.stills_frames)
+        from pipeline.shards.people import still_identities
+
+        still_identities(root, [it for it in items if it["clip_id"] not in set(table["clip_id"])], cfg, log)
     # opt-outs first: a malformed optout.csv raises here, before anything is touched
     removal = optout.apply(root, cfg, index, table, items, log)
     table = shardio.load_table(sdir)
     blocked = removal["blocked"]
     done = set(table["clip_id"])
-    pending = [it for it in items if it["clip_id"] not in done and it["video_id"] not in blocked]
+    pending = [it for it in items if it["clip_id"] not in done and it["video_id"] not in blocked
+               and it["clip_id"] not in removal["blocked_clips"]]
     pending.sort(key=lambda it: (it["origin"], it["video_id"], it.get("start_frame", 0), it["clip_id"]))
     pending, stills_rejected = screen_stills(pending, log)
 

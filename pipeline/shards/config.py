@@ -36,6 +36,9 @@ class ShardsConfig:
     tiny_fit_steps: int = 300
     tiny_fit_frames: int = 512
     tiny_fit_batch: int = 8
+    arcface_model: str = ""             # w600k_r50.onnx, when the clips' identities are ArcFace ones
+    optout_max_distance: float = 0.0    # face_photo opt-out: identity distance that is one person; 0 = the
+                                        # encoder's rule (dlib: Euclidean < 0.6)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
 

@@ -21,7 +21,7 @@ from pipeline.schema import SCHEMA_VERSION, SHARD_MEMBERS
 MEMBER_ORDER = list(SHARD_MEMBERS)
 NPY_DTYPES = {"latent_mean.npy": np.float16, "latent_std.npy": np.float16, "clip_emb.npy": np.float16,
               "landmarks.npy": np.float32, "landmarks_ok.npy": np.bool_, "frame_index.npy": np.int64,
-              "time_s.npy": np.float32}
+              "time_s.npy": np.float32, "identity.npy": np.float32}
 
 
 def npy_bytes(a: np.ndarray) -> bytes:
@@ -133,6 +133,31 @@ def save_table(shard_dir: Path, table) -> None:
     schema = pa.schema([(c, pa.int64() if c == "nframes" else pa.string()) for c in SHARDS_COLUMNS])
     atomic_write_parquet(shard_dir / "shards.parquet",
                          pa.Table.from_pandas(t[SHARDS_COLUMNS], schema=schema, preserve_index=False))
+
+
+def rewrite_without(sdir: Path, index: dict, table, clip_ids: set[str]) -> tuple[list[dict], list[dict]]:
+    """Rewrite only the shards holding `clip_ids` without them (a shard left empty is deleted); update
+    index.json and shards.parquet. Returns (rewritten, deleted) records for the audit."""
+    mine = table[table["clip_id"].isin(clip_ids)]
+    rewritten, deleted = [], []
+    by_name = {s["name"]: s for s in index["shards"]}
+    for name in sorted(set(mine["shard"])):
+        path = sdir / name
+        old = by_name.get(name)
+        kept = [s for s in read_samples(path) if s[0] not in clip_ids] if path.exists() else []
+        if kept:
+            entry = write_shard(path, kept)
+            rewritten.append({"name": name, "old_sha256": old and old["sha256"], "new_sha256": entry["sha256"],
+                              "nsamples": entry["nsamples"]})
+            index["shards"] = [entry if s["name"] == name else s for s in index["shards"]]
+        else:
+            path.unlink(missing_ok=True)
+            deleted.append({"name": name, "old_sha256": old and old["sha256"]})
+            index["shards"] = [s for s in index["shards"] if s["name"] != name]
+    if len(mine):
+        save_index(sdir, index)
+        save_table(sdir, table[~table["clip_id"].isin(clip_ids)])
+    return rewritten, deleted
 
 
 def recover(shard_dir: Path, index: dict) -> list[str]:

@@ -83,6 +83,8 @@ def _unknown_entries(oo, videos: dict, state: dict) -> list[str]:
     known = {**{v: d["url"] for v, d in videos.items()}, **{v: d.get("url", "") for v, d in state.items()}}
     out = []
     for e in oo.entries:
+        if not e.value:      # a face_photo-only row names a person, not a video
+            continue
         is_url = "://" in e.value
         one = OptOut(frozenset([video_id_from_url(e.value) if is_url else e.value]),
                      frozenset([e.value] if is_url else []), [e])
@@ -93,14 +95,23 @@ def _unknown_entries(oo, videos: dict, state: dict) -> list[str]:
 
 def apply(root: DataRoot, cfg, index: dict, table, items: list[dict], log=print) -> dict:
     """Remove every opted-out / un-sourced video; returns a report with `blocked` (ids never to shard)."""
+    from pipeline.curate.clusters import forget
+    from pipeline.shards import people
+
     sdir = root.dir("shards")
     oo, srcs = read_manifests(cfg.optout, cfg.sources)
+    try:
+        people.check_photos(oo, cfg)     # a face photo without one clear face: nothing is removed
+    except ValueError as e:
+        raise ManifestProblem(str(e)) from None
     state = load_state(sdir)
     videos: dict[str, dict] = {}
     for it in items:
         videos.setdefault(it["video_id"], {"url": it.get("url", ""), "origin": it["origin"]})
     for r in table.itertuples():
         videos.setdefault(r.video_id, {"url": r.url or "", "origin": r.origin})
+    for vid, url in people.curated_videos(root).items():   # videos with no accepted clip (all duplicates, say)
+        videos.setdefault(vid, {"url": url, "origin": "video"})
 
     targets: dict[str, str] = {}
     if oo is not None:
@@ -128,10 +139,15 @@ def apply(root: DataRoot, cfg, index: dict, table, items: list[dict], log=print)
     report = {"removed_videos": [], "clips_removed": 0, "shards_rewritten": [], "shards_deleted": [],
               "files_deleted": [], "unknown": unknown,
               "sources_note": sources_note}
+    every_clip = people.video_clip_ids(root, set(targets))   # duplicates too: their copies leave with them
+    removed_now: set[str] = set()
     for vid in sorted(targets):
         rec = remove_video(root, sdir, vid, videos[vid]["url"], targets[vid], index, items, log)
         if rec is None:
             continue
+        mine = set(rec["clips_removed"]) | {c for c, v in every_clip.items() if v == vid}
+        removed_now |= mine
+        forget(root, mine)
         entry = _entry_for(oo, vid, videos[vid]["url"]) if targets[vid] == "optout.csv" else None
         if entry is not None:
             rec.update(request_value=entry.value, request_date=entry.date.isoformat(), reason=entry.reason,
@@ -147,7 +163,18 @@ def apply(root: DataRoot, cfg, index: dict, table, items: list[dict], log=print)
         report["files_deleted"] += rec["files_deleted"]
         log(f"opt-out {vid} ({targets[vid]}): {len(rec['clips_removed'])} clips, "
             f"{len(rec['shards_rewritten'])} shards rewritten, {len(rec['files_deleted'])} files deleted")
+    # people named by a face photo, and copies of what was removed, go clip by clip
+    clips = people.clip_optouts(root, sdir, cfg, oo, index, items, removed_now, log)
+    for rec in clips["records"]:
+        with open(sdir / "optout_audit.jsonl", "a") as f:
+            f.write(json.dumps(rec, sort_keys=True) + "\n")
+        report["shards_rewritten"] += rec["shards_rewritten"]
+        report["shards_deleted"] += rec["shards_deleted"]
+        report["files_deleted"] += rec["files_deleted"]
+    report["clips_removed"] += clips["clips_removed"]
+    report["people"] = clips["people"]
     report["blocked"] = set(state) | set(targets)
+    report["blocked_clips"] = set(people.load_removed_clips(sdir))
     return report
 
 
@@ -158,24 +185,7 @@ def remove_video(root: DataRoot, sdir: Path, vid: str, url: str, trigger: str, i
     table = shardio.load_table(sdir)
     mine = table[table["video_id"] == vid]
     clip_ids = set(mine["clip_id"]) | {it["clip_id"] for it in items if it["video_id"] == vid}
-    rewritten, deleted_shards = [], []
-    by_name = {s["name"]: s for s in index["shards"]}
-    for name in sorted(set(mine["shard"])):
-        path = sdir / name
-        old = by_name.get(name)
-        kept = [s for s in shardio.read_samples(path) if s[0] not in clip_ids] if path.exists() else []
-        if kept:
-            entry = shardio.write_shard(path, kept)
-            rewritten.append({"name": name, "old_sha256": old and old["sha256"], "new_sha256": entry["sha256"],
-                              "nsamples": entry["nsamples"]})
-            index["shards"] = [entry if s["name"] == name else s for s in index["shards"]]
-        else:
-            path.unlink(missing_ok=True)
-            deleted_shards.append({"name": name, "old_sha256": old and old["sha256"]})
-            index["shards"] = [s for s in index["shards"] if s["name"] != name]
-    if len(mine):
-        shardio.save_index(sdir, index)
-        shardio.save_table(sdir, table[table["video_id"] != vid])
+    rewritten, deleted_shards = shardio.rewrite_without(sdir, index, table, set(mine["clip_id"]))
 
     files: list[str] = []
     media = [it["media_path"] for it in items if it["video_id"] == vid and it["origin"] == "video"]
@@ -221,25 +231,32 @@ def _drop_clip_rows(root: DataRoot, vid: str) -> int:
 
 # ---------------------------------------------------------------- verify
 
-def verify(data: str | Path, optout_path: str, log=print) -> list[str]:
-    """Scan every member of every shard; return one problem line per opted-out clip found."""
+def verify(data: str | Path, optout_path: str, log=print, cfg=None) -> list[str]:
+    """Scan every member of every shard; return one problem line per opted-out clip found: a clip of an
+    opted-out or removed video, a removed clip or a copy of one (duplicate links), or a clip whose identity
+    matches an optout.csv face photo. `cfg`: ShardsConfig for the photo rule (default: the encoder's)."""
     import pandas as pd
 
+    from pipeline.curate.clusters import copies_of, duplicate_links
     from pipeline.ids import video_id_from_url
     from pipeline.shards import io as shardio
+    from pipeline.shards import people
+    from pipeline.shards.config import ShardsConfig
 
     root = DataRoot.of(data)
     sdir = root.path("shards")
     oo, _ = read_manifests(optout_path, None)
     state = load_state(sdir) if sdir.is_dir() else {}
     urls: dict[str, str] = {vid: s.get("url") or "" for vid, s in state.items()}
-    removed_clips: set[str] = set()
+    removed_clips: set[str] = set(people.load_removed_clips(sdir)) if sdir.is_dir() else set()
     audit = sdir / "optout_audit.jsonl"
     if audit.exists():
         for line in audit.read_text().splitlines():
             rec = json.loads(line)
-            urls.setdefault(rec["video_id"], rec.get("url") or "")
+            if rec.get("video_id"):
+                urls.setdefault(rec["video_id"], rec.get("url") or "")
             removed_clips |= set(rec["clips_removed"])
+    copies = copies_of(removed_clips, duplicate_links(root))
     for p in (sdir / "shards.parquet", root.path("curate", "clips.parquet")):
         if p.exists():
             df = pd.read_parquet(p, columns=["video_id", "url"])
@@ -263,7 +280,20 @@ def verify(data: str | Path, optout_path: str, log=print) -> list[str]:
             vid = meta.get("video_id", "")
             if key in removed_clips or opted(vid):
                 problems.append(f"{path.name}: clip {key} of opted-out video {vid}")
-    log(f"verify: scanned {nshards} shards, {nsamples} samples; {len(problems)} opted-out clips found")
+            elif key in copies:
+                problems.append(f"{path.name}: clip {key} of video {vid} is a copy of an opted-out clip")
+    if oo is not None and oo.photos:     # every sample's identity against every face photo
+        tars = {"shards": [{"name": p.name} for p in sorted(sdir.glob("*.tar"))]}
+        found_in = people.shard_identities(sdir, tars)
+        try:
+            found, _ = people.photo_matches(oo, found_in, cfg or ShardsConfig())
+        except ValueError as e:
+            raise ManifestProblem(str(e)) from None
+        for k, m in sorted(found.items()):
+            problems.append(f"{found_in[k]['shard']}: clip {k} of video {m['video_id']} shows the person of "
+                            f"optout.csv row {m['optout_row']} (identity distance {m['distance']:.3f})")
+    log(f"verify: scanned {nshards} shards, {nsamples} samples; {len(problems)} opted-out clips found"
+        + (f" ({len(oo.photos)} face photos checked against every sample)" if oo is not None and oo.photos else ""))
     return problems
 
 

@@ -44,6 +44,19 @@ def save_item(enc, item: dict, feats: dict, idx, t, cache_dir: Path) -> None:
     save_cache(cache_path(cache_dir, item["clip_id"]), feats, meta)
 
 
+def with_identity(feats: dict, meta: dict, item: dict) -> tuple[dict, dict]:
+    """Add who is in the clip at packing time (not in the feature cache: identities are decided by curate
+    and may be assigned after the clip was encoded). No identity: an empty vector and the video as the
+    person, so an identity split still keeps the video's clips together."""
+    from pipeline.schema import SCHEMA_VERSION
+
+    emb = item.get("identity")
+    feats = {**feats, "identity": np.zeros(0, np.float32) if emb is None else np.asarray(emb, np.float32)}
+    meta = {**meta, "identity_id": item.get("identity_id") or f"video:{item['video_id']}",
+            "identity_model": item.get("identity_model") or "", "schema_version": SCHEMA_VERSION}
+    return feats, meta
+
+
 # ---------------------------------------------------------------- runners
 
 COLUMNS = ["clip_id", "status", "reason", "nframes", "model_s", "vae_clip_s"]   # one result row per clip
@@ -184,7 +197,7 @@ def write_new_shards(sdir: Path, cfg: ShardsConfig, index, table, ready, cache_d
         name = shardio.shard_name(cfg.name, nxt)
         for it in chunk:
             feats, meta = load_cache(cache_path(cache_dir, it["clip_id"]))
-            samples.append((it["clip_id"], shardio.sample_members(feats, meta)))
+            samples.append((it["clip_id"], shardio.sample_members(*with_identity(feats, meta, it))))
             rows.append({"clip_id": it["clip_id"], "video_id": it["video_id"], "url": it.get("url", ""),
                          "origin": it["origin"], "shard": name, "nframes": int(len(feats["frame_index"]))})
         entry = shardio.write_shard(sdir / name, samples)
