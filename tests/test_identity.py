@@ -243,6 +243,22 @@ def test_duplicates_are_rejected_naming_the_first_copy(tmp_path):
                                                                     overlap["clip_id"]}
 
 
+def test_later_clips_of_one_static_shot_are_not_copies_of_its_first(tmp_path):
+    """One video, one person, one background: its clips hash alike frame to frame, yet only a clip
+    overlapping another's frames can be a copy of it."""
+    from pipeline.paths import DataRoot
+
+    alice = np.random.default_rng(5).normal(0, 0.09, 128)
+    first, later = _clip("talk", 0, alice, footage=21), _clip("talk", 0, alice, footage=21, seed=4)
+    later = {**later, "start_frame": 30, "end_frame": 60, "clip_id": "c" * 16}    # the next 30 frames
+    recut = {**_clip("talk", 0, alice, footage=21, seed=5), "start_frame": 15, "end_frame": 45, "clip_id": "d" * 16}
+    states = _states([first, later, recut])
+    st = _assign(DataRoot.of(tmp_path), states)
+    rows = {r["clip_id"]: r for s in states for r in s["clips"]}
+    assert rows["c" * 16]["status"] == "accepted" and rows["c" * 16]["duplicate_of"] is None
+    assert rows["d" * 16]["reason"] == "duplicate" and st["duplicates"] == 1
+
+
 def test_optout_csv_may_name_a_face_photo(tmp_path, photos):
     from PIL import Image
 

@@ -113,6 +113,15 @@ def copies_of(clip_ids: set[str], links: dict[str, str]) -> set[str]:
 
 # ---------------------------------------------------------------- the step
 
+def may_copy(c1: dict, c2: dict) -> bool:
+    """Two clips of one video are copies only where their frame spans overlap: consecutive clips of one
+    static talking-head shot hash alike (same person, same background) but are different footage
+    (seen on a real 20 s interview, whose second and third clips were taken for copies of the first)."""
+    if c1["video_id"] != c2["video_id"]:
+        return True
+    return int(c1["start_frame"]) < int(c2["end_frame"]) and int(c2["start_frame"]) < int(c1["end_frame"])
+
+
 def shared_frames(c1: dict, c2: dict, max_hamming: int) -> float:
     """Share of the shorter clip's hashed frames that have a frame in the other within max_hamming bits
     (face-crop and whole-frame hashes together: 128 bits)."""
@@ -192,6 +201,8 @@ def _find_duplicates(reg: dict, mine: list[dict], new: list[dict], metric: str, 
         if originals:
             d = distance(np.asarray([o["identity"] for o in originals]), np.asarray(r["identity"]), metric)
             for k in np.nonzero(d < same)[0]:      # the same person first (cheap), then the footage
+                if not may_copy(r, originals[k]):
+                    continue
                 if shared_frames(r, originals[k], cfg.duplicate_max_hamming) >= cfg.duplicate_min_shared:
                     dup = originals[k]
                     break
