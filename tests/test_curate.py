@@ -125,6 +125,8 @@ def test_no_accepted_clip_spans_a_cut_a_faceless_or_a_multiface_stretch(run):
     for r in acc.itertuples():
         g = run["gt"][r.video_id]
         assert not any(r.start_frame < c < r.end_frame for c in g["cuts"]), r
+        # inside one shot's pure frames: no dissolve or fade frame, no second shot
+        assert any(sc["start"] <= r.start_frame and r.end_frame <= sc["end"] for sc in g["scenes"]), r
         for kind in ("no_face", "multi_face", "small_face"):
             assert not _overlaps(r.start_frame, r.end_frame, g[kind]), (kind, r)
         assert all(b is not None for b in g["face_box"][r.start_frame:r.end_frame])
@@ -133,6 +135,32 @@ def test_no_accepted_clip_spans_a_cut_a_faceless_or_a_multiface_stretch(run):
     # the short-range detector's reach: they are rejected as faceless)
     assert _overlaps(*run["gt"]["cuts_360p25"]["no_face"][0], rej.loc[rej.reason == "no_face", ["start_frame", "end_frame"]].values.tolist())
     assert _overlaps(*run["gt"]["multi_360p24"]["multi_face"][0], rej.loc[rej.reason == "multi_face", ["start_frame", "end_frame"]].values.tolist())
+
+
+def test_transitions_are_boundaries_their_frames_rejected_and_the_shots_kept(run):
+    """Dissolves and fades (the corpus edits): recorded in videos.parquet as gradual boundaries, every
+    frame of them a `transition` rejection, and the face shots either side still give clips."""
+    videos, rej, clips = run["videos"].set_index("video_id"), run["rejections"], run["clips"]
+    edits = {v: g for v, g in run["gt"].items() if g.get("transitions")}
+    assert len(edits) >= 3
+    kept = total = 0
+    for vid, g in edits.items():
+        bounds = list(videos.loc[vid, "boundaries"])
+        assert list(videos.loc[vid, "cut_frames"]) == g["cuts"]
+        mine = rej[(rej.video_id == vid) & (rej.reason == "transition")]
+        assert (mine["stage"] == "scenes").all()
+        covered = {i for r in mine.itertuples() for i in range(r.start_frame, r.end_frame)}
+        for t in g["transitions"]:
+            assert sum(b["kind"] == "gradual" and b["start"] < t["end"] and t["start"] < b["end"] for b in bounds) == 1
+            assert set(range(t["start"], t["end"])) <= covered, (vid, t)
+        assert len(covered) <= sum(t["end"] - t["start"] + 2 * 3 + 2 for t in g["transitions"])   # margin 3, <= 1 off
+        for sc in g["scenes"]:
+            if len(sc["faces"]) == 1:
+                total += sc["end"] - sc["start"]
+                acc = clips[(clips.video_id == vid) & (clips.status == "accepted") & (clips.start_frame >= sc["start"])
+                            & (clips.end_frame <= sc["end"])]
+                kept += int((acc.end_frame - acc.start_frame).sum())
+    assert kept >= 0.8 * total, (kept, total)
 
 
 def test_blurred_stretches_are_rejected_by_the_offline_scorer(run):

