@@ -3,10 +3,11 @@
 dags/curate.yaml names the stages in order with their parameters and Ray resources:
 download -> probe -> scenes -> faces -> quality -> identity -> filters -> manifest. The runner maps two
 Ray Data steps over the sources: `download` (I/O-bound tasks) and `analyse` (one actor per
-worker holding the face detector and quality scorer) which runs probe, then the single decode
-pass feeding scenes + faces + quality + identity (chips and frame hashes), then filters, then the identity
-embedding of each accepted clip, and returns manifest rows. Identities across videos and duplicates are a
-dataset-level step in the driver (pipeline/curate/clusters.py). `analyse_video`
+worker holding the face detector, face mesh and quality scorer) which runs probe, then the single
+decode pass feeding scenes + faces + face verification (verify.py: the mesh on sampled crops; its
+bounds are in the filters' params) + quality + identity (chips and frame hashes), then filters, then
+the identity embedding of each accepted clip, and returns manifest rows. Identities across videos and
+duplicates are a dataset-level step in the driver (pipeline/curate/clusters.py). `analyse_video`
 below is that step as a plain function: the sequential runner and the unit tests call it directly.
 """
 from __future__ import annotations

@@ -6,8 +6,9 @@ sampler). On sampled detection frames (`filters.landmark_samples_per_s`, at the 
 whose detection is a usable face, it cuts the square crop that the clip rule (faces.place_crop)
 gives that frame's face box, resized to `filters.verify_size` like the shards' crops, and runs the
 mesh on it. A sample counts as "found" only if one of the mesh's faces is the tracked face: its
-centre inside the tracked box and its width 0.6-2.5x the box's (a poster or inset face elsewhere in
-the crop does not vouch for the tracked one). For found samples it records the yaw
+centre inside the tracked box and its width 0.6-1.6x the box's (measured on real talking heads:
+0.86-1.03x, centre within 0.4-0.6 of the box; a poster or inset face elsewhere in the crop does not
+vouch for the tracked one). For found samples it records the yaw
 (landmarks.yaw_degrees) and the flat-skin share (below). Cost: one mesh call (~10 ms on a CPU at
 256 px) per sample, so at most landmark_samples_per_s x filters.max_duration_s calls per clip
 (17 at the defaults), whatever the video's resolution. There is no second decode: the crop is
@@ -106,7 +107,7 @@ def tracked_mesh(faces: list[np.ndarray], box_px: tuple[float, float, float, flo
         p = lm[:, :2] * size
         cx, cy = p.mean(0)
         width = np.ptp(p[:, 0])
-        if x <= cx <= x + w and y <= cy <= y + h and 0.6 * w <= width <= 2.5 * w:
+        if x <= cx <= x + w and y <= cy <= y + h and 0.6 * w <= width <= 1.6 * w:
             return lm
     return None
 
