@@ -287,8 +287,11 @@ def test_handheld_talking_heads_keep_their_time_and_the_camera_splits_nothing(ru
         splits = set(mine["start_split"]) | set(mine["end_split"])
         assert not splits & {"jump", "scale", "identity", "no_face"}, (vid, splits)   # the face never "changed"
         rej = run["rejections"]
-        rej = rej[(rej.video_id == vid) & (rej.start_frame < sc["end"]) & (rej.end_frame > sc["start"])]
-        assert "multi_face" not in set(rej.reason), rej        # the weak background face is not a second person
+        multi = _frames(rej[(rej.video_id == vid) & (rej.reason == "multi_face")][["start_frame", "end_frame"]]
+                        .values.tolist()) & person
+        # the weak background face is not a second person (by area alone, 14% of the poster scene was
+        # multi_face; 2% leaves room for a detector whose scores differ a little on another CPU)
+        assert len(multi) <= 0.02 * len(person), (vid, sorted(multi))
     moves = np.array([b for b in run["gt"]["handheld_selfie_30"]["face_box"]])
     cx = (moves[:, 0] + moves[:, 2]) / 2 / run["gt"]["handheld_selfie_30"]["width"]
     assert (np.abs(cx[2:] - cx[:-2]) > 0.06).sum() >= 3      # (the ground truth really shakes that much)
