@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             preflight.detector  # noqa: B018
         if cfg.quality.scorer != "sharpness":     # the weight-free scorer loads nothing
             preflight.scorer  # noqa: B018
+        preflight.identity  # noqa: B018 - dlib's files come from a package, ArcFace's from the user: checked here
     except Exception as e:  # ManifestError, a bad YAML key, a missing file, no cluster: one line, nothing written
         print(f"curate: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

@@ -134,6 +134,11 @@ def summary_text(s: dict) -> str:
         "  cpu s:      " + ", ".join(f"{k} {v:.2f}" for k, v in s["cpu_s_per_stage"].items())
         + f" ({s['cpu_s_per_video_s'] or 0:.2f} cpu s per video s); download {s['download_wall_s']:.1f} s wall",
     ]
+    ids = s.get("identities")
+    if ids:
+        per = ids.get("clips_per_identity") or []
+        lines.append(f"  identities: {ids['identities']} people in {sum(per)} accepted clips "
+                     f"(most {max(per, default=0)} clips), {ids['duplicates']} duplicate clips rejected")
     if s.get("wall_s") is not None:
         lines.append(f"  run:        {s.get('engine')} engine, {s.get('processed', 0)} processed, "
                      f"{s.get('skipped', 0)} resumed from state, {s['wall_s']:.1f} s wall")
