@@ -4,9 +4,11 @@ CSIM = cosine similarity of face-identity embeddings (pipeline/curate/identity.p
 ResNet offline, the real model shipped in `face-recognition-models`) between the source and every
 generated frame, reported as the minimum and the mean over frames. Generated frames are face crops
 made by curation's rule (face centred, ~0.45 of the side), so the face is located by the rule, not by a
-detector that might miss a blurry output. Scale, measured here with dlib: the same person across photos
-0.97-0.99, different people 0.75-0.82 (a dlib distance of 0.6 is a cosine of ~0.87 for these
-descriptors), so CSIM differences matter in the second decimal.
+detector that might miss a blurry output. Scale, measured here with dlib's raw descriptors: the same
+person 0.99-1.00 (photo mirrored or halved; per-clip means on the test corpus >= 0.988), different people
+0.81-0.91 (the astronaut, Grace Hopper, the six of insightface's group photo; corpus <= 0.891). dlib's
+descriptors share a large common component, so the whole scale is compressed: a CSIM below ~0.93 already
+means another person, and differences matter in the second decimal.
 
 The CLIP similarity the supplementary calls CSIM keeps its own name, `CLIP-sim`. Computed with the
 offline tiny models its CLIP has random weights: it then scores a face against other people or noise at

@@ -7,6 +7,7 @@ The corpus's "identities" astronaut / astronaut_warm and hopper / hopper_cool ar
 variants of two photos: the same two people to a face-identity model, so the truth here is two people."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -46,7 +47,8 @@ def _shards_cfg(root: Path, models: Path):
     from pipeline.shards.config import ShardsConfig
 
     cfg = ShardsConfig(runner="sequential", models=str(models), samples_per_shard=4, tiny_fit_steps=0,
-                       sources=str(root / "manifests" / "sources.csv"), optout=str(root / "manifests" / "optout.csv"))
+                       sources=str(root / "manifests" / "sources.csv"), optout=str(root / "manifests" / "optout.csv"),
+                       stills=str(root.parent / "portraits"), stills_frames=4)
     cfg.encoder.size, cfg.encoder.max_frames, cfg.encoder.batch_frames = 64, 3, 8
     return cfg
 
@@ -69,6 +71,7 @@ def world(corpus, corpus_dir, tmp_path_factory):
     from pipeline.paths import DataRoot
     from pipeline.shards.build import run
     from pipeline.shards.encoders import build_tiny_models
+    from pipeline.synth.corpus import make_portraits
     from pipeline.synth.server import SourceServer
 
     t0 = time.time()
@@ -92,13 +95,24 @@ def world(corpus, corpus_dir, tmp_path_factory):
         items = load_inputs(root / "manifests" / "sources.csv", root / "manifests" / "optout.csv")
         stats = curate(DataRoot.of(root), items, cfg, engine="sequential", log=lambda m: None)
     t1 = time.time()
+    # two still portraits (supplementary §3): the astronaut's and Grace Hopper's heads
+    stills = make_portraits(base / "portraits", n=2, size=256)
     models = build_tiny_models(base / "tiny-models", seed=0, sample_size=64)
     shard_stats = run(root, _shards_cfg(root, models), log=lambda m: None)
     print(f"identity world: curate {t1 - t0:.0f} s, shards {time.time() - t1:.0f} s", file=sys.stderr)
     gt = {g["name"]: g for g in corpus}
     gt["talk_mirror"] = gt["talk_reupload"] = gt["talk_360p30"]
+    still_person = {hashlib.sha1(p.read_bytes()).hexdigest()[:16]: who for p, who in zip(stills, ("astronaut", "hopper"))}
     return {"root": root, "base": base, "models": models, "stats": stats, "shard_stats": shard_stats, "gt": gt,
-            "clips": pd.read_parquet(root / "curate" / "clips.parquet")}
+            "clips": pd.read_parquet(root / "curate" / "clips.parquet"), "still_person": still_person}
+
+
+def _who(world, key: str, sample: dict) -> str:
+    """The ground-truth person of a shard sample: its scene's face, or the portrait's."""
+    if sample["origin"] == "still":
+        return world["still_person"][key]
+    row = world["clips"].set_index("clip_id").loc[key]
+    return _person(world["gt"][row["video_id"]], int(row["start_frame"]))
 
 
 def test_the_corpus_holds_two_people_whatever_their_colours(world):
@@ -163,16 +177,24 @@ def test_every_shard_sample_carries_its_clip_identity(world):
 
     clips = world["clips"].set_index("clip_id")
     samples = _shard_samples(world["root"])
-    assert samples and set(samples) == set(clips.index[clips["status"] == "accepted"])
-    for key, s in samples.items():
+    videos = {k: s for k, s in samples.items() if s["origin"] == "video"}
+    assert videos and set(videos) == set(clips.index[clips["status"] == "accepted"])
+    for key, s in videos.items():
         assert s["identity_id"] == clips.loc[key, "identity_id"] and s["identity_model"] == "dlib-resnet-v1"
         assert s["schema_version"] == SCHEMA_VERSION
         assert s["identity"].dtype == np.float32 and np.allclose(s["identity"], clips.loc[key, "identity"])
+    # the still portraits join the person they show (so an identity split holds their portraits out too)
+    person_id = {_who(world, k, s): s["identity_id"] for k, s in videos.items()}
+    stills = {k: s for k, s in samples.items() if s["origin"] == "still"}
+    assert len(stills) == 2
+    for key, s in stills.items():
+        assert s["identity_id"] == person_id[world["still_person"][key]] and s["identity"].shape == (128,)
 
 
 def _copy(world, tmp_path) -> Path:
     root = tmp_path / "data"
     shutil.copytree(world["root"], root)
+    shutil.copytree(world["base"] / "portraits", tmp_path / "portraits")
     return root
 
 
@@ -183,9 +205,9 @@ def test_opting_out_a_photo_removes_that_person_from_every_shard_and_nobody_else
 
     root, gt = _copy(world, tmp_path), world["gt"]
     before = _shard_samples(root)
-    who = {k: _person(gt[s["video_id"]], int(world["clips"].set_index("clip_id").loc[k, "start_frame"]))
-           for k, s in before.items()}
-    hopper = {k for k, p in who.items() if p == "hopper"}
+    who = {k: _who(world, k, s) for k, s in before.items()}
+    hopper = {k for k, p in who.items() if p == "hopper"}                 # her portrait included
+    assert any(before[k]["origin"] == "still" for k in hopper)
     assert hopper and len(hopper) < len(who) and len({before[k]["shard"] for k in hopper}) >= 2
     with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:     # a photo, not a frame of the corpus
         (root / "manifests" / "hopper.jpg").write_bytes(f.read())
@@ -203,11 +225,13 @@ def test_opting_out_a_photo_removes_that_person_from_every_shard_and_nobody_else
     assert copies["trigger"] == "copy of a removed clip"
     rows = world["clips"].set_index("clip_id")
     removed = set(rec["clips_removed"]) | set(copies["clips_removed"])
-    assert {_person(gt[rows.loc[k, "video_id"]], int(rows.loc[k, "start_frame"])) for k in removed} == {"hopper"}
+    assert {world["still_person"].get(k) or _person(gt[rows.loc[k, "video_id"]], int(rows.loc[k, "start_frame"]))
+            for k in removed} == {"hopper"}
     assert stats["optout"]["clips_removed"] == len(removed) and stats["optout"]["removed_videos"] == []
     clips = pd.read_parquet(root / "curate" / "clips.parquet").set_index("clip_id")
-    assert (clips.loc[sorted(removed), "reason"] == "opted_out").all() and clips.loc[sorted(removed), "identity"].isna().all()
-    assert (clips.drop(sorted(removed))["reason"] != "opted_out").all()
+    in_manifest = sorted(removed - set(world["still_person"]))
+    assert (clips.loc[in_manifest, "reason"] == "opted_out").all() and clips.loc[in_manifest, "identity"].isna().all()
+    assert (clips.drop(in_manifest)["reason"] != "opted_out").all()
     assert _verify(root).returncode == 0
     # a rerun removes nothing more; a stale shard coming back is caught by verify, by the face
     assert run(root, _shards_cfg(root, world["models"]), log=lambda m: None)["optout"]["clips_removed"] == 0

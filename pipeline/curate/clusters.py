@@ -154,14 +154,14 @@ def assign(root: DataRoot, states: list[dict], cfg: ManifestConfig, identity_cfg
     rejected, with a rejection row); update the registries. Returns statistics for stats.json."""
     rows = [r for st in states for r in st.get("clips", []) if r.get("status") == "accepted" and r.get("identity")]
     rows.sort(key=lambda r: (r["video_id"], r["start_frame"], r["clip_id"]))
-    stats = {"clips_with_identity": len(rows), "duplicates": 0, "new_identities": 0, "models": {}}
+    stats = {"clips_with_identity": len(rows), "new_duplicates": 0, "new_identities": 0, "models": {}}
     for model in sorted({r["identity_model"] for r in rows}):
         mine = [r for r in rows if r["identity_model"] == model]
         metric, same = encoder_rule(model, identity_cfg)
         reg = load_registry(root, model)
         new = [r for r in mine if r["clip_id"] not in reg["clips"]]
         if new:
-            stats["duplicates"] += _find_duplicates(reg, mine, new, metric, same, cfg)
+            stats["new_duplicates"] += _find_duplicates(reg, mine, new, metric, same, cfg)
             stats["new_identities"] += _new_identities(reg, new, metric, same)
             reg["batches"] += 1
             save_registry(root, reg)
@@ -182,7 +182,8 @@ def assign(root: DataRoot, states: list[dict], cfg: ManifestConfig, identity_cfg
             if not acc:
                 st["video"].update(status="no_clips", message="no accepted clip; every one duplicates an earlier clip")
     per = Counter(r["identity_id"] for r in rows if r.get("status") == "accepted")
-    stats.update(identities=len(per), clips_per_identity=sorted(per.values(), reverse=True))
+    stats.update(identities=len(per), clips_per_identity=sorted(per.values(), reverse=True),
+                 duplicates=sum(bool(r.get("duplicate_of")) for r in rows))
     log(f"curate: identities: {len(per)} people in {sum(per.values())} accepted clips "
         f"({stats['new_identities']} new), {stats['duplicates']} duplicate clips rejected")
     return stats

@@ -207,6 +207,11 @@ def summary_text(s: dict) -> str:
     if s.get("frame_accounting"):
         lines.append(f"  WARNING:    {len(s['frame_accounting'])} videos have frames in no clip or rejection, or in "
                      f"two (stats.json frame_accounting)")
+    ids = s.get("identities")
+    if ids:
+        per = ids.get("clips_per_identity") or []
+        lines.append(f"  identities: {ids['identities']} people in {sum(per)} accepted clips "
+                     f"(most {max(per, default=0)} clips), {ids['duplicates']} duplicate clips rejected")
     if s.get("wall_s") is not None:
         lines.append(f"  run:        {s.get('engine')} engine, {s.get('processed', 0)} processed, "
                      f"{s.get('skipped', 0)} resumed from state, {s['wall_s']:.1f} s wall")

@@ -9,6 +9,9 @@ before any new work) then, per video:
      state and its cached features;
   4. records it in shards/removed.json (so it is never sharded again, even if re-listed) and
      appends an audit record to shards/optout_audit.jsonl.
+Then, clip by clip (pipeline/shards/people.py): every clip whose identity matches an optout.csv
+face photo (a person, whatever video they are in), and every copy of a clip removed in this run
+(curate's duplicate links), so opting out one copy of some footage removes them all.
 """
 from __future__ import annotations
 
