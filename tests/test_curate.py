@@ -505,9 +505,19 @@ def test_bad_download_is_a_recorded_status(bad, vid, status, cls, words):
     assert r.attempts == (2 if cls == "transient" and vid != "file_url" else (1 if vid != "file_url" else 0))
 
 
+SAME_FILE = ("http_429_once", "../../escape", "a;rm -rf ~;`id`$(x)|&>", "long" * 120)   # all serve "good"
+
+
 def test_retry_after_429_succeeds(bad):
     r = _row(bad, "http_429_once")
-    assert (r.status, r.attempts) == ("ok", 2) and r.accepted >= 1
+    assert r.attempts == 2 and r.status in ("ok", "no_clips") and r.num_frames > 0   # downloaded and curated
+    assert r.accepted >= 1 or "duplicate" in r.message
+
+
+def test_one_file_under_four_ids_is_accepted_once_the_rest_are_duplicates(bad):
+    rows = [_row(bad, v) for v in SAME_FILE]
+    assert sum(r.accepted > 0 for r in rows) == 1
+    assert all("duplicate" in r.message for r in rows if r.accepted == 0)
 
 
 def test_damaged_noface_and_4k_videos_end_with_a_status(bad):
@@ -522,7 +532,8 @@ def test_damaged_noface_and_4k_videos_end_with_a_status(bad):
 
 def test_hostile_ids_and_urls_stay_inside_the_data_root(bad):
     for vid in ("../../escape", "a;rm -rf ~;`id`$(x)|&>", "long" * 120):
-        assert _row(bad, vid).status == "ok", vid         # curated like any other video, under a safe name
+        # curated like any other video, under a safe name (one copy of the shared file keeps its clips)
+        assert _row(bad, vid).status in ("ok", "no_clips") and _row(bad, vid).num_frames > 0, vid
         assert (bad["root"].root / _row(bad, vid).media_path).resolve().is_relative_to(bad["root"].root)
     assert _row(bad, "dotdot_url").status == "failed"
     outside = [p for p in bad["work"].rglob("*") if not p.resolve().is_relative_to(bad["root"].root)
