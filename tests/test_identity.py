@@ -125,14 +125,15 @@ def _detector():
 def _scan(frames, identity):
     from types import SimpleNamespace
 
-    from pipeline.curate.faces import FaceScanner, FacesConfig, segment
+    from pipeline.curate.faces import FacesConfig
+    from pipeline.curate.tracking import FaceScanner, segment
 
     cfg = FacesConfig(stride=4)
     sc = FaceScanner(cfg, _detector(), 512, identity=identity)
     for i, f in enumerate(frames):
-        sc.update(SimpleNamespace(index=i, small=f))
+        sc.update(SimpleNamespace(index=i, small=f, time=i / 25))
     spans, _ = segment(sc.finish(len(frames)), [], cfg)
-    return [(a, b) for a, b, _ in spans]
+    return [(sp.start, sp.end) for sp in spans]
 
 
 def test_tracking_asks_the_identity_embedding_where_the_colour_histogram_sees_a_change(enc, photos):
