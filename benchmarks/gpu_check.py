@@ -134,10 +134,12 @@ def synth_shards(root: Path, n_clips: int, latent: int, clip_dim: int, frames: i
             lm = 0.25 + 0.5 * rng.random((frames, 478, 3))
             feats = {"latent_mean": mean, "latent_std": np.full_like(mean, 0.1), "clip_emb": emb / np.linalg.norm(
                 emb, axis=1, keepdims=True), "landmarks": lm, "landmarks_ok": np.ones(frames, bool),
-                "frame_index": np.arange(frames), "time_s": np.arange(frames) / 25.0}
+                "frame_index": np.arange(frames), "time_s": np.arange(frames) / 25.0,
+                "identity": np.zeros(0, np.float32)}                              # (0,): no identity
             meta = {"clip_id": f"c{i:05d}", "video_id": f"v{i // 2:05d}", "origin": "video", "fps": 25.0,
                     "size": latent * 8, "vae": "synthetic", "vae_scaling_factor": 1.0, "clip_model": "synthetic",
-                    "clip_dim": clip_dim, "weights": "", "schema_version": SCHEMA_VERSION}
+                    "clip_dim": clip_dim, "weights": "", "identity_id": f"video:v{i // 2:05d}", "identity_model": "",
+                    "schema_version": SCHEMA_VERSION}
             samples.append((meta["clip_id"], shardio.sample_members(feats, meta)))
         index["shards"].append(shardio.write_shard(sdir / shardio.shard_name("synth", s // per), samples))
     shardio.save_index(sdir, index)
