@@ -148,6 +148,17 @@ class DataRoot:
         names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "file"]
         return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
 
+    def subdirs(self, k: str = "") -> list[str]:
+        """Names of the folders (object stores: common prefixes) directly under key `k`, sorted."""
+        if not self.remote:
+            d = self.path(k)
+            return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+        try:
+            entries = self.fs.ls(self._fp(self.key(k)), detail=True)
+        except FileNotFoundError:
+            return []
+        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
+
     def du(self, k: str = "") -> tuple[int, int]:
         """(files, bytes) under key `k`, recursively."""
         if not self.remote:
@@ -257,10 +268,12 @@ class DataRoot:
         if move:
             Path(local).unlink()
 
-    def put_tree(self, local_dir: str | os.PathLike, k: str) -> None:
-        for p in sorted(Path(local_dir).rglob("*")):
-            if p.is_file():
-                self.put_file(p, posixpath.join(k, p.relative_to(local_dir).as_posix()))
+    def put_tree(self, local_dir: str | os.PathLike, k: str, last: str = "") -> None:
+        """Upload a folder; `last` (a relative name) goes after everything else: the folder's commit marker."""
+        files = sorted((p.relative_to(local_dir).as_posix() for p in Path(local_dir).rglob("*") if p.is_file()),
+                       key=lambda rel: (rel == last, rel))
+        for rel in files:
+            self.put_file(Path(local_dir) / rel, posixpath.join(k, rel))
 
     def rm(self, k: str) -> bool:
         """Delete one file/object; False if it was not there."""

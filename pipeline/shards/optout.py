@@ -3,10 +3,12 @@
 A video leaves the dataset when its id or URL is in manifests/optout.csv, or when its row is
 deleted from manifests/sources.csv. `apply` (called by every `python -m pipeline.shards` run,
 before any new work) then, per video:
-  1. rewrites only the shards that held its clips (other shards keep their exact bytes);
-  2. updates index.json and shards.parquet;
-  3. deletes its downloaded media, its rows in curate/clips.parquet (the cut clips), its curate
-     state and its cached features;
+  1. writes the shards that held its clips again, without them, under successor names
+     (faces-000003.tar -> faces-000003.1.tar; other shards keep their names and exact bytes);
+  2. commits index.json (readers now see the successors), updates shards.parquet, and only then
+     deletes the superseded shards (write-once names: nothing is overwritten in place);
+  3. deletes its downloaded media, its kept clip files (clips/<id>/), its rows in
+     curate/clips.parquet (the cut clips), its curate state and its cached features;
   4. records it in shards/removed.json (so it is never sharded again, even if re-listed) and
      appends an audit record to shards/optout_audit.jsonl.
 """
@@ -18,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.paths import DataRoot, atomic_write_parquet, atomic_write_text, safe_name
+from pipeline.paths import DataRoot, safe_name
 
 
 class ManifestProblem(ValueError):
@@ -29,9 +31,11 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def load_state(sdir: Path) -> dict:
-    p = sdir / "removed.json"
-    return json.loads(p.read_text()) if p.exists() else {}
+def load_state(sdir) -> dict:
+    try:
+        return json.loads(DataRoot.of(sdir).read_text("removed.json"))
+    except FileNotFoundError:
+        return {}
 
 
 def read_manifests(optout_path, sources_path):
@@ -93,7 +97,7 @@ def _unknown_entries(oo, videos: dict, state: dict) -> list[str]:
 
 def apply(root: DataRoot, cfg, index: dict, table, items: list[dict], log=print) -> dict:
     """Remove every opted-out / un-sourced video; returns a report with `blocked` (ids never to shard)."""
-    sdir = root.dir("shards")
+    sdir = root.join("shards")
     oo, srcs = read_manifests(cfg.optout, cfg.sources)
     state = load_state(sdir)
     videos: dict[str, dict] = {}
@@ -137,9 +141,8 @@ def apply(root: DataRoot, cfg, index: dict, table, items: list[dict], log=print)
             rec.update(request_value=entry.value, request_date=entry.date.isoformat(), reason=entry.reason,
                        optout_row=entry.row)
         state[vid] = {"url": videos[vid]["url"], "trigger": targets[vid], "time": rec["time"]}
-        atomic_write_text(sdir / "removed.json", json.dumps(state, indent=1, sort_keys=True) + "\n")
-        with open(sdir / "optout_audit.jsonl", "a") as f:
-            f.write(json.dumps(rec, sort_keys=True) + "\n")
+        root.write_text("shards/removed.json", json.dumps(state, indent=1, sort_keys=True) + "\n")
+        root.append_text("shards/optout_audit.jsonl", json.dumps(rec, sort_keys=True) + "\n")
         report["removed_videos"].append(vid)
         report["clips_removed"] += len(rec["clips_removed"])
         report["shards_rewritten"] += rec["shards_rewritten"]
@@ -151,50 +154,51 @@ def apply(root: DataRoot, cfg, index: dict, table, items: list[dict], log=print)
     return report
 
 
-def remove_video(root: DataRoot, sdir: Path, vid: str, url: str, trigger: str, index: dict, items, log):
+def remove_video(root: DataRoot, sdir, vid: str, url: str, trigger: str, index: dict, items, log):
     """Do every removal step for one video; None when there was nothing left to remove."""
     from pipeline.shards import io as shardio
 
     table = shardio.load_table(sdir)
     mine = table[table["video_id"] == vid]
     clip_ids = set(mine["clip_id"]) | {it["clip_id"] for it in items if it["video_id"] == vid}
-    rewritten, deleted_shards = [], []
+    rewritten, deleted_shards, renamed = [], [], {}
     by_name = {s["name"]: s for s in index["shards"]}
     for name in sorted(set(mine["shard"])):
-        path = sdir / name
+        path = shardio.loc(sdir, name)
         old = by_name.get(name)
-        kept = [s for s in shardio.read_samples(path) if s[0] not in clip_ids] if path.exists() else []
+        kept = [s for s in shardio.read_samples(path) if s[0] not in clip_ids] if shardio.exists(path) else []
         if kept:
-            entry = shardio.write_shard(path, kept)
-            rewritten.append({"name": name, "old_sha256": old and old["sha256"], "new_sha256": entry["sha256"],
-                              "nsamples": entry["nsamples"]})
+            new = shardio.successor(name)
+            entry = shardio.write_shard(shardio.loc(sdir, new), kept)
+            rewritten.append({"name": new, "old_name": name, "old_sha256": old and old["sha256"],
+                              "new_sha256": entry["sha256"], "nsamples": entry["nsamples"]})
             index["shards"] = [entry if s["name"] == name else s for s in index["shards"]]
+            renamed[name] = new
         else:
-            path.unlink(missing_ok=True)
             deleted_shards.append({"name": name, "old_sha256": old and old["sha256"]})
             index["shards"] = [s for s in index["shards"] if s["name"] != name]
     if len(mine):
-        shardio.save_index(sdir, index)
-        shardio.save_table(sdir, table[table["video_id"] != vid])
+        shardio.save_index(sdir, index)        # the commit: readers see the successors from here on
+        rest = table[table["video_id"] != vid]
+        shardio.save_table(sdir, rest.assign(shard=rest["shard"].replace(renamed)))
+        for name in sorted(set(mine["shard"])):
+            DataRoot.of(sdir).rm(name)         # superseded or emptied: only after the commit
 
     files: list[str] = []
-    media = [it["media_path"] for it in items if it["video_id"] == vid and it["origin"] == "video"]
-    cands = [root.path(m) for m in media if m]
-    if root.path("media").is_dir():
-        cands += sorted(root.path("media").glob(f"{safe_name(vid)}.*"))
-    cache = root.path("shards", "cache")
-    cands += [p for c in sorted(clip_ids) for p in sorted(cache.glob(f"*/{safe_name(c)}.npz"))]
-    cands += [root.path("curate", "state", f"{safe_name(vid)}.json")]
-    partial = root.path("media", ".partial", safe_name(vid))   # a download the downloader left half-done
-    if partial.is_dir():
-        import shutil
-
-        shutil.rmtree(partial)
-        files.append(str(partial.relative_to(root.root)) + "/")
-    for p in dict.fromkeys(cands):
-        if p.is_file():
-            p.unlink()
-            files.append(str(p.relative_to(root.root)))
+    mine_items = [it for it in items if it["video_id"] == vid and it["origin"] == "video"]
+    cands = [root.key(it[k]) for it in mine_items for k in ("media_path", "clip_path") if it.get(k)]
+    cands += [root.key("media", n) for n in root.ls("media", f"{safe_name(vid)}.*")]
+    cands += [root.key("shards", "cache", fp, f"{safe_name(c)}.npz")
+              for fp in root.subdirs("shards/cache") for c in sorted(clip_ids)]
+    cands += [root.key("curate", "state", f"{safe_name(vid)}.json")]
+    partial = root.key("media", ".partial", safe_name(vid))   # a download the downloader left half-done
+    if not root.remote and root.isdir(partial):
+        root.rm_tree(partial)
+        files.append(partial + "/")
+    for k in dict.fromkeys(cands):
+        if root.rm(k):
+            files.append(k)
+    files += root.rm_tree(root.key("clips", safe_name(vid)))     # kept clip crops (media.keep)
     clip_rows = _drop_clip_rows(root, vid)
     if not (len(mine) or files or clip_rows):
         return None
@@ -206,16 +210,15 @@ def remove_video(root: DataRoot, sdir: Path, vid: str, url: str, trigger: str, i
 def _drop_clip_rows(root: DataRoot, vid: str) -> int:
     """Remove the video's rows from curate/clips.parquet (its cut clips), keeping that file's schema."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    p = root.path("curate", "clips.parquet")
-    if not p.exists():
+    p = "curate/clips.parquet"
+    if not root.exists(p):
         return 0
-    t = pq.read_table(p)
+    t = root.read_parquet(p)
     keep = pc.invert(pc.equal(t["video_id"], vid))
     n = t.num_rows - pc.sum(keep.cast("int64")).as_py() if t.num_rows else 0
     if n:
-        atomic_write_parquet(p, t.filter(keep))
+        root.write_parquet(p, t.filter(keep))
     return int(n)
 
 
@@ -223,26 +226,25 @@ def _drop_clip_rows(root: DataRoot, vid: str) -> int:
 
 def verify(data: str | Path, optout_path: str, log=print) -> list[str]:
     """Scan every member of every shard; return one problem line per opted-out clip found."""
-    import pandas as pd
 
     from pipeline.ids import video_id_from_url
     from pipeline.shards import io as shardio
 
     root = DataRoot.of(data)
-    sdir = root.path("shards")
+    sdir = root.join("shards")
     oo, _ = read_manifests(optout_path, None)
-    state = load_state(sdir) if sdir.is_dir() else {}
+    state = load_state(sdir)
     urls: dict[str, str] = {vid: s.get("url") or "" for vid, s in state.items()}
     removed_clips: set[str] = set()
-    audit = sdir / "optout_audit.jsonl"
-    if audit.exists():
-        for line in audit.read_text().splitlines():
+    audit = "shards/optout_audit.jsonl"
+    if root.exists(audit):
+        for line in root.read_text(audit).splitlines():
             rec = json.loads(line)
             urls.setdefault(rec["video_id"], rec.get("url") or "")
             removed_clips |= set(rec["clips_removed"])
-    for p in (sdir / "shards.parquet", root.path("curate", "clips.parquet")):
-        if p.exists():
-            df = pd.read_parquet(p, columns=["video_id", "url"])
+    for p in ("shards/shards.parquet", "curate/clips.parquet"):
+        if root.exists(p):
+            df = root.read_parquet(p, columns=["video_id", "url"]).to_pandas()
             for vid, u in zip(df["video_id"], df["url"]):
                 urls.setdefault(vid, u or "")
 
@@ -255,14 +257,14 @@ def verify(data: str | Path, optout_path: str, log=print) -> list[str]:
         return oo.matches(vid, u) or any(video_id_from_url(x) == vid for x in oo.urls)
 
     problems, nshards, nsamples = [], 0, 0
-    for path in sorted(sdir.glob("*.tar")) if sdir.is_dir() else []:
+    for name in root.ls("shards", "*.tar"):     # every tar there, committed or not
         nshards += 1
-        for key, members in shardio.read_samples(path, {"meta.json"}):
+        for key, members in shardio.read_samples(shardio.loc(sdir, name), {"meta.json"}):
             nsamples += 1
             meta = json.loads(dict(members).get("meta.json", b"{}"))
             vid = meta.get("video_id", "")
             if key in removed_clips or opted(vid):
-                problems.append(f"{path.name}: clip {key} of opted-out video {vid}")
+                problems.append(f"{name}: clip {key} of opted-out video {vid}")
     log(f"verify: scanned {nshards} shards, {nsamples} samples; {len(problems)} opted-out clips found")
     return problems
 
