@@ -143,9 +143,12 @@ def main(argv=None) -> dict:
                         cfg.preset, cfg.model.size, wanted)
     tc, is_main = cfg.train, rank == 0
     root = DataRoot.of(args.data)
-    run_dir = root.dir("train", safe_name(tc.run))
-    ckpt_dir = run_dir / "checkpoints"
-    urls = resolve_shards(cfg.data.shards, root.root)
+    # an object-store root: checkpoints go straight there; logs, samples, TensorBoard are written to a local
+    # copy of the run folder (pulled first, so a resumed run appends) and pushed at every checkpoint
+    run_key = root.key("train", safe_name(tc.run))
+    run_dir = root.dir(run_key) if not root.remote else root.pull_tree(run_key, skip="checkpoints/")
+    ckpt_dir = run_dir / "checkpoints" if not root.remote else root.join(run_key, "checkpoints")
+    urls = resolve_shards(cfg.data.shards, root.url)
     meta = check_schema(urls, cfg)  # fails fast, on every rank, with the mismatch named
     encoders = encoder_identity(meta)   # which VAE/CLIP made these latents: reenact/eval refuse others
     # ---- model, EMA, optimizer, diffusion ----
@@ -193,11 +196,13 @@ def main(argv=None) -> dict:
     def save(kind: str = "step") -> Path | None:
         path = None
         if is_main:
-            path = ckpt.save(ckpt_dir / f"{kind}_{step:07d}.pt", model=model, ema=ema, opt=opt, step=step, cfg=cfg,
+            path = ckpt.save(ckpt.join(ckpt_dir, f"{kind}_{step:07d}.pt"), model=model, ema=ema, opt=opt, step=step, cfg=cfg,
                              schedule={"name": "warmup_cosine", "step": step},
                              heldout=heldout.record(), encoders=encoders)
             if kind == "step":
                 ckpt.prune(ckpt_dir, tc.keep_last)
+            if root.remote:
+                root.put_tree(run_dir, run_key)
         if world > 1:
             dist.barrier()
         return path
@@ -264,8 +269,8 @@ def main(argv=None) -> dict:
             acc, n_acc, wait, t_last = None, 0, 0.0, time.perf_counter()
         if tc.sample_every and step % tc.sample_every == 0 and is_main:
             if grid_vae is None:   # found and loaded once, at the first grid
-                vae_dirs = [Path(tc.vae_path)] if tc.vae_path else [root.path("models", "vae"),
-                                                                    root.path("models", "tiny", "vae")]
+                vae_dirs = [Path(tc.vae_path)] if tc.vae_path else [root.mirror("models/vae"),
+                                                                    root.mirror("models/tiny") / "vae"]
                 grid_vae = find_vae(vae_dirs, device) or False
             grid = sample_grid(ema, diffusion, batch, cfg, run_dir / "samples" / f"step_{step:07d}.png", device,
                                float(meta["vae_scaling_factor"]), grid_vae) if grid_vae else None
@@ -278,6 +283,8 @@ def main(argv=None) -> dict:
     if is_main:
         writer.close()
         atomic_write_text(run_dir / "stats.json", json.dumps(stats, indent=1))
+        if root.remote:
+            root.put_tree(run_dir, run_key)
         print(f"trained {cfg.model.size} F={cfg.model.frames} steps {first_step}->{step} on {world} x {device.type}; "
               f"loss {last.get('loss', float('nan')):.4f}; checkpoint {stats['checkpoint']}")
     if world > 1:

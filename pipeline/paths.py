@@ -194,7 +194,10 @@ class DataRoot:
         import hashlib
         import json
 
-        listing = sorted((n, s) for n, s in self.fs.du(self._fp(self.key(k)), total=False).items())
+        try:
+            listing = sorted((n, s) for n, s in self.fs.du(self._fp(self.key(k)), total=False).items())
+        except FileNotFoundError:
+            listing = []
         tag = hashlib.sha1(json.dumps([self.join(k), listing]).encode()).hexdigest()[:16]
         dest = storage.scratch_dir("mirror") / tag
         if not (dest / ".complete").exists():
@@ -205,6 +208,26 @@ class DataRoot:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 self.fs.get_file(name, str(out))
             (dest / ".complete").write_text("")
+        return dest
+
+    def pull_tree(self, k: str, skip: str = "") -> Path:
+        """A writable local working copy of the folder at key `k`: the folder itself when local; else a
+        scratch folder holding the remote files (those under `skip` left out), e.g. a training run's logs."""
+        if not self.remote:
+            return self.dir(k)
+        import hashlib
+
+        dest = storage.scratch_dir("work", hashlib.sha1(self.join(k).encode()).hexdigest()[:16])
+        base = self._fp(self.key(k)).rstrip("/") + "/"
+        try:
+            names = self.fs.find(base)
+        except FileNotFoundError:
+            names = []
+        for name in names:
+            rel = name[len(base):]
+            if rel and not (skip and rel.startswith(skip)):
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                self.fs.get_file(name, str(dest / rel))
         return dest
 
     # ------------------------------------------------------------ writing (atomic per object)
@@ -283,11 +306,11 @@ class DataRoot:
                 return False
             p.unlink()
             return True
-        try:
-            self.fs.rm_file(self._fp(self.key(k)))
-            return True
-        except FileNotFoundError:
+        fp = self._fp(self.key(k))
+        if not self.fs.isfile(fp):     # an S3 DELETE of a missing key succeeds: ask first, to report truly
             return False
+        self.fs.rm_file(fp)
+        return True
 
     def rm_tree(self, k: str) -> list[str]:
         """Delete everything under key `k`; returns the keys of the files deleted."""
