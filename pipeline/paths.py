@@ -210,14 +210,15 @@ class DataRoot:
             (dest / ".complete").write_text("")
         return dest
 
-    def pull_tree(self, k: str, skip: str = "") -> Path:
-        """A writable local working copy of the folder at key `k`: the folder itself when local; else a
-        scratch folder holding the remote files (those under `skip` left out), e.g. a training run's logs."""
+    def pull_tree(self, k: str, skip: str = "", dest: Path | None = None) -> Path:
+        """A writable local working copy of the folder at key `k`: the folder itself when local; else `dest`
+        or a scratch folder, holding the remote files (those under `skip` left out), e.g. a run's logs."""
         if not self.remote:
             return self.dir(k)
         import hashlib
 
-        dest = storage.scratch_dir("work", hashlib.sha1(self.join(k).encode()).hexdigest()[:16])
+        dest = Path(dest) if dest else storage.scratch_dir("work", hashlib.sha1(self.join(k).encode()).hexdigest()[:16])
+        dest.mkdir(parents=True, exist_ok=True)
         base = self._fp(self.key(k)).rstrip("/") + "/"
         try:
             names = self.fs.find(base)

@@ -269,3 +269,32 @@ def test_a_run_killed_by_the_server_dying_reruns_to_the_same_tables(world, s3, _
     pd.testing.assert_frame_equal(got["videos"].drop(columns="attempts"), want["videos"].drop(columns="attempts"),
                                   check_exact=False, rtol=1e-9)
     assert keys(s3, bucket, "data/media/") == []
+
+
+# ---------------------------------------------------------------- make demo DATA=s3://...
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_on_an_s3_data_root(s3, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pipeline.video_io import iter_frames
+
+    bucket = new_bucket(s3, "demo")
+    root = DataRoot.of(f"s3://{bucket}/demo")
+    repo = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, "-m", "pipeline.demo", "--data", root.url, "--work", str(tmp_path / "work"),
+                        "--videos", "2", "--train-steps", "4", "--fit-steps", "2", "--sample-steps", "2"],
+                       cwd=repo, capture_output=True, text=True, timeout=1500)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    summary = json.loads(root.read_text("demo.json"))
+    listed = keys(s3, bucket, "demo/")
+    for name in ("clips", "curate_stats", "reenacted_video", "report"):
+        assert summary["outputs"][name].startswith(root.url + "/")
+        assert summary["outputs"][name][len(f"s3://{bucket}/"):] in listed, name
+    assert any(k.startswith("demo/train/demo/checkpoints/step_") for k in listed)
+    assert any(k.startswith("demo/shards/faces-") and k.endswith(".tar") for k in listed)
+    assert not [k for k in listed if k.startswith("demo/media/")]          # media.keep: accepted_clips
+    with root.local_file("reenact/demo.mp4") as video:
+        assert sum(1 for _ in iter_frames(video)) == 75                      # the driving video's frames
