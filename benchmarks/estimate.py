@@ -55,7 +55,8 @@ def encoder_flops(size: int = 256) -> dict[str, float]:
 
 
 def estimate(bench: dict, n: int, cores: int, gpus: int, gpu: str, gpu_util: float, clip_s: float,
-             accepted_fraction: float | None, fps: float, max_frames: int, size: int, flops: dict) -> list:
+             accepted_fraction: float | None, fps: float, max_frames: int, size: int, flops: dict,
+             media_bps: float = 0.0) -> list:
     """[(name, value, unit, basis)] for N clips."""
     cur = bench["areas"]["curate"]
     rows = []
@@ -81,13 +82,15 @@ def estimate(bench: dict, n: int, cores: int, gpus: int, gpu: str, gpu_util: flo
     gpu_h = add("shard encoders (VAE+CLIP) GPU", frames * per_frame / (peak * gpu_util) / 3600, f"{gpu}-h",
                 f"{flops['vae'] / 1e9:.0f} GFLOP VAE encoder at {size}px + {flops['clip'] / 1e9:.1f} GFLOP CLIP ViT-B/32 "
                 f"per frame (counted here, FlopCounterMode) / ({peak / 1e12:.0f} TFLOP/s {gpu} bf16 peak, NVIDIA "
-                f"datasheet, x {gpu_util:.0%} utilisation: ASSUMED, not measured; fast-DiT reports ~25% MFU on A100)")
+                f"datasheet, x {gpu_util:.0%} utilisation: ASSUMED, not measured (DESIGN.md: fast-DiT training reaches "
+                f"~25% MFU on A100); no GPU was available to measure it")
     mesh_s = 0.014
     mesh_core_h = add("landmarks (face mesh) CPU", frames * mesh_s / 3600, "core-h",
                       f"{mesh_s * 1000:.0f} ms per {size}px crop, MediaPipe 478-point mesh on CPU (measured here, DESIGN.md)")
-    media_tb = add("source media (media.keep: all)", src_h * 3600 * cur["media_bytes_per_video_s"] / 1e12, "TB",
-                   f"source s x {cur['media_bytes_per_video_s'] / 1e3:.0f} kB/s (corpus mean; YouTube 720-1080p H.264 is "
-                   f"~250-600 kB/s)")
+    rate = media_bps or cur["media_bytes_per_video_s"]
+    media_tb = add("source media (media.keep: all)", src_h * 3600 * rate / 1e12, "TB",
+                   f"source s x {rate / 1e3:.0f} kB/s (" + ("--media-kBps" if media_bps else
+                   "mean of the generated corpus, flat synthetic scenes: real footage is larger; pass --media-kBps") + ")")
     kept = cur["kept_clip_bytes_per_accepted_s"]
     kept_tb = add("kept clip crops (media.keep: accepted_clips)", n * clip_s * kept / 1e12, "TB",
                   f"accepted s x {kept / 1e3:.0f} kB/s (corpus, crops <= 512 px, CRF 18; paper crops average 745 px)")
@@ -117,6 +120,8 @@ def main(argv=None) -> int:
     ap.add_argument("--clip-s", type=float, default=PAPER["clip_s_mean"], help="mean accepted clip length, s")
     ap.add_argument("--accepted-fraction", type=float, default=None, help="accepted / source video time "
                     "(default: measured on the corpus)")
+    ap.add_argument("--media-kBps", type=float, default=0.0, help="source video bytes per second / 1000 "
+                    "(default: measured on the corpus)")
     ap.add_argument("--fps", type=float, default=25.0)
     ap.add_argument("--max-frames", type=int, default=0, help="frames kept per clip by the shards (0 = all)")
     ap.add_argument("--size", type=int, default=256, help="shard crop side (paper 256)")
@@ -129,7 +134,7 @@ def main(argv=None) -> int:
         print(f"estimate: no usable {path} ({type(e).__name__}: {e}); run `make bench` first", file=sys.stderr)
         return 2
     rows = estimate(bench, a.clips, a.cores, a.gpus, a.gpu, a.gpu_util, a.clip_s, a.accepted_fraction, a.fps,
-                    a.max_frames, a.size, encoder_flops(a.size))
+                    a.max_frames, a.size, encoder_flops(a.size), a.media_kBps * 1e3)
     print(f"estimate for {a.clips:,} clips (bench of {bench.get('started', '?')} on {bench['machine']}):")
     for name, value, unit, basis in rows:
         print(f"  {name:46s} {value:12,.1f} {unit:9s} {basis}")

@@ -298,3 +298,44 @@ def test_demo_runs_end_to_end_on_an_s3_data_root(s3, tmp_path):
     assert not [k for k in listed if k.startswith("demo/media/")]          # media.keep: accepted_clips
     with root.local_file("reenact/demo.mp4") as video:
         assert sum(1 for _ in iter_frames(video)) == 75                      # the driving video's frames
+
+
+# ---------------------------------------------------------------- media.keep on a local disk: all, --force, none
+
+def test_media_keep_all_then_force_accepted_clips_then_none(_server, corpus, tmp_path):
+    from pipeline.shards.build import run
+
+    _server.reset()
+    src, oo = sources(_server, tmp_path)
+    root = DataRoot.of(tmp_path / "data")
+    curate_into(root, src, oo, keep="all")
+    kept_all = tables(root)
+    assert sorted(root.ls("media")) == sorted(f"{v}.mp4" for v in VIDEOS) and root.du("clips") == (0, 0)
+    assert (kept_all["clips"].clip_path == "").all()
+    media_bytes = root.du("media")[1]
+
+    # --force with accepted_clips: the same clips, now kept as files, and the downloads gone
+    from pipeline.curate.runner import curate
+    from pipeline.curate.sources import load_inputs
+    from pipeline.curate.stages import load_dag
+
+    cfg = load_dag(DAG)
+    cfg.download.params.update(max_attempts=1)
+    stats = curate(root, load_inputs(src, oo), cfg, engine="sequential", force=True, log=lambda m: None)
+    assert stats["processed"] == len(VIDEOS) and root.ls("media") == []
+    forced = tables(root)
+    pd.testing.assert_frame_equal(forced["clips"].drop(columns="clip_path"), kept_all["clips"].drop(columns="clip_path"),
+                                  check_exact=False, rtol=1e-9)
+    acc = forced["clips"][forced["clips"].status == "accepted"]
+    assert sorted(root.key(p) for p in acc.clip_path) == sorted(
+        f"clips/{v}/{n}" for v in root.subdirs("clips") for n in root.ls(f"clips/{v}"))
+    kept_bytes = root.du("clips")[1]
+    assert 0 < kept_bytes < media_bytes      # the crops of the accepted spans are smaller than the downloads
+
+    # --force again re-downloads what was deleted; with none, the shard builder drops each sharded clip's file
+    cfg.media.keep = "none"
+    curate(root, load_inputs(src, oo), cfg, engine="sequential", force=True, log=lambda m: None)
+    assert root.du("clips")[0] == len(acc) and root.ls("media") == []
+    shard_stats = run(root.url, shards_cfg(src, oo), log=lambda m: None)
+    assert shard_stats["failed"] == [] and shard_stats["samples_total"] == len(acc)
+    assert shard_stats["clip_files_deleted"] == len(acc) and root.du("clips") == (0, 0)
