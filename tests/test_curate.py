@@ -73,7 +73,9 @@ def test_outputs_are_complete_and_consistent(run):
     assert "accepted clips" in run["stdout"] and "[9/9]" in run["stderr"]        # summary + progress
     assert len(list((run["root"] / "curate" / "state").glob("*.json"))) == len(run["gt"]) + 1
     for r in clips.itertuples():
-        assert (run["root"] / r.media_path).is_file()
+        # media.keep: accepted_clips (the DAG's default): each accepted clip's own file, no download left
+        assert not (run["root"] / r.media_path).exists() and (r.clip_path != "") == (r.status == "accepted")
+        assert r.status != "accepted" or (run["root"] / r.clip_path).is_file()
         assert r.end_frame > r.start_frame and r.end_s == pytest.approx(r.end_frame / r.fps)
     rej = clips[clips["status"] == "rejected"]
     assert (rej["reason"] != "").all() and (clips.loc[clips["status"] == "accepted", "reason"] == "").all()
