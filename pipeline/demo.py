@@ -60,6 +60,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fit-steps", type=int, default=300, help="CPU steps fitting the tiny VAE on the crops")
     ap.add_argument("--sample-steps", type=int, default=50, help="respaced denoising steps for reenactment")
     ap.add_argument("--size", type=int, default=64, help="crop side fed to the VAE (paper: 256)")
+    ap.add_argument("--engine", choices=["ray", "sequential"], default="ray",
+                    help="curate engine and shard runner (sequential: no Ray, e.g. on a loaded machine)")
     ap.add_argument("--videos", type=int, default=0, help="curate only the first N corpus videos (0 = all)")
     ap.add_argument("--work", default="", help="local folder for the demo's inputs and logs (default: the data "
                                                "root when local; scratch space for a URL)")
@@ -102,10 +104,10 @@ def main(argv=None) -> int:
         sources.write_text(text)
         print(f"=== demo: serving {len(srv.videos())} videos on {srv.base_url}", flush=True)
         _run("curate", [py, "-m", "pipeline.curate", "--data", url, "--sources", str(sources),
-                        "--optout", str(optout), "--dag", "dags/curate.yaml"], logs / "curate.log", timings)
+                        "--optout", str(optout), "--dag", "dags/curate.yaml", "--engine", args.engine], logs / "curate.log", timings)
     _run("shards", [py, "-m", "pipeline.shards", "--data", url, "--dag", "dags/shards.yaml", "--models", "tiny",
                     "--size", str(args.size), "--sources", str(sources), "--optout", str(optout),
-                    "--stills", str(data / "portraits"), "--fit-steps", str(args.fit_steps)], logs / "shards.log", timings)
+                    "--stills", str(data / "portraits"), "--fit-steps", str(args.fit_steps), "--runner", args.engine], logs / "shards.log", timings)
     _run("train", [py, "-m", "model.launch", "--data", url, "--config", "dags/train.yaml", "--run", "demo",
                    "preset=demo", f"train.max_steps={args.train_steps}"], logs / "train.log", timings)
     out_video = data / "reenact" / "demo.mp4"
