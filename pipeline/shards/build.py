@@ -47,7 +47,8 @@ def clip_items(root: DataRoot, cfg: ShardsConfig) -> tuple[list[dict], list[dict
             bad.append({"clip_id": str(r["clip_id"])[:80], "video_id": r["video_id"], "reason": "clip_id not a safe key"})
             continue
         items.append({"clip_id": r["clip_id"], "video_id": r["video_id"], "url": r["url"] or "", "origin": "video",
-                      "media_path": r["media_path"], "clip_path": r.get("clip_path") if isinstance(r.get("clip_path"), str) else "", "start_frame": int(r["start_frame"]),
+                      "media_path": r["media_path"], "start_frame": int(r["start_frame"]),
+                      "clip_path": r["clip_path"] if isinstance(r.get("clip_path"), str) else "",   # null: none kept
                       "end_frame": int(r["end_frame"]), "fps": float(r["fps"]), "crop_x0": int(r["crop_x0"]),
                       "crop_y0": int(r["crop_y0"]), "crop_size": int(r["crop_size"])})
     return items, bad
