@@ -10,7 +10,7 @@ OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser test lint demo corpus serve curate shards verify-optout train reenact eval bench gpu-check report clean
+.PHONY: help install browser test lint demo corpus serve s3serve curate shards verify-optout train reenact eval bench gpu-check estimate report clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -64,6 +64,12 @@ bench: install ## benchmarks: ratios against plain references, JSON under $(DATA
 
 gpu-check: install ## trainer + encoders at GPU speed (MFU, memory, compile, bf16 vs fp32, images/s); tiny on a CPU
 	$(OFFLINE) $(PY) -m benchmarks.gpu_check --out $(DATA)/bench/gpu_check.json
+N ?= 1000000
+estimate: install ## N=1000000 [ESTIMATE_ARGS=--cores 512 --gpus 16]: cores, GPU-hours, bytes, wall time from make bench's figures
+	$(OFFLINE) $(PY) -m benchmarks.estimate --clips $(N) --data $(DATA) $(ESTIMATE_ARGS)
+
+s3serve: install ## a loopback S3 server (moto) for DATA=s3://demo/...: prints the variables to export
+	$(PY) -m pipeline.synth.s3server --port 9000 --bucket demo
 
 report: install ## dataset statistics figures + HTML under $(DATA)/report
 	$(PY) -m pipeline.report --data $(DATA)

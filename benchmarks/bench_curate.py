@@ -33,7 +33,9 @@ def plain_decode_cpu(path: Path) -> tuple[float, int]:
 
 
 def run(data_root: Path, repeats: int = 2) -> dict:
+    from pipeline.curate.retention import MediaConfig, write_clip_files
     from pipeline.curate.stages import Models, analyse_video, load_dag
+    from pipeline.paths import DataRoot
     from pipeline.synth.corpus import ensure_corpus
 
     data_root = Path(data_root)
@@ -46,6 +48,7 @@ def run(data_root: Path, repeats: int = 2) -> dict:
     load_s = time.process_time() - t0
 
     stages: dict[str, float] = {}
+    kept = {"accepted_s": 0.0, "clips": 0, "media_bytes": 0, "clip_bytes": 0}
     per_video, plain_total, cur_total, video_s, frames, dets, clips, samples, net_frames, accepted = [], 0.0, 0.0, 0.0, 0, 0, 0, 0, 0, 0
     for g in gts:
         path = Path(g["path"])
@@ -60,6 +63,14 @@ def run(data_root: Path, repeats: int = 2) -> dict:
                 best = (spent, res, (models.shot_net.frames if models.shot_net else 0) - seen)
         spent, res, seen = best
         net_frames += seen
+        # storage figures for `make estimate` (outside the timed region): source bytes, accepted seconds,
+        # and the bytes media.keep: accepted_clips keeps for them (pipeline/curate/retention.py)
+        acc = [c for c in res["clips"] if c["status"] == "accepted"]
+        kept["accepted_s"] += sum(c["duration_s"] for c in acc)
+        kept["clips"] += len(acc)
+        kept["media_bytes"] += path.stat().st_size
+        kept["clip_bytes"] += write_clip_files(DataRoot.of(data_root / "kept"), path, g["name"], res["clips"],
+                                               MediaConfig())
         for k, v in res["times"].items():
             stages[k] = stages.get(k, 0.0) + v
         stages["other"] = stages.get("other", 0.0) + spent - sum(res["times"].values())
@@ -99,6 +110,11 @@ def run(data_root: Path, repeats: int = 2) -> dict:
         "transnet_frames_per_decoded_frame": round(net_frames / max(frames, 1), 3),
         "ratio_without_transnet": round((cur_total - stages.get("transnet", 0.0)) / plain_total, 3),
         "model_load_cpu_s": round(load_s, 2), "per_video": per_video,
+        "accepted_s": round(kept["accepted_s"], 3),
+        "accepted_fraction_of_video_s": round(kept["accepted_s"] / video_s, 4),
+        "media_bytes": kept["media_bytes"], "media_bytes_per_video_s": round(kept["media_bytes"] / video_s, 1),
+        "kept_clip_bytes": kept["clip_bytes"],
+        "kept_clip_bytes_per_accepted_s": round(kept["clip_bytes"] / max(kept["accepted_s"], 1e-9), 1),
         "scorer": models.scorer.name, "faces_stride": cfg.faces.stride, "small_side": cfg.probe.small_side,
     }
     data_root.mkdir(parents=True, exist_ok=True)

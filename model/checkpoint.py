@@ -2,8 +2,9 @@
 
 Contents: model and EMA weights, optimizer state, schedule position, step, RNG states (as tensors),
 the config (a plain dict), the held-out videos of the run. Written to a temporary sibling, fsynced,
-then renamed, so a crash never leaves a half-written checkpoint under the real name. Weights are whole (DDP replicates them), so a
-checkpoint resumes on any world size.
+then renamed, so a crash never leaves a half-written checkpoint under the real name (on an object store:
+one upload, atomic by itself; every location here may be a path or a URL). Weights are whole (DDP
+replicates them), so a checkpoint resumes on any world size.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import numpy as np
 import torch
 
 from model.config import Config, from_dict
-from pipeline.paths import atomic_open
+from pipeline.paths import DataRoot
+from pipeline.storage import is_remote, open_url
 
 # keys that change the network or the diffusion chain: a checkpoint that differs on them cannot be resumed
 _ARCH_IGNORE = {"grad_checkpoint"}          # model.* keys that do not change the weights
@@ -58,8 +60,7 @@ def save(path: Path, *, model, ema, opt, step: int, cfg: Config, schedule: dict,
     """`heldout`: the videos this run never trained on (model.split.HeldOut.record), read by `make eval`.
     `encoders`: the encoder identity of the training latents (pipeline.shards.encoders.encoder_identity),
     checked by `make reenact` / `make eval` against the encoders they load."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    folder, name = _split(path)
     state = {
         "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
         "schedule": schedule, "step": int(step), "rng": rng_state(), "config": cfg.to_dict(),
@@ -68,12 +69,27 @@ def save(path: Path, *, model, ema, opt, step: int, cfg: Config, schedule: dict,
         state["heldout"] = heldout
     if encoders is not None:
         state["encoders"] = encoders
-    with atomic_open(path) as f:
+    with folder.open_atomic(name) as f:
         torch.save(state, f)
     return path
 
 
-def load(path: Path, map_location="cpu") -> dict:
+def join(folder, name: str):
+    """`folder / name` for a Path, a local path string or a URL."""
+    return DataRoot.of(folder).join(name) if is_remote(folder) else Path(folder) / name
+
+
+def _split(path) -> tuple[DataRoot, str]:
+    parent, _, name = str(path).rstrip("/").rpartition("/")
+    return DataRoot.of(parent or "."), name
+
+
+def load(path, map_location="cpu") -> dict:
+    if is_remote(path):
+        import io
+
+        with open_url(path) as f:
+            return torch.load(io.BytesIO(f.read()), map_location=map_location, weights_only=True)
     return torch.load(Path(path), map_location=map_location, weights_only=True)
 
 
@@ -101,24 +117,32 @@ def check_compatible(state: dict, cfg: Config, path: Path | str = "checkpoint") 
 _STEP = re.compile(r"^step_(\d+)\.pt$")
 
 
-def list_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
-    d = Path(ckpt_dir)
-    found = [(int(m.group(1)), p) for p in d.glob("step_*.pt") if (m := _STEP.match(p.name))] if d.is_dir() else []
+def list_checkpoints(ckpt_dir) -> list[tuple[int, Path]]:
+    """(step, location) of the step checkpoints, oldest first: Paths for a local folder, URLs otherwise."""
+    d = DataRoot.of(ckpt_dir)
+    found = [(int(m.group(1)), join(ckpt_dir, n)) for n in d.ls("", "step_*.pt") if (m := _STEP.match(n))]
     return sorted(found)
 
 
-def latest(ckpt_dir: Path) -> Path | None:
+def latest(ckpt_dir) -> Path | None:
     found = list_checkpoints(ckpt_dir)
     return found[-1][1] if found else None
 
 
-def prune(ckpt_dir: Path, keep_last: int) -> None:
+def prune(ckpt_dir, keep_last: int) -> None:
     for _, p in list_checkpoints(ckpt_dir)[:-keep_last] if keep_last > 0 else []:
-        p.unlink(missing_ok=True)
+        _split(p)[0].rm(_split(p)[1])
 
 
 def resolve(path) -> Path:
     """A checkpoint file, or the newest one of a run directory / checkpoints directory."""
+    if is_remote(path):     # a .pt object, or a run / checkpoints folder
+        if str(path).endswith(".pt"):
+            return path
+        found = latest(join(path, "checkpoints")) or latest(path)
+        if found is None:
+            raise FileNotFoundError(f"no checkpoint at {path}")
+        return found
     p = Path(path)
     if p.is_dir():
         p = latest(p / "checkpoints" if (p / "checkpoints").is_dir() else p) or p

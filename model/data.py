@@ -32,7 +32,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from pipeline.paths import DataRoot
 from pipeline.schema import SCHEMA_VERSION, SHARD_MEMBERS
+from pipeline.storage import is_remote, register_webdataset
 
 log = logging.getLogger("reenactfaces.data")
 
@@ -58,13 +60,23 @@ class WorkerCounters:
     bad_samples: int = 0     # samples that failed to decode so far (skipped)
 
 
-def resolve_shards(spec: str, data_root: Path | None = None) -> list[str]:
+def resolve_shards(spec: str, data_root: Path | str | None = None) -> list[str]:
     """Shard URLs from: "" (= <data>/shards), a directory (index.json or *.tar), a .txt list of URLs,
-    a brace pattern (train-{000000..000009}.tar), a glob, or a comma-separated list."""
+    a brace pattern (train-{000000..000009}.tar), a glob, or a comma-separated list. The data root and a
+    directory may be object-store URLs (s3://bucket/prefix): the index, the only thing trusted there,
+    names the shards, which are then streamed through fsspec."""
     if not spec:
         if data_root is None:
             raise SchemaError("no shards given (data.shards is empty and no data root)")
-        spec = str(Path(data_root) / "shards")
+        spec = DataRoot.of(data_root).join("shards")
+    if is_remote(spec) and not spec.endswith((".tar", ".txt")) and not any(ch in spec for ch in "{*?[,"):
+        d = DataRoot.of(spec)
+        if not d.exists("index.json"):
+            raise SchemaError(f"{spec}: no index.json (on object storage only indexed shards are read)")
+        names = [s["name"] for s in json.loads(d.read_text("index.json"))["shards"]]
+        if any("/" in n or "\\" in n or n.startswith(".") for n in names):
+            raise SchemaError(f"{spec}/index.json: shard names must be plain file names")
+        return [d.join(n) for n in names]
     p = Path(spec)
     if p.is_dir():
         idx = p / "index.json"
@@ -135,6 +147,9 @@ def make_sequence(s: dict, frames: int, rng: np.random.Generator, cond_dropout: 
 
 def _read_shard(url: str, errors: list):
     import webdataset as wds
+
+    if is_remote(url):
+        register_webdataset()    # s3:// and friends through fsspec (webdataset has no opener of its own)
     return wds.tarfile_samples([{"url": url}], handler=lambda exn: errors.append(exn) or True)
 
 

@@ -64,14 +64,16 @@ class SampleGrids:
     def __init__(self, cfg, diffusion, run_dir: Path, data_root, device, scaling: float, writer):
         self.cfg, self.diffusion, self.run_dir, self.device = cfg, diffusion, run_dir, device
         self.scaling, self.writer = scaling, writer
-        tc = cfg.train
-        self.vae_dirs = [Path(tc.vae_path)] if tc.vae_path else [data_root.path("models", "vae"),
-                                                                 data_root.path("models", "tiny", "vae")]
+        self.vae_path, self.data_root = cfg.train.vae_path, data_root
         self.vae = None   # None = not looked for yet, False = none found
 
     def __call__(self, step: int, ema, batch) -> None:
         if self.vae is None:
-            self.vae = find_vae(self.vae_dirs, self.device) or False
+            # on an object-store root the encoders' folders are mirrored to local scratch, once
+            root = self.data_root
+            dirs = [Path(self.vae_path)] if self.vae_path else [root.mirror("models/vae"),
+                                                                root.mirror("models/tiny") / "vae"]
+            self.vae = find_vae(dirs, self.device) or False
         if self.vae:
             grid = sample_grid(ema, self.diffusion, batch, self.cfg, self.run_dir / "samples" / f"step_{step:07d}.png",
                                self.device, self.scaling, self.vae)

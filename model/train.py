@@ -173,8 +173,12 @@ def main(argv=None) -> dict:
     is_main = rank == 0
     cfg = load_config(args.config, args.overrides + ([f"train.run={args.run}"] if args.run else []), device.type)
     tc, root = cfg.train, DataRoot.of(args.data)
-    run_dir = root.dir("train", safe_name(tc.run))
-    urls = resolve_shards(cfg.data.shards, root.root)
+    # an object-store root: checkpoints go straight there; logs, samples, TensorBoard are written to a local
+    # copy of the run folder (pulled first, so a resumed run appends) and pushed at every checkpoint
+    run_key = root.key("train", safe_name(tc.run))
+    run_dir = root.dir(run_key) if not root.remote else root.pull_tree(run_key, skip="checkpoints/")
+    ckpt_dir = run_dir / "checkpoints" if not root.remote else root.join(run_key, "checkpoints")
+    urls = resolve_shards(cfg.data.shards, root.url)
     dims = check_schema(urls, cfg)                      # fails fast, on every rank, with the mismatch named
     with_shard_dims(cfg, dims.latent_size, dims.clip_dim)
     encoders = encoder_identity(dims.meta)              # which VAE/CLIP made these latents: reenact/eval check
@@ -184,7 +188,7 @@ def main(argv=None) -> dict:
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     opt = build_optimizer(model, cfg, fused=device.type == "cuda")
     diffusion = GaussianDiffusion(linear_betas(cfg.diffusion.steps))
-    step, recorded = resume(run_dir / "checkpoints", model, ema, opt, cfg, device)
+    step, recorded = resume(ckpt_dir, model, ema, opt, cfg, device)
     first_step = step
     # held-out videos (make eval's split) never reach the model; a resumed run keeps its recorded set
     heldout, urls, split_note = training_split(urls, cfg.data.heldout_fraction, cfg.data.heldout_min_clips, recorded)
@@ -211,11 +215,13 @@ def main(argv=None) -> dict:
     def save(kind: str = "step") -> Path | None:
         path = None
         if is_main:
-            path = ckpt.save(run_dir / "checkpoints" / f"{kind}_{step:07d}.pt", model=model, ema=ema, opt=opt, step=step,
+            path = ckpt.save(ckpt.join(ckpt_dir, f"{kind}_{step:07d}.pt"), model=model, ema=ema, opt=opt, step=step,
                              cfg=cfg, schedule={"name": "warmup_cosine", "step": step}, heldout=heldout.record(),
                              encoders=encoders)
             if kind == "step":
-                ckpt.prune(run_dir / "checkpoints", tc.keep_last)
+                ckpt.prune(ckpt_dir, tc.keep_last)
+            if root.remote:
+                root.put_tree(run_dir, run_key)
         if world > 1:
             dist.barrier()
         return path
@@ -253,10 +259,12 @@ def main(argv=None) -> dict:
         if tc.ckpt_every and (step % tc.ckpt_every == 0 or step == tc.max_steps):
             save()
     stats = dict(run=str(run_dir), world_size=world, device=device.type, start_step=first_step, steps=step,
-                 checkpoint=str(ckpt.latest(run_dir / "checkpoints")), config=cfg.to_dict(), last=last, heldout=split_note)
+                 checkpoint=str(ckpt.latest(ckpt_dir)), config=cfg.to_dict(), last=last, heldout=split_note)
     if is_main:
         writer.close()
         atomic_write_text(run_dir / "stats.json", json.dumps(stats, indent=1))
+        if root.remote:
+            root.put_tree(run_dir, run_key)
         print(f"trained {cfg.model.size} F={cfg.model.frames} steps {first_step}->{step} on {world} x {device.type}; "
               f"loss {last.get('loss', float('nan')):.4f}; checkpoint {stats['checkpoint']}")
     if world > 1:

@@ -13,7 +13,8 @@ CLIPS = pa.schema([
     ("clip_id", pa.string()),          # sha1(video_id:start_frame:end_frame)[:16]
     ("video_id", pa.string()),
     ("url", pa.string()),
-    ("media_path", pa.string()),       # relative to the data root
+    ("media_path", pa.string()),       # the download, relative to the data root (gone unless media.keep: all)
+    ("clip_path", pa.string()),        # the clip's kept crop file, relative to the data root; "" = none kept
     ("start_frame", pa.int64()),       # inclusive, decoded-frame index
     ("end_frame", pa.int64()),         # exclusive
     ("start_s", pa.float64()),         # from the frames' timestamps, seconds from the video's first frame

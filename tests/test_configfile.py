@@ -86,7 +86,7 @@ def test_curate_dag_errors_name_the_file_and_the_dotted_key(tmp_path):
     cases = {
         "stages:\n  - name: faces\n    params: {strid: 2}\n": "unknown key faces.params.strid (known: ",
         "engine: {num_cpu: 1}\nstages: []\n": "unknown key engine.num_cpu (known: num_cpus, object_store_mb)",
-        "stagez: []\n": "unknown key stagez (known: engine, stages)",
+        "stagez: []\n": "unknown key stagez (known: engine, media, stages)",
         "stages:\n  - name: faces\n    param: {stride: 2}\n": "unknown key stages[0].param",
         "stages:\n  - name: download\n    params: {max_hieght: 3}\n": "unknown key download.params.max_hieght",
         "stages:\n  - name: probe\n    resources: {cpus: 1}\n": "unknown key probe.resources.cpus",

@@ -75,7 +75,9 @@ def test_outputs_are_complete_and_consistent(run):
     assert "accepted clips" in run["stdout"] and f"[{total}/{total}]" in run["stderr"]   # summary + progress
     assert len(list((run["root"] / "curate" / "state").glob("*.json"))) == len(run["gt"]) + 1
     for r in clips.itertuples():
-        assert (run["root"] / r.media_path).is_file()
+        # media.keep: accepted_clips (the DAG's default): each accepted clip's own file, no download left
+        assert not (run["root"] / r.media_path).exists() and (r.clip_path != "") == (r.status == "accepted")
+        assert r.status != "accepted" or (run["root"] / r.clip_path).is_file()
         assert r.end_frame > r.start_frame and r.duration_s == pytest.approx(r.end_s - r.start_s)
         if run["gt"][r.video_id].get("header_fps", 0) is not None:     # constant rate: times are frame / fps
             assert r.end_s == pytest.approx(r.end_frame / r.fps)
@@ -337,20 +339,18 @@ def test_clip_times_come_from_frame_timestamps(run):
 
 
 def test_crops_of_non_square_pixel_videos_are_square_on_screen(run, tmp_path):
-    """Decode accepted clips of the SAR 16:11 and 15:16 videos as the shard writer does and measure the
-    face's aspect (mesh extent) in the crop against the same crop of the renderer's own display-pixel
-    frames: equal within 2.5% (ignoring the SAR would be off by 45% and 6.7%)."""
+    """Read the kept crop files (media.keep: accepted_clips, what shards are rebuilt from) of the SAR 16:11
+    and 15:16 videos and measure the face's aspect (mesh extent) in them against the same crop of the
+    renderer's own display-pixel frames: equal within 2.5% (ignoring the SAR would be off by 45% and 6.7%)."""
     from pipeline.curate.landmarks import FaceMesh478
-    from pipeline.shards.encoders import EncoderConfig, decode_clip
     from pipeline.synth.corpus import _render, default_specs
-    from pipeline.video_io import crop_square
+    from pipeline.video_io import crop_square, iter_frames
 
     def aspect(img):
         lm = fm(img)
         return None if lm is None else np.ptp(lm[:, 0]) / np.ptp(lm[:, 1])
 
     videos = run["videos"].set_index("video_id")
-    cfg = EncoderConfig(size=192, stride=1, max_frames=8)
     with FaceMesh478(static=True) as fm:
         for vid, sar in (("sar16x11_25", 16 / 11), ("sar15x16_30", 15 / 16)):
             g = run["gt"][vid]
@@ -363,10 +363,13 @@ def test_crops_of_non_square_pixel_videos_are_square_on_screen(run, tmp_path):
             ratios = []
             for r in acc.to_dict("records"):
                 assert r["resolution"] == round(r["crop_size"] / max(sar, 1.0))
-                frames, idx, _ = decode_clip(r, run["root"] / r["media_path"], cfg)
-                for img, i in zip(frames, idx):
+                kept = list(iter_frames(run["root"] / r["clip_path"]))          # frame k = clip frame start + k
+                assert len(kept) == r["end_frame"] - r["start_frame"]
+                for k in np.linspace(0, len(kept) - 1, 8).round().astype(int):
+                    img = kept[k][1]
                     a = aspect(img)
-                    b = aspect(crop_square(shown[i], r["crop_x0"], r["crop_y0"], r["crop_size"], cfg.size))
+                    b = aspect(crop_square(shown[r["start_frame"] + k], r["crop_x0"], r["crop_y0"], r["crop_size"],
+                                           img.shape[0]))
                     if a and b:
                         ratios.append(a / b)
             assert len(ratios) >= 6 and abs(np.mean(ratios) - 1) < 0.025, (vid, ratios)

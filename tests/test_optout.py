@@ -54,7 +54,8 @@ def test_optout_end_to_end(tmp_path_factory, tmp_path):
     assert stats["optout"]["removed_videos"] == [a] and stats["optout"]["clips_removed"] == len(a_clips)
     assert after["faces-000001.tar"] == before["faces-000001.tar"]
     assert after["faces-000002.tar"] == before["faces-000002.tar"]
-    assert after["faces-000000.tar"] != before["faces-000000.tar"]
+    # write-once names: the shard that held vidA's clip has a successor, and the old name is gone
+    assert "faces-000000.tar" not in after and after["faces-000000.1.tar"] != before["faces-000000.tar"]
     keys = _all_keys_and_videos(root)
     assert not a_clips & set(keys) and a not in {v for _, v in keys.values()} and len(keys) == 4
     index = json.loads((root / "shards" / "index.json").read_text())
@@ -70,8 +71,9 @@ def test_optout_end_to_end(tmp_path_factory, tmp_path):
     rec = audit[0]
     assert rec["video_id"] == a and set(rec["clips_removed"]) == a_clips and rec["trigger"] == "optout.csv"
     assert rec["reason"] == "subject asked" and rec["request_date"] == "2026-03-01" and rec["time"]
-    assert rec["shards_rewritten"] == [{"name": "faces-000000.tar", "old_sha256": before["faces-000000.tar"],
-                                        "new_sha256": after["faces-000000.tar"], "nsamples": 1}]
+    assert rec["shards_rewritten"] == [{"name": "faces-000000.1.tar", "old_name": "faces-000000.tar",
+                                        "old_sha256": before["faces-000000.tar"],
+                                        "new_sha256": after["faces-000000.1.tar"], "nsamples": 1}]
     assert any(f.startswith("media/") for f in rec["files_deleted"])
     v = _verify_cli(root)
     assert v.returncode == 0 and "ok" in v.stdout
@@ -99,7 +101,8 @@ def test_deleting_a_sources_row_removes_the_video_for_good(tmp_path_factory, tmp
     # vidB's clips were in faces-000000 (A1 B1) and faces-000001 (B2 C1); faces-000002 untouched
     assert stats["optout"]["removed_videos"] == [b] and stats["optout"]["clips_removed"] == 2
     assert after["faces-000002.tar"] == before["faces-000002.tar"]
-    assert after["faces-000000.tar"] != before["faces-000000.tar"] != after["faces-000001.tar"]
+    assert set(after) == {"faces-000000.1.tar", "faces-000001.1.tar", "faces-000002.tar"}     # successors
+    assert after["faces-000000.1.tar"] != before["faces-000000.tar"] != after["faces-000001.1.tar"]
     assert b not in {v for _, v in _all_keys_and_videos(root).values()}
     rec = json.loads((root / "shards" / "optout_audit.jsonl").read_text().splitlines()[0])
     assert rec["trigger"] == "sources.csv row deleted" and len(rec["shards_rewritten"]) == 2

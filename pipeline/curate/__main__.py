@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     root = DataRoot.of(args.data)
     stats = curate(root, items, cfg, engine=args.engine, ray_address=args.ray_address, force=args.force,
                    models=preflight)      # the sequential engine reuses them; Ray actors build their own
-    print((root.path("curate", "summary.txt")).read_text(), end="")
+    print(root.read_text("curate/summary.txt"), end="")
     return 1 if stats.get("engine_error") or not stats["videos"] else 0
 
 

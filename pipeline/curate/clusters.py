@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.curate.identity import IdentityConfig, distance, encoder_rule, hamming
-from pipeline.paths import DataRoot, atomic_write_text, safe_name
+from pipeline.paths import DataRoot, safe_name
 
 REGISTRY_VERSION = 1
 
@@ -44,33 +44,38 @@ class ManifestConfig:
 
 # ---------------------------------------------------------------- the registry
 
-def registry_path(root: DataRoot, model: str):
-    return root.path("curate", "identities", safe_name(model) + ".json")
+REGISTRY_DIR = "curate/identities"
+
+
+def registry_key(model: str) -> str:
+    return f"{REGISTRY_DIR}/{safe_name(model)}.json"
+
+
+def _registries(root: DataRoot) -> list[str]:
+    """Keys of every identity registry under the data root (one per identity model)."""
+    return [f"{REGISTRY_DIR}/{n}" for n in root.ls(REGISTRY_DIR, "*.json")]
 
 
 def load_registry(root: DataRoot, model: str) -> dict:
-    p = registry_path(root, model)
-    if p.exists():
-        reg = json.loads(p.read_text())
+    k = registry_key(model)
+    if root.exists(k):
+        reg = json.loads(root.read_text(k))
         if reg.get("version") == REGISTRY_VERSION:
             return reg
     return {"version": REGISTRY_VERSION, "model": model, "batches": 0, "identities": {}, "clips": {}}
 
 
 def save_registry(root: DataRoot, reg: dict) -> None:
-    p = registry_path(root, reg["model"])
-    p.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(p, json.dumps(reg, sort_keys=True) + "\n")
+    root.write_text(registry_key(reg["model"]), json.dumps(reg, sort_keys=True) + "\n")
 
 
 def forget(root: DataRoot, clip_ids: set[str]) -> int:
     """Opt-out: mark removed clips in every registry; an identity left with no live clip is deleted with its
     centroid. The entries keep only ids and duplicate links (no biometric data), so verify can follow
     copies of removed clips."""
-    d = root.path("curate", "identities")
     n = 0
-    for p in sorted(d.glob("*.json")) if d.is_dir() else []:
-        reg = json.loads(p.read_text())
+    for k in _registries(root):
+        reg = json.loads(root.read_text(k))
         gone = [c for c, v in reg.get("clips", {}).items() if c in clip_ids and not v.get("removed")]
         if not gone:
             continue
@@ -81,17 +86,16 @@ def forget(root: DataRoot, clip_ids: set[str]) -> int:
         reg["identities"] = {i: v for i, v in reg["identities"].items() if live.get(i)}
         for i, v in reg["identities"].items():
             v["clips"] = live[i]
-        atomic_write_text(p, json.dumps(reg, sort_keys=True) + "\n")
+        root.write_text(k, json.dumps(reg, sort_keys=True) + "\n")
         n += len(gone)
     return n
 
 
 def duplicate_links(root: DataRoot) -> dict[str, str]:
     """{clip_id: clip it duplicates} from every registry (opt-out and verify follow copies through it)."""
-    d = root.path("curate", "identities")
     out: dict[str, str] = {}
-    for p in sorted(d.glob("*.json")) if d.is_dir() else []:
-        out.update({c: v["duplicate_of"] for c, v in json.loads(p.read_text()).get("clips", {}).items()
+    for k in _registries(root):
+        out.update({c: v["duplicate_of"] for c, v in json.loads(root.read_text(k)).get("clips", {}).items()
                     if v.get("duplicate_of")})
     return out
 

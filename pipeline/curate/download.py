@@ -9,8 +9,9 @@ file, not a decodable video, over the size or duration cap) are not. A source sl
 this run (the next run tries again): a throttled server would otherwise hold a download slot for
 minutes per attempt. (yt-dlp's own `throttledratelimit` re-extracts and resumes in an endless loop
 on such a link, so a progress hook enforces the floor instead.)
-A download lands in <data>/media/.partial/<safe id>/ and is renamed into place only after
-PyAV has decoded a frame of it, so a partial or broken file never counts. Opted-out videos never
+A download lands in <data>/media/.partial/<safe id>/ (local scratch space when the data root is an
+object store) and is moved into place (one rename, or one PUT) only after PyAV has decoded a frame of
+it, so a partial or broken file never counts. Opted-out videos never
 get here (pipeline.curate.runner.download_step skips them). Ids only ever reach the disk through
 safe_name + DataRoot.path.
 
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.paths import DataRoot, safe_name
+from pipeline.storage import scratch_dir
 
 log = logging.getLogger("pipeline.curate.download")
 PARTIAL = ".partial"
@@ -234,12 +236,10 @@ def _validate(path: Path, cfg: DownloadConfig) -> None:
         raise Failure("permanent", f"longer than max_duration_s ({info.duration_s:.1f} > {cfg.max_duration_s:g} s)")
 
 
-def _existing(root: DataRoot, safe: str) -> Path | None:
-    media = root.path("media")
-    if not media.is_dir():
-        return None
-    found = [p for p in media.glob(f"{safe}.*") if p.is_file() and p.name[len(safe) + 1:].isalnum()]
-    return found[0] if found else None
+def _existing(root: DataRoot, safe: str) -> str | None:
+    """The key of this video's finished download, if there is one."""
+    found = [n for n in root.ls("media", f"{safe}.*") if n[len(safe) + 1:].isalnum()]
+    return root.key("media", found[0]) if found else None
 
 
 def download(url: str, video_id: str, root: DataRoot | str | os.PathLike, **params) -> dict:
@@ -258,13 +258,15 @@ def download(url: str, video_id: str, root: DataRoot | str | os.PathLike, **para
     have = _existing(root, safe)
     if have is not None:
         try:
-            _validate(have, cfg)
-            return {**rec, "status": "ok", "message": "already downloaded",
-                    "media_path": str(have.relative_to(root.root)), "bytes": have.stat().st_size}
+            if not root.remote:        # an object store's object is whole or absent: only a local file can be half
+                _validate(root.path(have), cfg)
+            return {**rec, "status": "ok", "message": "already downloaded", "media_path": have,
+                    "bytes": root.size(have)}
         except Failure:
-            have.unlink()              # a broken leftover never counts; fetch again
+            root.rm(have)              # a broken leftover never counts; fetch again
 
-    work = root.path("media", PARTIAL, safe)
+    # in progress under the data root (local) or in local scratch space (object store: published in one PUT)
+    work = root.path("media", PARTIAL, safe) if not root.remote else scratch_dir("partial", safe)
     shutil.rmtree(work, ignore_errors=True)      # a killed run's partial file is not trusted
     work.mkdir(parents=True)
     fail = Failure("transient", "not attempted")
@@ -275,10 +277,9 @@ def download(url: str, video_id: str, root: DataRoot | str | os.PathLike, **para
                 got = _attempt(url, work, cfg)
                 _validate(got, cfg)
                 ext = got.suffix.lower() if re.match(r"^\.[a-z0-9]{1,5}$", got.suffix.lower()) else ".mp4"
-                final = root.path("media", safe + ext)
-                os.replace(got, final)
-                return {**rec, "status": "ok", "message": "",
-                        "media_path": str(final.relative_to(root.root)), "bytes": final.stat().st_size}
+                final, size = root.key("media", safe + ext), got.stat().st_size
+                root.put_file(got, final, move=True)
+                return {**rec, "status": "ok", "message": "", "media_path": final, "bytes": size}
             except Failure as f:
                 fail = f
             if fail.error_class == "permanent" or not fail.retry_now or attempt == cfg.max_attempts:

@@ -16,11 +16,10 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.paths import DataRoot, atomic_write_parquet, atomic_write_text, safe_name
+from pipeline.paths import DataRoot, safe_name
 from pipeline.schema import CLIPS
 
 STATE_VERSION = 1
@@ -114,22 +113,22 @@ def frame_accounting_by_video(clips: list[dict], rejections: list[dict], videos:
     return out
 
 
-def state_path(root: DataRoot, video_id: str) -> Path:
-    return root.path("curate", "state", safe_name(video_id) + ".json")
+def state_key(root: DataRoot, video_id: str) -> str:
+    return root.key("curate", "state", safe_name(video_id) + ".json")
 
 
-def write_state(root: DataRoot, state: dict) -> Path:
-    p = state_path(root, state["video_id"])
-    atomic_write_text(p, json.dumps({"version": STATE_VERSION, **state}, sort_keys=True, allow_nan=True))
-    return p
+def write_state(root: DataRoot, state: dict) -> str:
+    """One object, written atomically; it is also the commit marker of the video's kept clip files."""
+    k = state_key(root, state["video_id"])
+    root.write_text(k, json.dumps({"version": STATE_VERSION, **state}, sort_keys=True, allow_nan=True))
+    return k
 
 
 def read_state(root: DataRoot, video_id: str, fingerprint: str | None = None, final_only: bool = True) -> dict | None:
     """The finished state of a video, or None if absent, unreadable, not final, or made with other params.
     final_only=False: whatever state the file holds (a retryable failure's, say), None only if unreadable."""
-    p = state_path(root, video_id)
     try:
-        st = json.loads(p.read_text())
+        st = json.loads(root.read_text(state_key(root, video_id)))
     except (OSError, ValueError):
         return None
     if not final_only:
@@ -157,14 +156,13 @@ def build_tables(states: list[dict]) -> tuple[pa.Table, pa.Table, pa.Table]:
 
 def write_outputs(root: DataRoot, states: list[dict], run_info: dict) -> dict:
     """Write the three tables, stats.json and summary.txt; returns the stats."""
-    out = root.dir("curate")
     clips, videos, rejections = build_tables(states)
-    atomic_write_parquet(out / "clips.parquet", clips)
-    atomic_write_parquet(out / "videos.parquet", videos)
-    atomic_write_parquet(out / "rejections.parquet", rejections)
+    root.write_parquet("curate/clips.parquet", clips)
+    root.write_parquet("curate/videos.parquet", videos)
+    root.write_parquet("curate/rejections.parquet", rejections)
     stats = make_stats(states, clips, videos, rejections, run_info)
-    atomic_write_text(out / "stats.json", json.dumps(stats, indent=2, sort_keys=True))
-    atomic_write_text(out / "summary.txt", summary_text(stats))
+    root.write_text("curate/stats.json", json.dumps(stats, indent=2, sort_keys=True))
+    root.write_text("curate/summary.txt", summary_text(stats))
     return stats
 
 

@@ -8,6 +8,7 @@ message on that video's row.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -18,9 +19,11 @@ from pathlib import Path
 from pipeline.curate.clusters import assign
 from pipeline.curate.download import download, one_line
 from pipeline.curate.manifest import read_state, write_outputs, write_state
+from pipeline.curate.retention import write_clip_files
 from pipeline.curate.stages import CurateConfig, Models, analyse_video
 from pipeline.paths import DataRoot
 from pipeline.quiet import native_stderr_filtered
+from pipeline.storage import endpoint_env
 
 # Download failures worth another try on the next run (pipeline.curate.download's error_class); others are final.
 RETRYABLE = {"transient"}
@@ -63,10 +66,15 @@ def analyse_step(item: dict, root: str, cfg: CurateConfig, models: Models) -> di
     state = {"video_id": item["video_id"], "fingerprint": fp, "video": video, "clips": [],
              "rejections": [], "times": {"download": float(item.get("download_s") or 0.0)},
              "final": video["error_class"] not in RETRYABLE}
+    staged = contextlib.ExitStack()     # holds the local copy of remote media until the analysis is done
     if video["status"] == "ok":
         try:
-            media = dr.path(video["media_path"])
+            media = staged.enter_context(dr.local_file(video["media_path"]))   # the file itself when local
             res = analyse_video(media, item["video_id"], item["url"], video["media_path"], cfg, models)
+            for c in res["clips"]:
+                c.setdefault("clip_path", "")
+            if cfg.media.keep != "all":        # accepted crops kept as small files (retention.py)
+                state["kept_bytes"] = write_clip_files(dr, media, item["video_id"], res["clips"], cfg.media)
             state.update(clips=res["clips"], rejections=res["rejections"])
             state["times"].update(res["times"])
             acc = [c for c in res["clips"] if c["status"] == "accepted"]
@@ -88,7 +96,10 @@ def analyse_step(item: dict, root: str, cfg: CurateConfig, models: Models) -> di
             video.update(status="bad_media" if bad else "error", error_class=type(e).__name__, message=one_line(e))
             if not bad:
                 _log(f"curate: {item['video_id']}: unexpected {type(e).__name__}\n{traceback.format_exc(limit=4)}")
-    write_state(dr, state)
+    staged.close()
+    write_state(dr, state)      # names the clip files: only now may the download go
+    if cfg.media.keep != "all" and video["status"] in ("ok", "no_clips") and video["media_path"]:
+        dr.rm(video["media_path"])
     return {"video_id": item["video_id"], "status": video["status"], "accepted": int(video.get("accepted") or 0),
             "message": video["message"]}
 
@@ -101,7 +112,7 @@ def run_sequential(items: list[dict], root: DataRoot, cfg: CurateConfig, log=_lo
     models = models or Models(cfg)
     out = []
     for k, it in enumerate(items, 1):
-        row = analyse_step(download_step(it, str(root.root), cfg.download.params), str(root.root), cfg, models)
+        row = analyse_step(download_step(it, root.url, cfg.download.params), root.url, cfg, models)
         out.append(row)
         log(_progress(k, len(items), row))
     return out
@@ -193,7 +204,8 @@ def ray_init(address: str | None, cfg: CurateConfig) -> dict:
             # Ship this checkout's code to the cluster's workers (their image provides the dependencies);
             # the data root must be storage every node sees.
             repo = Path(__file__).resolve().parents[1]
-            env = {"working_dir": str(repo), "excludes": [".venv", "data", ".git", ".pytest_cache", "*.mp4", "*.tar"]}
+            env = {"working_dir": str(repo), "excludes": [".venv", "data", ".git", ".pytest_cache", "*.mp4", "*.tar"],
+                   "env_vars": endpoint_env()}     # an object-store data root: the same endpoint on every node
             try:
                 ray.init(address=address, log_to_driver=True, runtime_env=env)
             except ConnectionError as e:
@@ -222,9 +234,9 @@ def run_ray(items: list[dict], root: DataRoot, cfg: CurateConfig, address: str |
         f"{ray_info['cluster_cpus']:g} CPUs, job {ray_info['job_id']}")
     dl, an = cfg.resources["download"], cfg.resources["analyse"]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    ds = ds.map(_download_fn(str(root.root), cfg.download.params), num_cpus=dl.num_cpus,
+    ds = ds.map(_download_fn(root.url, cfg.download.params), num_cpus=dl.num_cpus,
                 compute=ray.data.TaskPoolStrategy(size=max(1, dl.concurrency)))
-    ds = ds.map(_analyse_actor(str(root.root), cfg), num_cpus=an.num_cpus,
+    ds = ds.map(_analyse_actor(root.url, cfg), num_cpus=an.num_cpus,
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, an.concurrency)))
     out = []
     with native_stderr_filtered():   # Ray's C++ core worker: one known E-level line per actor pool
@@ -245,7 +257,7 @@ def curate(root: DataRoot, sources: list[dict], cfg: CurateConfig, engine: str =
     `models` (sequential engine only; Ray actors build their own) avoids loading them twice."""
     t0 = time.time()
     fp = cfg.fingerprint()
-    root.dir("curate", "state")
+    root.makedirs("curate/state")
     seen, uniq = set(), []
     for s in sources:  # a repeated id would race on one state file; the first row wins
         if s["video_id"] not in seen:
@@ -280,6 +292,7 @@ def curate(root: DataRoot, sources: list[dict], cfg: CurateConfig, engine: str =
     identities = assign(root, states, cfg.manifest, cfg.identity, log)
     info = {"engine": engine if todo else "none", "processed": len(todo), "skipped": len(uniq) - len(todo),
             "wall_s": round(time.time() - t0, 2), "config": fp, "engine_error": engine_error,
+            "media_keep": cfg.media.keep,     # read by the shard builder (media.keep: none)
             # which Ray ran it: {address (as asked, "" = embedded), embedded, gcs_address, job_id, cluster_cpus}
             "ray": ray_info or None, "identities": identities}
     return write_outputs(root, states, info)

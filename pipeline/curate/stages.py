@@ -26,6 +26,7 @@ from pipeline.curate.filters import FiltersConfig, judge, split_long
 from pipeline.curate.identity import IdentityConfig, IdentitySampler, make_encoder
 from pipeline.curate.probe import ProbeConfig, TruncatedDecode, probe_video, scan
 from pipeline.curate.quality import QualityConfig, QualitySampler, make_scorer
+from pipeline.curate.retention import MediaConfig
 from pipeline.curate.scenes import ScenesConfig, ShotDetector, transition_intervals
 from pipeline.curate.tracking import FaceScanner, segment, split_to_fit
 from pipeline.curate.verify import FaceVerifier
@@ -64,6 +65,7 @@ class CurateConfig:
     resources: dict[str, Resources] = field(default_factory=lambda: {
         "download": Resources(0.25, 2), "analyse": Resources(0.5, 2)})
     engine: EngineConfig = field(default_factory=EngineConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)    # what of a download stays (not in the fingerprint)
 
     def fingerprint(self) -> str:
         """Hash of every parameter that changes results (not resources): resume reuses only matching work."""
@@ -80,10 +82,11 @@ def load_dag(path: str | Path | None) -> CurateConfig:
         return cfg
     doc = load_yaml(path)
     where = str(path)
-    check_keys(doc, ("engine", "stages"), where)
+    check_keys(doc, ("engine", "stages", "media"), where)
     if not isinstance(doc.get("stages") or [], list):
         raise ConfigError(f"{where}: expected a mapping with a 'stages' list")
     cfg.engine = fill_dataclass(EngineConfig, doc.get("engine"), where, "engine")
+    cfg.media = fill_dataclass(MediaConfig, doc.get("media"), where, "media")
     seen = []
     for st in doc.get("stages") or []:
         check_keys(st, ("name", "params", "resources"), where, f"stages[{len(seen)}]")

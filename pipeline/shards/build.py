@@ -13,17 +13,20 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.paths import DataRoot, atomic_write_text
+from pipeline.paths import DataRoot
 from pipeline.shards.config import InputProblem, ShardsConfig
 from pipeline.shards.encoders import work_units
-from pipeline.shards.io import cache_path
+from pipeline.shards.io import cache_name, cache_path, load_cache
 from pipeline.shards.writer import encode_ray, encode_sequential, iter_decoded, write_new_shards
+from pipeline.storage import scratch_dir
 
 _KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")   # a tar key: no dots (webdataset splits there), no slashes
 
@@ -34,10 +37,10 @@ def clip_items(root: DataRoot, cfg: ShardsConfig) -> tuple[list[dict], list[dict
     """Accepted clips as work items, plus per-row errors (bad ids)."""
     import pandas as pd
 
-    p = root.path(cfg.clips)
-    if not p.exists():
+    if not root.exists(cfg.clips):
         return [], []
-    df = pd.read_parquet(p)
+    with root.open(cfg.clips) as f:
+        df = pd.read_parquet(f)
     df = df[df["status"] == "accepted"]
     items, bad = [], []
     for r in df.to_dict("records"):
@@ -47,6 +50,7 @@ def clip_items(root: DataRoot, cfg: ShardsConfig) -> tuple[list[dict], list[dict
         ident = r.get("identity")
         items.append({"clip_id": r["clip_id"], "video_id": r["video_id"], "url": r["url"] or "", "origin": "video",
                       "media_path": r["media_path"], "start_frame": int(r["start_frame"]),
+                      "clip_path": r["clip_path"] if isinstance(r.get("clip_path"), str) else "",   # null: none kept
                       "end_frame": int(r["end_frame"]), "fps": float(r["fps"]), "crop_x0": int(r["crop_x0"]),
                       "crop_y0": int(r["crop_y0"]), "crop_size": int(r["crop_size"]),
                       # who is in the clip (curate's identity step); an older manifest has none
@@ -70,15 +74,18 @@ def prepare_models(spec: str, root: DataRoot, cfg: ShardsConfig, items: list[dic
         if spec in ("", "default"):
             preflight(models)
         return models
-    d = root.path("models", "tiny")
-    if not (d / "models.json").exists() or not json.loads((d / "models.json").read_text()).get("fitted"):
-        log(f"building tiny models in {d}")
+    fitted = root.exists("models/tiny/models.json") and json.loads(root.read_text("models/tiny/models.json")).get("fitted")
+    if not fitted:
+        # built locally (in scratch space for an object store, then uploaded whole: the models.json that
+        # says "fitted" is written last, so a half-built set is rebuilt)
+        d = root.dir("models", "tiny") if not root.remote else Path(tempfile.mkdtemp(dir=scratch_dir("models")))
+        log(f"building tiny models in {root.join('models', 'tiny')}")
         build_tiny_models(d, cfg.tiny_seed, sample_size=cfg.encoder.size)
         frames = []
         for unit in work_units(items):
             if sum(len(f) for f in frames) >= cfg.tiny_fit_frames:
                 break
-            frames += [got[0] for _, got in iter_decoded(unit, str(root.root), cfg) if not isinstance(got, Exception)]
+            frames += [got[0] for _, got in iter_decoded(unit, root.url, cfg) if not isinstance(got, Exception)]
         if frames and cfg.tiny_fit_steps > 0:
             log(f"fitting tiny VAE: {cfg.tiny_fit_steps} steps on {sum(len(f) for f in frames)} crops "
                 f"of {cfg.encoder.size} px")
@@ -88,7 +95,10 @@ def prepare_models(spec: str, root: DataRoot, cfg: ShardsConfig, items: list[dic
                 "fewer --fit-steps shorten it; Ctrl-C now leaves nothing half-done"
             fit_tiny_models(d, np.concatenate(frames)[: cfg.tiny_fit_frames], cfg.tiny_fit_steps, cfg.tiny_seed,
                             cfg.tiny_fit_batch, log=log, hint=hint)
-    return resolve_models(str(d), cfg.encoder)
+        if root.remote:
+            root.put_tree(d, "models/tiny", last="models.json")
+            shutil.rmtree(d, ignore_errors=True)
+    return resolve_models(str(root.mirror("models/tiny")), cfg.encoder)   # the folder itself when local
 
 
 def preflight(models) -> None:
@@ -131,15 +141,14 @@ def screen_stills(pending: list[dict], log) -> tuple[list[dict], list[dict]]:
     return keep, rejected
 
 
-def landmark_gate(ready: list[dict], cache_dir: Path, min_rate: float, log) -> tuple[list[dict], list[dict]]:
+def landmark_gate(ready: list[dict], cache_dir: str, min_rate: float, log) -> tuple[list[dict], list[dict]]:
     """Encoded clips whose stored frames show the face mesh on at least `min_rate` of them, and the
     others as [{"clip_id", "video_id", "landmark_rate"}]: those are never written (curation checked a
     sample of frames; this is every stored frame of the exact crop). A dropped clip stays unsharded and
     is checked again, from its cache, on the next run."""
     keep, dropped = [], []
     for it in ready:
-        with np.load(cache_path(cache_dir, it["clip_id"]), allow_pickle=False) as z:
-            ok = z["landmarks_ok"]
+        ok = load_cache(cache_path(cache_dir, it["clip_id"]))[0]["landmarks_ok"]
         rate = float(np.mean(ok)) if len(ok) else 0.0
         if rate >= min_rate:
             keep.append(it)
@@ -159,7 +168,8 @@ def run(data: str | Path, cfg: ShardsConfig, log=print) -> dict:
 
     t_start = time.perf_counter()
     root = DataRoot.of(data)
-    sdir = root.dir("shards")
+    root.makedirs("shards")
+    sdir = root.join("shards")          # a path or URL
     index = shardio.load_index(sdir)
     recovered = shardio.recover(sdir, index)
     if recovered:
@@ -167,6 +177,10 @@ def run(data: str | Path, cfg: ShardsConfig, log=print) -> dict:
     table = shardio.load_table(sdir)
 
     items, bad = clip_items(root, cfg)
+    table, fixed = shardio.reconcile_table(sdir, index, table, items)
+    if fixed:       # a run died between committing the index and writing the table
+        log(f"recovered from an interrupted run: {fixed} shards.parquet rows follow index.json again")
+        shardio.save_table(sdir, table)
     if cfg.stills:
         if not Path(cfg.stills).is_dir():
             raise InputProblem(f"stills folder not found: {cfg.stills}")
@@ -184,7 +198,7 @@ def run(data: str | Path, cfg: ShardsConfig, log=print) -> dict:
     pending.sort(key=lambda it: (it["origin"], it["video_id"], it.get("start_frame", 0), it["clip_id"]))
     pending, stills_rejected = screen_stills(pending, log)
 
-    stats = {"data": str(root.root), "runner": cfg.runner, "clips_total": len(items), "clips_pending": len(pending),
+    stats = {"data": root.url, "runner": cfg.runner, "clips_total": len(items), "clips_pending": len(pending),
              "bad_rows": bad, "recovered": recovered, "optout": {k: v for k, v in removal.items() if k != "blocked"},
              "encoded": 0, "cache_hits": 0, "failed": [], "shards_written": [], "encode_s": 0.0,
              "frames_encoded": 0, "model_s": 0.0, "vae_clip_s": 0.0, "vae_clip_images_per_s": None,
@@ -197,8 +211,9 @@ def run(data: str | Path, cfg: ShardsConfig, log=print) -> dict:
             raise InputProblem(f"shards in {sdir} were built with {index['encoder']}; this run would use "
                                f"{enc_rec}. Use the same models/size or a new data root.")
         index["encoder"] = enc_rec
-        cache_dir = root.dir("shards", "cache", enc_rec["fingerprint"])
-        todo = [it for it in pending if not cache_path(cache_dir, it["clip_id"]).exists()]
+        root.makedirs(f"shards/cache/{enc_rec['fingerprint']}")
+        cache_dir = root.join("shards", "cache", enc_rec["fingerprint"])
+        todo = [it for it in pending if cache_name(it["clip_id"]) not in _cached(cache_dir)]
         stats["cache_hits"] = len(pending) - len(todo)
         t0 = time.perf_counter()
         if todo:
@@ -214,16 +229,32 @@ def run(data: str | Path, cfg: ShardsConfig, log=print) -> dict:
                 stats["vae_clip_images_per_s"] = stats["frames_encoded"] / stats["vae_clip_s"]
             stats["failed"] = [r for r in results if r["status"] != "ok"]
         stats["encode_s"] = time.perf_counter() - t0
-        ready = [it for it in pending if cache_path(cache_dir, it["clip_id"]).exists()]
+        have = _cached(cache_dir)
+        ready = [it for it in pending if cache_name(it["clip_id"]) in have]
         ready, stats["dropped_landmarks"] = landmark_gate(ready, cache_dir, cfg.min_landmark_rate, log)
         written = write_new_shards(sdir, cfg, index, table, ready, cache_dir, log)
+        if _media_keep(root) == "none":     # retention: a clip's kept crop goes once a committed shard holds it
+            stats["clip_files_deleted"] = sum(root.rm(it["clip_path"]) for it in ready if it.get("clip_path"))
     stats["shards_written"] = written
     stats["shards_total"] = len(index["shards"])
     stats["samples_total"] = int(sum(s["nsamples"] for s in index["shards"]))
     stats["seconds"] = time.perf_counter() - t_start
     stats["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    atomic_write_text(sdir / "stats.json", json.dumps(stats, indent=1, default=str) + "\n")
+    root.write_text("shards/stats.json", json.dumps(stats, indent=1, default=str) + "\n")
     return stats
+
+
+def _cached(cache_dir) -> set[str]:
+    """Names of the cached feature files (one listing, not one request per clip on an object store)."""
+    return set(DataRoot.of(cache_dir).ls("", "*.npz"))
+
+
+def _media_keep(root: DataRoot) -> str:
+    """The media.keep policy of the curate run that made the clips (curate/stats.json), "all" if unknown."""
+    try:
+        return json.loads(root.read_text("curate/stats.json")).get("media_keep") or "all"
+    except (OSError, ValueError):
+        return "all"
 
 
 def summary(stats: dict) -> str:

@@ -10,6 +10,7 @@ vaefit.py teaches the tiny VAE just enough to reconstruct faces.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +107,9 @@ def work_units(items: list[dict]) -> list[list[dict]]:
     """Clips grouped by source video (decoded in one pass); each still on its own."""
     units: dict[tuple, list[dict]] = {}
     for it in items:
-        key = (it["origin"], it["media_path"]) if it["origin"] == "video" else ("still", it["clip_id"])
+        # a clip kept as its own file (media.keep) is its own unit; else the clips of one download share one
+        key = ((it["origin"], it.get("clip_path") or it["media_path"]) if it["origin"] == "video"
+               else ("still", it["clip_id"]))
         units.setdefault(key, []).append(it)
     return list(units.values())
 
@@ -125,13 +128,27 @@ def decode_unit(unit: list[dict], root: str, cfg: EncoderConfig, stills_frames: 
         return
     from pipeline.paths import DataRoot
 
-    try:
-        media = DataRoot.of(root).path(unit[0]["media_path"])
-    except ValueError as e:   # a hostile media_path: never read outside the data root
-        for it in unit:
-            yield it, e
-        return
-    yield from decode_clips(unit, media, cfg)
+    dr = DataRoot.of(root)
+    kept = unit[0].get("clip_path") or ""
+    with contextlib.ExitStack() as stack:
+        try:     # the file itself, or a scratch copy of an object while the unit decodes
+            path = stack.enter_context(dr.local_file(dr.key(kept or unit[0]["media_path"])))
+        except (ValueError, OSError) as e:   # a hostile path (never read outside the data root), or no file
+            for it in unit:
+                yield it, (VideoError(f"media not found: {e}") if isinstance(e, OSError) else e)
+            return
+        if not kept:
+            yield from decode_clips(unit, path, cfg)
+            return
+        # the kept crop file: frame k is source frame start_frame + k, already cropped square
+        from pipeline.video_io import probe
+
+        it = unit[0]
+        start, side = int(it["start_frame"]), probe(path).width
+        local = {**it, "start_frame": 0, "end_frame": int(it["end_frame"]) - start, "crop_x0": 0, "crop_y0": 0,
+                 "crop_size": side}
+        for _, got in decode_clips([local], path, cfg):
+            yield it, got if isinstance(got, Exception) else (got[0], got[1] + start, got[2])
 
 
 # ---------------------------------------------------------------- models

@@ -3,10 +3,12 @@
 A video leaves the dataset when its id or URL is in manifests/optout.csv, or when its row is
 deleted from manifests/sources.csv. `apply` (called by every `python -m pipeline.shards` run,
 before any new work) then, per video:
-  1. rewrites only the shards that held its clips (other shards keep their exact bytes);
-  2. updates index.json and shards.parquet;
-  3. deletes its downloaded media, its rows in curate/clips.parquet (the cut clips), its curate
-     state and its cached features;
+  1. writes the shards that held its clips again, without them, under successor names
+     (faces-000003.tar -> faces-000003.1.tar; other shards keep their names and exact bytes);
+  2. commits index.json (readers now see the successors), updates shards.parquet, and only then
+     deletes the superseded shards (write-once names: nothing is overwritten in place);
+  3. deletes its downloaded media, its kept clip files (clips/<id>/), its rows in
+     curate/clips.parquet (the cut clips), its curate state and its cached features;
   4. records it in shards/removed.json (so it is never sharded again, even if re-listed) and
      appends an audit record to shards/optout_audit.jsonl.
 Then, clip by clip (pipeline/shards/people.py): every clip whose identity matches an optout.csv
@@ -21,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.paths import DataRoot, atomic_write_parquet, atomic_write_text, safe_name
+from pipeline.paths import DataRoot, safe_name
 
 
 class ManifestProblem(ValueError):
@@ -32,9 +34,11 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def load_state(sdir: Path) -> dict:
-    p = sdir / "removed.json"
-    return json.loads(p.read_text()) if p.exists() else {}
+def load_state(sdir) -> dict:
+    try:
+        return json.loads(DataRoot.of(sdir).read_text("removed.json"))
+    except FileNotFoundError:
+        return {}
 
 
 def read_manifests(optout_path, sources_path):
@@ -101,7 +105,7 @@ def apply(root: DataRoot, cfg, index: dict, table, items: list[dict], log=print)
     from pipeline.curate.clusters import forget
     from pipeline.shards import people
 
-    sdir = root.dir("shards")
+    sdir = root.join("shards")
     oo, srcs = read_manifests(cfg.optout, cfg.sources)
     try:
         people.check_photos(oo, cfg)     # a face photo without one clear face: nothing is removed
@@ -156,9 +160,8 @@ def apply(root: DataRoot, cfg, index: dict, table, items: list[dict], log=print)
             rec.update(request_value=entry.value, request_date=entry.date.isoformat(), reason=entry.reason,
                        optout_row=entry.row)
         state[vid] = {"url": videos[vid]["url"], "trigger": targets[vid], "time": rec["time"]}
-        atomic_write_text(sdir / "removed.json", json.dumps(state, indent=1, sort_keys=True) + "\n")
-        with open(sdir / "optout_audit.jsonl", "a") as f:
-            f.write(json.dumps(rec, sort_keys=True) + "\n")
+        root.write_text("shards/removed.json", json.dumps(state, indent=1, sort_keys=True) + "\n")
+        root.append_text("shards/optout_audit.jsonl", json.dumps(rec, sort_keys=True) + "\n")
         report["removed_videos"].append(vid)
         report["clips_removed"] += len(rec["clips_removed"])
         report["shards_rewritten"] += rec["shards_rewritten"]
@@ -169,8 +172,7 @@ def apply(root: DataRoot, cfg, index: dict, table, items: list[dict], log=print)
     # people named by a face photo, and copies of what was removed, go clip by clip
     clips = people.clip_optouts(root, sdir, cfg, oo, index, items, removed_now, log)
     for rec in clips["records"]:
-        with open(sdir / "optout_audit.jsonl", "a") as f:
-            f.write(json.dumps(rec, sort_keys=True) + "\n")
+        root.append_text("shards/optout_audit.jsonl", json.dumps(rec, sort_keys=True) + "\n")
         report["shards_rewritten"] += rec["shards_rewritten"]
         report["shards_deleted"] += rec["shards_deleted"]
         report["files_deleted"] += rec["files_deleted"]
@@ -181,7 +183,7 @@ def apply(root: DataRoot, cfg, index: dict, table, items: list[dict], log=print)
     return report
 
 
-def remove_video(root: DataRoot, sdir: Path, vid: str, url: str, trigger: str, index: dict, items, log):
+def remove_video(root: DataRoot, sdir, vid: str, url: str, trigger: str, index: dict, items, log):
     """Do every removal step for one video; None when there was nothing left to remove."""
     from pipeline.shards import io as shardio
 
@@ -191,23 +193,20 @@ def remove_video(root: DataRoot, sdir: Path, vid: str, url: str, trigger: str, i
     rewritten, deleted_shards = shardio.rewrite_without(sdir, index, table, set(mine["clip_id"]))
 
     files: list[str] = []
-    media = [it["media_path"] for it in items if it["video_id"] == vid and it["origin"] == "video"]
-    cands = [root.path(m) for m in media if m]
-    if root.path("media").is_dir():
-        cands += sorted(root.path("media").glob(f"{safe_name(vid)}.*"))
-    cache = root.path("shards", "cache")
-    cands += [p for c in sorted(clip_ids) for p in sorted(cache.glob(f"*/{safe_name(c)}.npz"))]
-    cands += [root.path("curate", "state", f"{safe_name(vid)}.json")]
-    partial = root.path("media", ".partial", safe_name(vid))   # a download the downloader left half-done
-    if partial.is_dir():
-        import shutil
-
-        shutil.rmtree(partial)
-        files.append(str(partial.relative_to(root.root)) + "/")
-    for p in dict.fromkeys(cands):
-        if p.is_file():
-            p.unlink()
-            files.append(str(p.relative_to(root.root)))
+    mine_items = [it for it in items if it["video_id"] == vid and it["origin"] == "video"]
+    cands = [root.key(it[k]) for it in mine_items for k in ("media_path", "clip_path") if it.get(k)]
+    cands += [root.key("media", n) for n in root.ls("media", f"{safe_name(vid)}.*")]
+    cands += [root.key("shards", "cache", fp, f"{safe_name(c)}.npz")
+              for fp in root.subdirs("shards/cache") for c in sorted(clip_ids)]
+    cands += [root.key("curate", "state", f"{safe_name(vid)}.json")]
+    partial = root.key("media", ".partial", safe_name(vid))   # a download the downloader left half-done
+    if not root.remote and root.isdir(partial):
+        root.rm_tree(partial)
+        files.append(partial + "/")
+    for k in dict.fromkeys(cands):
+        if root.rm(k):
+            files.append(k)
+    files += root.rm_tree(root.key("clips", safe_name(vid)))     # kept clip crops (media.keep)
     clip_rows = _drop_clip_rows(root, vid)
     if not (len(mine) or files or clip_rows):
         return None
@@ -219,16 +218,15 @@ def remove_video(root: DataRoot, sdir: Path, vid: str, url: str, trigger: str, i
 def _drop_clip_rows(root: DataRoot, vid: str) -> int:
     """Remove the video's rows from curate/clips.parquet (its cut clips), keeping that file's schema."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    p = root.path("curate", "clips.parquet")
-    if not p.exists():
+    p = "curate/clips.parquet"
+    if not root.exists(p):
         return 0
-    t = pq.read_table(p)
+    t = root.read_parquet(p)
     keep = pc.invert(pc.equal(t["video_id"], vid))
     n = t.num_rows - pc.sum(keep.cast("int64")).as_py() if t.num_rows else 0
     if n:
-        atomic_write_parquet(p, t.filter(keep))
+        root.write_parquet(p, t.filter(keep))
     return int(n)
 
 
@@ -238,7 +236,6 @@ def verify(data: str | Path, optout_path: str, log=print, cfg=None) -> list[str]
     """Scan every member of every shard; return one problem line per opted-out clip found: a clip of an
     opted-out or removed video, a removed clip or a copy of one (duplicate links), or a clip whose identity
     matches an optout.csv face photo. `cfg`: ShardsConfig for the photo rule (default: the encoder's)."""
-    import pandas as pd
 
     from pipeline.curate.clusters import copies_of, duplicate_links
     from pipeline.ids import video_id_from_url
@@ -247,22 +244,22 @@ def verify(data: str | Path, optout_path: str, log=print, cfg=None) -> list[str]
     from pipeline.shards.config import ShardsConfig
 
     root = DataRoot.of(data)
-    sdir = root.path("shards")
+    sdir = root.join("shards")
     oo, _ = read_manifests(optout_path, None)
-    state = load_state(sdir) if sdir.is_dir() else {}
+    state = load_state(sdir)
     urls: dict[str, str] = {vid: s.get("url") or "" for vid, s in state.items()}
-    removed_clips: set[str] = set(people.load_removed_clips(sdir)) if sdir.is_dir() else set()
-    audit = sdir / "optout_audit.jsonl"
-    if audit.exists():
-        for line in audit.read_text().splitlines():
+    removed_clips: set[str] = set(people.load_removed_clips(sdir))
+    audit = "shards/optout_audit.jsonl"
+    if root.exists(audit):
+        for line in root.read_text(audit).splitlines():
             rec = json.loads(line)
             if rec.get("video_id"):
                 urls.setdefault(rec["video_id"], rec.get("url") or "")
             removed_clips |= set(rec["clips_removed"])
     copies = copies_of(removed_clips, duplicate_links(root))
-    for p in (sdir / "shards.parquet", root.path("curate", "clips.parquet")):
-        if p.exists():
-            df = pd.read_parquet(p, columns=["video_id", "url"])
+    for p in ("shards/shards.parquet", "curate/clips.parquet"):
+        if root.exists(p):
+            df = root.read_parquet(p, columns=["video_id", "url"]).to_pandas()
             for vid, u in zip(df["video_id"], df["url"]):
                 urls.setdefault(vid, u or "")
 
@@ -275,18 +272,18 @@ def verify(data: str | Path, optout_path: str, log=print, cfg=None) -> list[str]
         return oo.matches(vid, u) or any(video_id_from_url(x) == vid for x in oo.urls)
 
     problems, nshards, nsamples = [], 0, 0
-    for path in sorted(sdir.glob("*.tar")) if sdir.is_dir() else []:
+    for name in root.ls("shards", "*.tar"):     # every tar there, committed or not
         nshards += 1
-        for key, members in shardio.read_samples(path, {"meta.json"}):
+        for key, members in shardio.read_samples(shardio.loc(sdir, name), {"meta.json"}):
             nsamples += 1
             meta = json.loads(dict(members).get("meta.json", b"{}"))
             vid = meta.get("video_id", "")
             if key in removed_clips or opted(vid):
-                problems.append(f"{path.name}: clip {key} of opted-out video {vid}")
+                problems.append(f"{name}: clip {key} of opted-out video {vid}")
             elif key in copies:
-                problems.append(f"{path.name}: clip {key} of video {vid} is a copy of an opted-out clip")
+                problems.append(f"{name}: clip {key} of video {vid} is a copy of an opted-out clip")
     if oo is not None and oo.photos:     # every sample's identity against every face photo
-        tars = {"shards": [{"name": p.name} for p in sorted(sdir.glob("*.tar"))]}
+        tars = {"shards": [{"name": n} for n in root.ls("shards", "*.tar")]}
         found_in = people.shard_identities(sdir, tars)
         try:
             found, _ = people.photo_matches(oo, found_in, cfg or ShardsConfig())

@@ -33,7 +33,7 @@ from pipeline.curate.identity import (
     encoder_rule,
     make_encoder,
 )
-from pipeline.paths import DataRoot, atomic_write_parquet, atomic_write_text, safe_name
+from pipeline.paths import DataRoot, safe_name
 
 REMOVED_CLIPS = "removed_clips.json"
 
@@ -90,14 +90,14 @@ def still_identities(root: DataRoot, items: list[dict], cfg, log=print) -> None:
 
 # ---------------------------------------------------------------- who is in the shards
 
-def shard_identities(sdir: Path, index: dict) -> dict[str, dict]:
+def shard_identities(sdir, index: dict) -> dict[str, dict]:
     """{clip_id: {video_id, identity (D,), identity_model, shard}} of every indexed shard sample with an identity."""
-    from pipeline.shards.io import read_samples
+    from pipeline.shards.io import exists, loc, read_samples
 
     out = {}
     for entry in index["shards"]:
-        path = sdir / entry["name"]
-        if not path.exists():
+        path = loc(sdir, entry["name"])
+        if not exists(path):
             continue
         for key, members in read_samples(path, {"identity.npy", "meta.json"}):
             m = dict(members)
@@ -143,7 +143,7 @@ def photo_matches(oo, candidates: dict[str, dict], cfg) -> tuple[dict[str, dict]
     return matches, summary
 
 
-def clip_optouts(root: DataRoot, sdir: Path, cfg, oo, index: dict, items: list[dict], removed_now: set[str],
+def clip_optouts(root: DataRoot, sdir, cfg, oo, index: dict, items: list[dict], removed_now: set[str],
                  log=print) -> dict:
     """After the video opt-outs of this run: remove the clips of people named by a face photo, then every copy
     of a clip removed in this run. Returns {"people": [per-photo summary], "records": [audit records],
@@ -195,34 +195,30 @@ def check_photos(oo, cfg) -> None:
 
 def curated_videos(root: DataRoot) -> dict[str, str]:
     """{video_id: url} of every video in curate/clips.parquet, whatever the status of its clips."""
-    import pyarrow.parquet as pq
-
-    p = root.path("curate", "clips.parquet")
-    if not p.exists():
+    p = "curate/clips.parquet"
+    if not root.exists(p):
         return {}
-    t = pq.read_table(p, columns=["video_id", "url"]).to_pydict()
+    t = root.read_parquet(p, columns=["video_id", "url"]).to_pydict()
     return {v: u or "" for v, u in zip(t["video_id"], t["url"])}
 
 
 def video_clip_ids(root: DataRoot, video_ids: set[str]) -> dict[str, str]:
     """{clip_id: video_id} of these videos in curate/clips.parquet, whatever the status (duplicates too)."""
-    import pyarrow.parquet as pq
-
-    p = root.path("curate", "clips.parquet")
-    if not video_ids or not p.exists():
+    p = "curate/clips.parquet"
+    if not video_ids or not root.exists(p):
         return {}
-    t = pq.read_table(p, columns=["clip_id", "video_id"]).to_pydict()
+    t = root.read_parquet(p, columns=["clip_id", "video_id"]).to_pydict()
     return {c: v for c, v in zip(t["clip_id"], t["video_id"]) if v in video_ids}
 
 
 # ---------------------------------------------------------------- removal of single clips
 
-def load_removed_clips(sdir: Path) -> dict:
-    p = sdir / REMOVED_CLIPS
-    return json.loads(p.read_text()) if p.exists() else {}
+def load_removed_clips(sdir) -> dict:
+    d = DataRoot.of(sdir)
+    return json.loads(d.read_text(REMOVED_CLIPS)) if d.exists(REMOVED_CLIPS) else {}
 
 
-def remove_clips(root: DataRoot, sdir: Path, clips: dict[str, dict], trigger: str, index: dict, log=print) -> dict | None:
+def remove_clips(root: DataRoot, sdir, clips: dict[str, dict], trigger: str, index: dict, log=print) -> dict | None:
     """Remove single clips {clip_id: info} everywhere (see the module doc); the audit record, or None."""
     from pipeline.curate.clusters import forget
     from pipeline.shards import io as shardio
@@ -231,17 +227,18 @@ def remove_clips(root: DataRoot, sdir: Path, clips: dict[str, dict], trigger: st
     table = shardio.load_table(sdir)
     rewritten, deleted = shardio.rewrite_without(sdir, index, table, ids)
     files = []
-    for p in sorted(root.path("shards", "cache").glob("*/*.npz")) if root.path("shards", "cache").is_dir() else []:
-        if p.stem in {safe_name(c) for c in ids}:
-            p.unlink()
-            files.append(str(p.relative_to(root.root)))
+    names = {f"{safe_name(c)}.npz" for c in ids}
+    for fp in root.subdirs("shards/cache"):
+        for name in root.ls(f"shards/cache/{fp}", "*.npz"):
+            if name in names and root.rm(f"shards/cache/{fp}/{name}"):
+                files.append(f"shards/cache/{fp}/{name}")
     rows = _mark_rows(root, ids)
     forget(root, ids)
     removed = load_removed_clips(sdir)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for c, info in clips.items():
         removed[c] = {"video_id": info.get("video_id", ""), "trigger": trigger, "time": now}
-    atomic_write_text(sdir / REMOVED_CLIPS, json.dumps(removed, indent=1, sort_keys=True) + "\n")
+    DataRoot.of(sdir).write_text(REMOVED_CLIPS, json.dumps(removed, indent=1, sort_keys=True) + "\n")
     if not (rewritten or deleted or files or rows):
         return None
     return {"time": now, "trigger": trigger, "clips_removed": sorted(ids), "matches": [clips[c] for c in sorted(ids)],
@@ -254,15 +251,14 @@ def _mark_rows(root: DataRoot, ids: set[str]) -> int:
     opted_out` with their identity data erased (the span stays accounted for: every frame of a video is in
     exactly one clip or rejection); the rejection is added to rejections.parquet and the state."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     erased = {"status": "rejected", "reason": "opted_out", "identity": None, "identity_id": None,
               "face_hashes": None, "frame_hashes": None}
     span = ("video_id", "url", "start_frame", "end_frame", "start_s", "end_s")
     n, new_rejections = 0, []
-    p = root.path("curate", "clips.parquet")
-    if p.exists():
-        t = pq.read_table(p)
+    p = "curate/clips.parquet"
+    if root.exists(p):
+        t = root.read_parquet(p)
         rows = t.to_pylist()
         for r in rows:
             if r["clip_id"] in ids and r["reason"] != "opted_out":
@@ -270,18 +266,18 @@ def _mark_rows(root: DataRoot, ids: set[str]) -> int:
                 new_rejections.append({k: r[k] for k in span} | {"stage": "optout", "reason": "opted_out"})
                 n += 1
         if n:
-            atomic_write_parquet(p, pa.Table.from_pylist(rows, schema=t.schema))
-    rp = root.path("curate", "rejections.parquet")
-    if new_rejections and rp.exists():
-        t = pq.read_table(rp)
-        atomic_write_parquet(rp, pa.Table.from_pylist(t.to_pylist() + new_rejections, schema=t.schema))
-    state_dir = root.path("curate", "state")
-    for sp in sorted(state_dir.glob("*.json")) if state_dir.is_dir() else []:
-        st = json.loads(sp.read_text())
+            root.write_parquet(p, pa.Table.from_pylist(rows, schema=t.schema))
+    rp = "curate/rejections.parquet"
+    if new_rejections and root.exists(rp):
+        t = root.read_parquet(rp)
+        root.write_parquet(rp, pa.Table.from_pylist(t.to_pylist() + new_rejections, schema=t.schema))
+    for name in root.ls("curate/state", "*.json"):
+        sp = f"curate/state/{name}"
+        st = json.loads(root.read_text(sp))
         hit = [c for c in st.get("clips", []) if c.get("clip_id") in ids and c.get("reason") != "opted_out"]
         for c in hit:
             c.update(erased)
             st.setdefault("rejections", []).append({k: c[k] for k in span} | {"stage": "optout", "reason": "opted_out"})
         if hit:
-            atomic_write_text(sp, json.dumps(st, sort_keys=True, allow_nan=True))
+            root.write_text(sp, json.dumps(st, sort_keys=True, allow_nan=True))
     return n

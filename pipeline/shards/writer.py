@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.paths import DataRoot
+from pipeline.shards import io as shardio
 from pipeline.shards.encoders import work_units
 from pipeline.shards.io import cache_path, load_cache, save_cache
 
@@ -75,7 +76,7 @@ def encode_sequential(items, root: DataRoot, cfg: ShardsConfig, models, cache_di
     try:
         for unit in work_units(items):
             t0 = time.perf_counter()
-            for it, got in iter_decoded(unit, str(root.root), cfg):
+            for it, got in iter_decoded(unit, root.url, cfg):
                 try:   # one bad clip never stops the run
                     if isinstance(got, Exception):
                         raise got
@@ -120,7 +121,7 @@ class _EncodeActor:
     def __init__(self, models, cfg: ShardsConfig, cache_dir: str):
         from pipeline.shards.encoders import Encoders
 
-        self.enc, self.cache_dir = Encoders(models, cfg.encoder), Path(cache_dir)
+        self.enc, self.cache_dir = Encoders(models, cfg.encoder), cache_dir   # a path or URL
 
     def __call__(self, batch):
         import pandas as pd
@@ -169,7 +170,7 @@ def encode_ray(items, root: DataRoot, cfg: ShardsConfig, models, cache_dir: Path
     gpus = cfg.encode_gpus if torch.cuda.is_available() else 0
     units = [{"unit": json.dumps(u)} for u in work_units(items)]
     ds = ray.data.from_items(units, override_num_blocks=len(units))
-    ds = ds.map_batches(_Decode(str(root.root), cfg), batch_size=1, batch_format="pandas", num_cpus=cfg.decode_cpus)
+    ds = ds.map_batches(_Decode(root.url, cfg), batch_size=1, batch_format="pandas", num_cpus=cfg.decode_cpus)
     ds = ds.map_batches(_EncodeActor, fn_constructor_args=(models, cfg, str(cache_dir)), batch_format="pandas",
                         batch_size=cfg.clips_per_batch, concurrency=(1, max(1, cfg.max_actors)),
                         num_cpus=cfg.encode_cpus, num_gpus=gpus)
@@ -187,8 +188,6 @@ def write_new_shards(sdir: Path, cfg: ShardsConfig, index, table, ready, cache_d
     """Pack clips into new shards numbered after the last existing one; never touch an existing shard."""
     import pandas as pd
 
-    from pipeline.shards import io as shardio
-
     nxt = max((shardio.shard_number(s["name"]) for s in index["shards"]), default=-1) + 1
     written = []
     for s in range(0, len(ready), cfg.samples_per_shard):
@@ -200,7 +199,7 @@ def write_new_shards(sdir: Path, cfg: ShardsConfig, index, table, ready, cache_d
             samples.append((it["clip_id"], shardio.sample_members(*with_identity(feats, meta, it))))
             rows.append({"clip_id": it["clip_id"], "video_id": it["video_id"], "url": it.get("url", ""),
                          "origin": it["origin"], "shard": name, "nframes": int(len(feats["frame_index"]))})
-        entry = shardio.write_shard(sdir / name, samples)
+        entry = shardio.write_shard(shardio.loc(sdir, name), samples)
         # the shard is visible and complete; now record it (a kill before this line -> recover() redoes it)
         index["shards"].append(entry)
         shardio.save_index(sdir, index)
