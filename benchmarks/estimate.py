@@ -17,9 +17,12 @@ from pathlib import Path
 from pipeline.schema import SHARD_MEMBERS
 
 IDENTITY_BYTES = 128 * 4     # identity.npy: one dlib 128-D float32 embedding per sample
+# the shard encoders measured by `make gpu-check` (benchmarks/gpu_check.py) on a real GPU, committed beside
+# the figures: {gpu name: that run's JSON}; the estimate uses its VAE+CLIP images/s instead of a FLOP model
+MEASURED_GPU = {"H200": Path(__file__).resolve().parent / "figures" / "gpu_check_h200.json"}
 PAPER = {"clips": 1_000_000, "hours": 920.0, "clip_s_mean": 3.29, "crop_px_mean": 745}   # ReenactFaces-1M
 # dense bf16 tensor peak, FLOP/s (NVIDIA datasheets; the same table as model/train.py's MFU)
-GPU_PEAK = {"H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "T4": 65e12}
+GPU_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "T4": 65e12}
 
 
 def shard_bytes_per_frame(size: int = 256, clip_dim: int = 512) -> tuple[float, str]:
@@ -59,8 +62,9 @@ def encoder_flops(size: int = 256) -> dict[str, float]:
 
 def estimate(bench: dict, n: int, cores: int, gpus: int, gpu: str, gpu_util: float, clip_s: float,
              accepted_fraction: float | None, fps: float, max_frames: int, size: int, flops: dict,
-             media_bps: float = 0.0) -> list:
-    """[(name, value, unit, basis)] for N clips."""
+             media_bps: float = 0.0, measured: dict | None = None) -> list:
+    """[(name, value, unit, basis)] for N clips. `measured`: a gpu-check run's JSON for this GPU (its
+    encoder throughput replaces the FLOP model)."""
     cur = bench["areas"]["curate"]
     rows = []
 
@@ -82,11 +86,19 @@ def estimate(bench: dict, n: int, cores: int, gpus: int, gpu: str, gpu_util: flo
     add("frames encoded", frames / 1e6, "M frames", f"N x min({clip_s} s x {fps} fps, max_frames {max_frames or 'all'})")
     peak = GPU_PEAK[gpu]
     per_frame = flops["vae"] + flops["clip"]
-    gpu_h = add("shard encoders (VAE+CLIP) GPU", frames * per_frame / (peak * gpu_util) / 3600, f"{gpu}-h",
-                f"{flops['vae'] / 1e9:.0f} GFLOP VAE encoder at {size}px + {flops['clip'] / 1e9:.1f} GFLOP CLIP ViT-B/32 "
-                f"per frame (counted here, FlopCounterMode) / ({peak / 1e12:.0f} TFLOP/s {gpu} bf16 peak, NVIDIA "
-                f"datasheet, x {gpu_util:.0%} utilisation: ASSUMED, not measured (DESIGN.md: fast-DiT training reaches "
-                f"~25% MFU on A100); no GPU was available to measure it")
+    run = next((e for e in (measured or {}).get("encode", []) if e["precision"] == "fp16" and e["size"] == size), None)
+    if run:
+        ips = run["vae+clip_images_per_s"]
+        gpu_h = add("shard encoders (VAE+CLIP) GPU", frames / ips / 3600, f"{gpu}-h",
+                    f"{ips:.0f} frames/s: VAE + CLIP ViT-B/32 at {size}px, fp16, batch {run['batch']}, MEASURED on one "
+                    f"{measured['device']} by make gpu-check ({measured['started'][:10]}; "
+                    f"benchmarks/figures/); decoding on CPU workers not included")
+    else:
+        gpu_h = add("shard encoders (VAE+CLIP) GPU", frames * per_frame / (peak * gpu_util) / 3600, f"{gpu}-h",
+                    f"{flops['vae'] / 1e9:.0f} GFLOP VAE encoder at {size}px + {flops['clip'] / 1e9:.1f} GFLOP CLIP "
+                    f"ViT-B/32 per frame (counted here, FlopCounterMode) / ({peak / 1e12:.0f} TFLOP/s {gpu} bf16 peak, "
+                    f"NVIDIA datasheet, x {gpu_util:.0%} utilisation: ASSUMED for this GPU; measured only on "
+                    f"{', '.join(MEASURED_GPU)} (--gpu)")
     mesh_s = 0.014
     mesh_core_h = add("landmarks (face mesh) CPU", frames * mesh_s / 3600, "core-h",
                       f"{mesh_s * 1000:.0f} ms per {size}px crop, MediaPipe 478-point mesh on CPU (measured here, DESIGN.md)")
@@ -121,8 +133,10 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="data", help="data root whose bench/bench.json `make bench` wrote")
     ap.add_argument("--cores", type=int, default=512, help="CPU cores of the cluster")
     ap.add_argument("--gpus", type=int, default=16, help="GPUs of the cluster")
-    ap.add_argument("--gpu", choices=sorted(GPU_PEAK), default="A100")
-    ap.add_argument("--gpu-util", type=float, default=0.3, help="assumed fraction of bf16 peak the encoders reach")
+    ap.add_argument("--gpu", choices=sorted(GPU_PEAK), default="H200",
+                    help=f"GPU kind; measured encoder throughput for {', '.join(MEASURED_GPU)}, a FLOP model otherwise")
+    ap.add_argument("--gpu-util", type=float, default=0.3, help="assumed fraction of bf16 peak the encoders reach "
+                    "(GPUs without a measured run)")
     ap.add_argument("--clip-s", type=float, default=PAPER["clip_s_mean"], help="mean accepted clip length, s")
     ap.add_argument("--accepted-fraction", type=float, default=None, help="accepted / source video time "
                     "(default: measured on the corpus)")
@@ -140,7 +154,7 @@ def main(argv=None) -> int:
         print(f"estimate: no usable {path} ({type(e).__name__}: {e}); run `make bench` first", file=sys.stderr)
         return 2
     rows = estimate(bench, a.clips, a.cores, a.gpus, a.gpu, a.gpu_util, a.clip_s, a.accepted_fraction, a.fps,
-                    a.max_frames, a.size, encoder_flops(a.size), a.media_kBps * 1e3)
+                    a.max_frames, a.size, encoder_flops(a.size), a.media_kBps * 1e3, _measured(a.gpu))
     print(f"estimate for {a.clips:,} clips (bench of {bench.get('started', '?')} on {bench['machine']}):")
     for name, value, unit, basis in rows:
         print(f"  {name:46s} {value:12,.1f} {unit:9s} {basis}")
@@ -150,6 +164,11 @@ def main(argv=None) -> int:
     out.write_text(json.dumps({"clips": a.clips, "args": vars(a), "rows": [dict(zip(("name", "value", "unit", "basis"), r))
                                                                             for r in rows]}, indent=1))
     return 0
+
+
+def _measured(gpu: str) -> dict | None:
+    p = MEASURED_GPU.get(gpu)
+    return json.loads(p.read_text()) if p is not None and p.is_file() else None
 
 
 if __name__ == "__main__":

@@ -33,6 +33,11 @@ def test_every_figure_has_a_basis_and_scales_with_the_number_of_clips():
     frames = 1e6 * 3.29 * 25
     gpu_h = frames * 276e9 / (312e12 * 0.3) / 3600
     assert abs(one["shard encoders (VAE+CLIP) GPU"][1] - gpu_h) < 1e-6 * gpu_h
+    # a GPU with a measured gpu-check run: frames / its VAE+CLIP images/s, and the basis says MEASURED
+    run = {"device": "NVIDIA H200", "started": "2026-11-30T00:00:00Z",
+           "encode": [{"precision": "fp16", "size": 256, "batch": 64, "vae+clip_images_per_s": 455.0}]}
+    h200 = rows(1_000_000, gpu="H200", measured=run)["shard encoders (VAE+CLIP) GPU"]
+    assert abs(h200[1] - frames / 455.0 / 3600) < 1e-6 * h200[1] and "MEASURED" in h200[3]
     # retention: accepted_clips keeps 100 kB per accepted second instead of 400 kB per source second
     assert one["storage with media.keep: all"][1] > one["storage with media.keep: accepted_clips"][1] > \
         one["storage with media.keep: none"][1] == one["shards"][1]

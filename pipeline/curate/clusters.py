@@ -177,6 +177,9 @@ def assign(root: DataRoot, states: list[dict], cfg: ManifestConfig, identity_cfg
         for r in st.get("clips", []):
             if r.get("duplicate_of") and r["status"] == "accepted":
                 r.update(status="rejected", reason="duplicate")
+                if r.get("clip_path"):     # media.keep: a copy keeps no crop file of its own
+                    root.rm(r["clip_path"])
+                    r["clip_path"] = ""
                 st.setdefault("rejections", []).append(
                     {k: r[k] for k in ("video_id", "url", "start_frame", "end_frame", "start_s", "end_s")}
                     | {"stage": "identity", "reason": "duplicate"})
