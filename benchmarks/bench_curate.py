@@ -5,12 +5,16 @@ size (what any stage that "reads the video" pays). Curation: probe + the one dec
 scenes, faces and quality + segmentation, crops and filters (`pipeline.curate.stages.analyse_video`),
 models loaded beforehand (their one-off load time is reported apart). Download is network-bound
 and excluded. Figures are process CPU seconds (all threads), best of `repeats` per video.
-Target: ratio <= 3 with the shipped DAG, whose shot detector is TransNetV2 on candidate windows:
-"transnet_*" say what the network cost (its CPU seconds, their share of curation, how many frames
-it saw per decoded frame) and what the ratio would be without it.
-The face-identity stage (dlib's ResNet on `identity.frames` aligned faces of every
-accepted clip, ~0.16 CPU s a face, plus chips and hashes during the decode pass) is a model inference
-like the shard encoders: it is reported per accepted clip, and the ratio is given with and without it.
+Target (issue 19): ratio <= 3 with the shipped DAG, whose shot detector is TransNetV2 on candidate windows.
+The CPU is broken down by stage (`STAGES`, disjoint, adding up to curation): decode, the thumbnail pass,
+TransNetV2, face detection, tracking, mesh verification, quality, identity, crop placement + filters
+(curation writes no crops: `make shards` does). "transnet_*" say what the network cost (its CPU seconds, its
+share of curation, how many frames it saw per decoded frame, CPU per network frame) and what the ratio
+would be without it. Identity (issue 12): dlib's ResNet on `identity.frames` aligned faces of every
+accepted clip (plus the rare tracking check off a shot boundary, and the face chips and hashes of the
+decode pass) is a model inference like the shard encoders: reported per accepted clip and per embedded
+face beside curation per accepted clip, and the ratio is given with and without it.
+`python -m benchmarks.run --only curate` runs this alone; `summary` is the printed table.
 """
 from __future__ import annotations
 
