@@ -5,12 +5,16 @@ size (what any stage that "reads the video" pays). Curation: probe + the one dec
 scenes, faces and quality + segmentation, crops and filters (`pipeline.curate.stages.analyse_video`),
 models loaded beforehand (their one-off load time is reported apart). Download is network-bound
 and excluded. Figures are process CPU seconds (all threads), best of `repeats` per video.
-Target: ratio <= 3 with the shipped DAG, whose shot detector is TransNetV2 on candidate windows:
-"transnet_*" say what the network cost (its CPU seconds, their share of curation, how many frames
-it saw per decoded frame) and what the ratio would be without it.
-The face-identity stage (dlib's ResNet on `identity.frames` aligned faces of every
-accepted clip, ~0.16 CPU s a face, plus chips and hashes during the decode pass) is a model inference
-like the shard encoders: it is reported per accepted clip, and the ratio is given with and without it.
+Target (issue 19): ratio <= 3 with the shipped DAG, whose shot detector is TransNetV2 on candidate windows.
+The CPU is broken down by stage (`STAGES`, disjoint, adding up to curation): decode, the thumbnail pass,
+TransNetV2, face detection, tracking, mesh verification, quality, identity, crop placement + filters
+(curation writes no crops: `make shards` does). "transnet_*" say what the network cost (its CPU seconds, its
+share of curation, how many frames it saw per decoded frame, CPU per network frame) and what the ratio
+would be without it. Identity (issue 12): dlib's ResNet on `identity.frames` aligned faces of every
+accepted clip (plus the rare tracking check off a shot boundary, and the face chips and hashes of the
+decode pass) is a model inference like the shard encoders: reported per accepted clip and per embedded
+face beside curation per accepted clip, and the ratio is given with and without it.
+`python -m benchmarks.run --only curate` runs this alone; `summary` is the printed table.
 """
 from __future__ import annotations
 
@@ -32,6 +36,32 @@ def plain_decode_cpu(path: Path) -> tuple[float, int]:
     return time.process_time() - t0, n
 
 
+# the stage breakdown, in pipeline order: (name in the report, what it holds)
+STAGES = [
+    ("probe", "container metadata (PyAV)"),
+    ("decode", "the one decode pass + the small RGB frame of every frame"),
+    ("thumbnail_pass", "48x27 thumbnails, cheap cut/candidate pass, fades from brightness (scenes)"),
+    ("transnet", "TransNetV2 forward passes on the candidate windows"),
+    ("face_detection", "face detector calls (stride + bisection)"),
+    ("tracking", "signatures, bisection, glitch smoothing, segmentation"),
+    ("mesh_verification", "478-point mesh on sampled crops (verify.py)"),
+    ("quality", "quality scorer on sampled crops"),
+    ("identity", "face chips + hashes in the pass, tracking's and clips' ResNet embeddings"),
+    ("crop_and_filters", "crop placement per clip + filters (curation writes no crop: shards do)"),
+    ("other", "the rest of analyse_video (rows, timestamps)"),
+]
+
+
+def _stage_split(times: dict, detail: dict, spent: float) -> dict[str, float]:
+    """analyse_video's per-stage CPU (disjoint, summing to the video's) in the report's names."""
+    out = {"probe": times["probe"], "decode": times["decode"], "thumbnail_pass": times["scenes"],
+           "transnet": times["transnet"], "face_detection": detail["face_detect_s"], "tracking": detail["tracking_s"],
+           "mesh_verification": times["verify"], "quality": times["quality"], "identity": times["identity"],
+           "crop_and_filters": times["filters"]}
+    out["other"] = spent - sum(out.values())
+    return out
+
+
 def run(data_root: Path, repeats: int = 2) -> dict:
     from pipeline.curate.retention import MediaConfig, write_clip_files
     from pipeline.curate.stages import Models, analyse_video, load_dag
@@ -47,7 +77,9 @@ def run(data_root: Path, repeats: int = 2) -> dict:
     models.detector, models.scorer, models.mesh, models.shot_net, models.identity  # noqa: B018 - load now, not inside the first measurement
     load_s = time.process_time() - t0
 
-    stages: dict[str, float] = {}
+    stages = {k: 0.0 for k, _ in STAGES}
+    ident = {k: 0.0 for k in ("identity_chips_s", "identity_tracking_s", "identity_tracking_faces",
+                              "identity_clip_s", "identity_clip_faces")}
     kept = {"accepted_s": 0.0, "clips": 0, "media_bytes": 0, "clip_bytes": 0}
     per_video, plain_total, cur_total, video_s, frames, dets, clips, samples, net_frames, accepted = [], 0.0, 0.0, 0.0, 0, 0, 0, 0, 0, 0
     for g in gts:
@@ -71,9 +103,11 @@ def run(data_root: Path, repeats: int = 2) -> dict:
         kept["media_bytes"] += path.stat().st_size
         kept["clip_bytes"] += write_clip_files(DataRoot.of(data_root / "kept"), path, g["name"], res["clips"],
                                                MediaConfig())
-        for k, v in res["times"].items():
-            stages[k] = stages.get(k, 0.0) + v
-        stages["other"] = stages.get("other", 0.0) + spent - sum(res["times"].values())
+        split = _stage_split(res["times"], res["detail"], spent)
+        for k, v in split.items():
+            stages[k] += v
+        for k in ident:
+            ident[k] += res["detail"][k]
         plain_total += plain
         cur_total += spent
         video_s += res["num_frames"] / res["probe"]["fps"]
@@ -81,34 +115,51 @@ def run(data_root: Path, repeats: int = 2) -> dict:
         dets += res["detections"]
         clips += len(res["clips"])
         samples += res["verify_samples"]
-        accepted += sum(c["status"] == "accepted" for c in res["clips"])
+        acc = sum(c["status"] == "accepted" for c in res["clips"])
+        accepted += acc
         per_video.append({"video": g["name"], "size": f"{g['width']}x{g['height']}", "frames": res["num_frames"],
                           "plain_decode_cpu_s": round(plain, 4), "curate_cpu_s": round(spent, 4),
-                          "ratio": round(spent / plain, 2) if plain else None,
+                          "ratio": round(spent / plain, 2) if plain else None, "accepted_clips": acc,
                           "transnet_cpu_s": round(res["times"].get("transnet", 0.0), 4), "transnet_frames": seen,
+                          "identity_cpu_s": round(split["identity"], 4),
+                          "identity_tracking_faces": res["detail"]["identity_tracking_faces"],
                           "boundaries": len(res["boundaries"])})
+    embedded = ident["identity_tracking_faces"] + ident["identity_clip_faces"]
     out = {
         "videos": len(gts), "frames": frames, "video_s": round(video_s, 2),
         "plain_decode_cpu_s": round(plain_total, 3), "curate_cpu_s": round(cur_total, 3),
         "plain_decode_cpu_s_per_video_s": round(plain_total / video_s, 4),
         "curate_cpu_s_per_video_s": round(cur_total / video_s, 4),
         "ratio_to_plain_decode": round(cur_total / plain_total, 3), "target_ratio": 3.0,
-        "ratio_to_plain_decode_without_identity": round((cur_total - stages.get("identity", 0.0)) / plain_total, 3),
-        "accepted_clips": accepted,
-        "identity_cpu_s_per_accepted_clip": round(stages.get("identity", 0.0) / max(accepted, 1), 4),
-        "identity_frames_per_clip": cfg.identity.frames, "identity_model": models.identity.name,
-        "per_stage_cpu_s": {k: round(v, 4) for k, v in sorted(stages.items())},
-        "per_stage_ratio_to_plain_decode": {k: round(v / plain_total, 3) for k, v in sorted(stages.items())},
+        "ratio_to_plain_decode_without_identity": round((cur_total - stages["identity"]) / plain_total, 3),
+        "per_stage_cpu_s": {k: round(v, 4) for k, v in stages.items()},
+        "per_stage_share_of_curation": {k: round(v / cur_total, 4) for k, v in stages.items()},
+        "per_stage_ratio_to_plain_decode": {k: round(v / plain_total, 3) for k, v in stages.items()},
+        "stage_meaning": dict(STAGES),
+        # identity (issue 12): the ResNet per accepted clip and per embedded face, beside curation per clip
+        "accepted_clips": accepted, "identity_model": models.identity.name, "identity_frames_per_clip": cfg.identity.frames,
+        "curate_cpu_s_per_accepted_clip": round(cur_total / max(accepted, 1), 4),
+        "identity_cpu_s_per_accepted_clip": round(stages["identity"] / max(accepted, 1), 4),
+        "identity_clip_embedding_cpu_s_per_accepted_clip": round(ident["identity_clip_s"] / max(accepted, 1), 4),
+        "identity_cpu_s_per_embedded_face": round((ident["identity_tracking_s"] + ident["identity_clip_s"])
+                                                  / max(embedded, 1), 4),
+        "identity_faces_embedded": {"clips": int(ident["identity_clip_faces"]),
+                                    "tracking": int(ident["identity_tracking_faces"])},
+        "identity_cpu_s": {"chips_and_hashes": round(ident["identity_chips_s"], 3),
+                           "tracking_embeddings": round(ident["identity_tracking_s"], 3),
+                           "clip_embeddings": round(ident["identity_clip_s"], 3)},
         "face_detections_per_frame": round(dets / max(frames, 1), 3),
         # face verification (mesh on sampled crops): its CPU per candidate clip and per mesh sample
-        "verify_cpu_s_per_clip": round(stages.get("verify", 0.0) / max(clips, 1), 4),
-        "verify_cpu_s_per_sample": round(stages.get("verify", 0.0) / max(samples, 1), 4),
+        "verify_cpu_s_per_clip": round(stages["mesh_verification"] / max(clips, 1), 4),
+        "verify_cpu_s_per_sample": round(stages["mesh_verification"] / max(samples, 1), 4),
         "verify_samples_per_clip": round(samples / max(clips, 1), 2),
         "shot_detector": cfg.scenes.detector, "transnet_frames_mode": cfg.scenes.transnet_frames,
-        "transnet_cpu_s": round(stages.get("transnet", 0.0), 3),
-        "transnet_share_of_curation": round(stages.get("transnet", 0.0) / cur_total, 3) if cur_total else None,
+        "transnet_threads": cfg.scenes.transnet_threads,
+        "transnet_cpu_s": round(stages["transnet"], 3),
+        "transnet_share_of_curation": round(stages["transnet"] / cur_total, 3) if cur_total else None,
+        "transnet_cpu_s_per_network_frame": round(stages["transnet"] / max(net_frames, 1), 4),
         "transnet_frames_per_decoded_frame": round(net_frames / max(frames, 1), 3),
-        "ratio_without_transnet": round((cur_total - stages.get("transnet", 0.0)) / plain_total, 3),
+        "ratio_without_transnet": round((cur_total - stages["transnet"]) / plain_total, 3),
         "model_load_cpu_s": round(load_s, 2), "per_video": per_video,
         "accepted_s": round(kept["accepted_s"], 3),
         "accepted_fraction_of_video_s": round(kept["accepted_s"] / video_s, 4),
@@ -122,5 +173,29 @@ def run(data_root: Path, repeats: int = 2) -> dict:
     return out
 
 
+def summary(out: dict) -> str:
+    """The figures a reader wants first, as a few lines of text (benchmarks.run prints them)."""
+    lines = [f"curation {out['curate_cpu_s_per_video_s']:.3f} CPU s per video s vs plain decode "
+             f"{out['plain_decode_cpu_s_per_video_s']:.3f}: {out['ratio_to_plain_decode']:.2f}x "
+             f"(target <= {out['target_ratio']:g}x; without identity {out['ratio_to_plain_decode_without_identity']:.2f}x, "
+             f"without TransNetV2 {out['ratio_without_transnet']:.2f}x) on {out['videos']} videos, {out['video_s']:.0f} s",
+             f"{'stage':<18} {'CPU s':>8} {'share':>7} {'x decode':>9}"]
+    for k in out["per_stage_cpu_s"]:
+        lines.append(f"{k:<18} {out['per_stage_cpu_s'][k]:>8.2f} {out['per_stage_share_of_curation'][k]:>7.1%} "
+                     f"{out['per_stage_ratio_to_plain_decode'][k]:>9.2f}")
+    lines.append(f"TransNetV2: {out['transnet_share_of_curation']:.1%} of curation, "
+                 f"{out['transnet_frames_per_decoded_frame']:.2f} network frames per decoded frame, "
+                 f"{out['transnet_cpu_s_per_network_frame'] * 1000:.1f} CPU ms each")
+    f = out["identity_faces_embedded"]
+    lines.append(f"identity ({out['identity_model']}): {out['identity_cpu_s_per_accepted_clip']:.3f} CPU s per accepted clip "
+                 f"({out['identity_clip_embedding_cpu_s_per_accepted_clip']:.3f} of it the clip's {out['identity_frames_per_clip']} "
+                 f"embeddings), {out['identity_cpu_s_per_embedded_face']:.3f} per embedded face ({f['clips']} for clips, "
+                 f"{f['tracking']} for tracking); curation {out['curate_cpu_s_per_accepted_clip']:.3f} CPU s per "
+                 f"accepted clip ({out['accepted_clips']} clips)")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(json.dumps(run(Path(sys.argv[1] if len(sys.argv) > 1 else "data/bench/curate")), indent=2))
+    res = run(Path(sys.argv[1] if len(sys.argv) > 1 else "data/bench/curate"))
+    print(json.dumps(res, indent=2))
+    print(summary(res))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import sys
 import time
@@ -18,14 +19,21 @@ AREAS = ["curate", "shards", "train", "reenact"]
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0],
+                                 epilog="e.g. `python -m benchmarks.run --only curate` measures curation alone "
+                                        "(<data>/bench/curate/bench_curate.json); run it with OMP_NUM_THREADS unset "
+                                        "and note the load average (recorded in bench.json): the figures are CPU "
+                                        "seconds, but a loaded machine still shifts them.")
     ap.add_argument("--data", default="data", help="data root; benchmark inputs/outputs go to <data>/bench")
-    ap.add_argument("--only", nargs="*", choices=AREAS, help="run only these areas")
+    ap.add_argument("--only", nargs="*", choices=AREAS, metavar="AREA",
+                    help=f"run only these areas (of {', '.join(AREAS)})")
     args = ap.parse_args(argv)
     root = Path(args.data).resolve() / "bench"
     root.mkdir(parents=True, exist_ok=True)
-    results: dict = {"machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
-                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "areas": {}}
+    results: dict = {"machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+                                 "cores": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset")},
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                     "load_avg_at_start": [round(x, 2) for x in os.getloadavg()], "areas": {}}
     failed = 0
     for area in args.only or AREAS:
         t0 = time.perf_counter()
@@ -39,6 +47,9 @@ def main(argv=None) -> int:
             res = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc(limit=3)}
         results["areas"][area] = res
         print(json.dumps({area: {k: v for k, v in res.items() if k != "trace"}}, indent=2, default=str), flush=True)
+        if "error" not in res and hasattr(mod, "summary"):
+            print(mod.summary(res), flush=True)
+    results["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out = root / "bench.json"
     out.write_text(json.dumps(results, indent=2, default=str))
     print(f"bench: wrote {out}" + (f" ({failed} area(s) failed)" if failed else ""))

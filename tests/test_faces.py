@@ -260,3 +260,47 @@ def test_a_span_that_fits_as_a_whole_is_not_cut_even_when_a_prefix_does_not():
     span = Span(0, 50, list(range(0, 50, 5)), "cut", "cut")
     prefix_fails = lambda fr: len(fr) in (1, 2, len(span.frames))   # noqa: E731 - only short runs and the whole
     assert split_to_fit(span, prefix_fails) == [(0, 50, span.frames)]
+
+
+class _CountingIdentity:
+    """A stand-in identity encoder: the frame's mean colour as the embedding; `same_below` decides."""
+
+    def __init__(self, same_below: float):
+        self.same_below, self.calls = same_below, 0
+
+    def faces(self, img, boxes):
+        self.calls += len(boxes)
+        return [img.reshape(-1, 3).mean(0) / 255.0 for _ in boxes]
+
+    def identity(self, emb):
+        from pipeline.curate.identity import FaceIdentity
+
+        return FaceIdentity(np.asarray(emb, np.float32), "counting", "euclidean", self.same_below)
+
+
+def test_identity_embeddings_run_only_where_no_shot_boundary_already_splits(tmp_path, detector):
+    cfg = FacesConfig(stride=8)
+    frames = [_frame([(100, 50, 130)]) for _ in range(21)]                                           # 0..20
+    frames += [_frame([(100, 50, 130)], recolour=np.float32([0.6, 0.9, 1.4])) for _ in range(27)]   # 21..47 other look
+    p = tmp_path / "look.mp4"
+    write_mp4(p, frames, 25)
+
+    def run(enc, settled=None, cuts=()):
+        fs = FaceScanner(cfg, detector, W, identity=enc)
+        dets = fs.finish(scan(p, 256, {"faces": fs.update}), settled)
+        spans, _ = segment(dets, list(cuts), cfg)
+        return [(s.start, s.end, s.end_split) for s in spans], fs
+
+    # a cut at the change: the split is the cut's, and no embedding is computed
+    enc = _CountingIdentity(same_below=10.0)
+    spans, fs = run(enc, settled=lambda f: f == 21, cuts=[21])
+    assert enc.calls == 0 and fs.identity_faces == 0
+    assert spans == [(0, 21, "cut"), (21, 48, "video_end")]
+    # no boundary there: the two frames either side of the located change are embedded, and they decide
+    same = _CountingIdentity(same_below=10.0)
+    spans, fs = run(same)
+    assert same.calls == 2 and fs.identity_faces == 2
+    assert spans == [(0, 48, "video_end")]                       # the embedding says one person: no split
+    other = _CountingIdentity(same_below=1e-4)
+    spans, _ = run(other)
+    assert other.calls == 2 and spans == [(0, 21, "identity"), (21, 48, "video_end")]

@@ -58,11 +58,12 @@ class Frame:
     """One decoded frame: its index, its time (seconds from the first frame, from its timestamp),
     `small` RGB (display geometry: rotation and SAR applied) always; full-size planes on demand."""
 
-    __slots__ = ("index", "time", "small", "_av", "_rot", "_sar")
+    __slots__ = ("index", "time", "small", "_av", "_rot", "_sar", "_gray", "_rgb")
 
     def __init__(self, index: int, small: np.ndarray, av_frame, rot: int, time: float = 0.0, sar: Fraction = Fraction(1)):
         self.index, self.small, self._av, self._rot = index, small, av_frame, rot
         self.time, self._sar = time, sar
+        self._gray = self._rgb = None   # converted once per frame, whichever consumers ask (read-only)
 
     def _display(self, img: np.ndarray) -> np.ndarray:
         if self._sar != 1:     # stored pixels are not square: stretch the width as video_io does
@@ -75,6 +76,11 @@ class Frame:
     def gray(self) -> np.ndarray:
         """Full-size, full-range luma in display orientation: the Y plane, no colour conversion
         (limited-range 16..235 video is stretched to 0..255 so all formats score alike)."""
+        if self._gray is None:
+            self._gray = self._luma()
+        return self._gray
+
+    def _luma(self) -> np.ndarray:
         f = self._av
         name = f.format.name
         if name in _LUMA8:
@@ -89,7 +95,10 @@ class Frame:
         return self._display(y)
 
     def rgb(self) -> np.ndarray:
-        return self._display(self._av.to_ndarray(format="rgb24"))
+        """Full-size RGB in display geometry (the quality, verification and identity samplers share it)."""
+        if self._rgb is None:
+            self._rgb = self._display(self._av.to_ndarray(format="rgb24"))
+        return self._rgb
 
 
 def scan(path: str | Path, max_side: int, consumers: dict[str, Callable[[Frame], None]],
