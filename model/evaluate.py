@@ -133,6 +133,7 @@ class Job:
     src_emb: np.ndarray       # (D,) CLIP embedding of the source (another video's frame)
     src_ident: Any = None     # the source clip's face-identity embedding (model.csim.source_identity)
     drv_ident: Any = None     # the driving clip's (CSIM to the driver: how much of the driver shows through)
+    raw: np.ndarray | None = None   # (T, 478, 3) the driver's own landmarks (= `landmarks` without retargeting)
 
 
 def job_of(drv: dict, src: dict, ec: EvalConfig, frames: int) -> tuple[Job, np.ndarray, dict] | None:
@@ -162,7 +163,7 @@ def job_of(drv: dict, src: dict, ec: EvalConfig, frames: int) -> tuple[Job, np.n
     asked = np.where(ok[:, None, None], cond_lm, np.nan).astype(np.float32)
     used = {"driving": drv["__key__"], "source": src["__key__"], "frames": int(len(times)),
             "cross_identity": drv["meta.json"]["video_id"] != src["meta.json"]["video_id"], "retarget": mode}
-    return Job(video, asked, ok, src_emb, source_identity(src), source_identity(drv)), lat, used
+    return Job(video, asked, ok, src_emb, source_identity(src), source_identity(drv), lm), lat, used
 
 
 @dataclass
@@ -191,21 +192,24 @@ def evaluate_row(row: GridRow, jobs: list[Job], gen, ec: EvalConfig, scoring: Sc
     sc = SampleConfig(steps=row.steps, cfg_scale=row.cfg_scale, guidance=row.guidance, sampler=ec.sampler,
                       anchor=ec.anchor_frame, max_batch=ec.max_batch, seed=ec.seed, clip_x0=ec.clip_x0,
                       anchor_noise=ec.anchor_noise)
-    per_clip, csims, gens, idents, drivers = [], [], [], [], []
+    per_clip, raw_clip, csims, gens, idents, drivers = [], [], [], [], [], []
     for k, job in enumerate(jobs):
         _, frames, _ = gen.generate(job.video, replace(sc, plan_seed=ec.seed + k))
         gens.append(frames)
         glm, gok = landmarks_of(frames, mesh=scoring.mesh)
         per_clip.append(lmse_landmarks(glm, job.landmarks * LMSE_SIZE, gok, job.ok))
+        raw_clip.append(lmse_landmarks(glm, (job.landmarks if job.raw is None else job.raw) * LMSE_SIZE, gok, job.ok))
         csims.append(csim_embeddings(job.src_emb, clip_embed(gen.enc, frames)))
         ids = identity_of_crops(frames)
         idents.append(identity_csim(job.src_ident, ids))
         drivers.append(identity_csim(job.drv_ident, ids) if job.drv_ident is not None else {"mean": None})
     n_used = sum(r["frames_used"] for r in per_clip)   # LMSE pooled over every frame with a face on both sides
     lmse = sum(r["lmse"] * r["frames_used"] for r in per_clip if r["frames_used"]) / n_used if n_used else None
+    lmse_raw = sum(r["lmse"] * r["frames_used"] for r in raw_clip if r["frames_used"]) / n_used if n_used else None
     out = {"Timesteps": sc.steps, "CFG": sc.cfg_scale, "Guidance": LABEL[sc.guidance],
            "LMSE": lmse, "CSIM": _mean([c["min"] for c in idents]), "CSIM_mean": _mean([c["mean"] for c in idents]),
            "CSIM_driver_mean": _mean([c["mean"] for c in drivers]), "Anchor": ec.anchor, "Retarget": ec.retarget,
+           "LMSE_driving_raw": lmse_raw,
            "CLIP_sim": float(np.mean(csims)),
            "lmse_frames": n_used, "frames": int(sum(len(g) for g in gens))}
     if isinstance(scoring.inception, str):

@@ -263,3 +263,15 @@ def test_data_draws_clean_reference_at_its_rate_and_clamps_offsets():
     a = [make_sequence(s, 4, np.random.default_rng(1), 0.1, "joint")["frames"] for _ in range(1)]
     b = [make_sequence(s, 4, np.random.default_rng(1), 0.1, "joint", 0.0, 8.5)["frames"] for _ in range(1)]
     assert np.array_equal(a[0], b[0]) and not make_sequence(s, 4, rng, 0.1, "joint")["clean_reference"]
+
+
+def test_checkpoints_from_before_the_offset_range_still_load_and_resume():
+    """model.max_offset_s is a sampling/training rule, not architecture: an older checkpoint's config
+    (without the key) stays compatible and samples with the default range."""
+    from model.checkpoint import mismatched_keys
+    from model.config import Config, from_dict
+
+    old = Config().to_dict()
+    del old["model"]["max_offset_s"], old["data"]["clean_reference_p"]
+    assert mismatched_keys(old, Config()) == []
+    assert from_dict(old).model.max_offset_s == 8.5 and from_dict(old).data.clean_reference_p == 0.0
