@@ -314,6 +314,8 @@ def run(args) -> dict:
     root = DataRoot.of(args.data)
     if args.guidance not in GUIDANCE:
         raise ReenactError(f"unknown guidance {args.guidance!r}; known: {', '.join(GUIDANCE)}")
+    if args.anchor == "source" and args.sampler != "anchored":
+        raise ReenactError("--anchor source needs --sampler anchored (the naive sampler has no anchor)")
     torch.manual_seed(args.seed)
     # the inputs first (cheap), so a bad image or video fails before any model is loaded
     src = source_crop(args.source, SIZE)
@@ -339,8 +341,6 @@ def run(args) -> dict:
     if size != SIZE:  # a model trained at another resolution (the tiny one: 64 px)
         src, drv = load_frames([src], size=size)[0], load_frames(drv, size=size)
     if args.anchor == "source":
-        if args.sampler != "anchored":
-            raise ReenactError("--anchor source needs --sampler anchored (the naive sampler has no anchor)")
         src_emb, src_lat = source_inputs(enc, src)
     else:
         src_emb = clip_embed(enc, src[None])[0]
@@ -370,7 +370,8 @@ def run(args) -> dict:
         "frames": int(len(drv)), "fps": fps, "driving_crop": crop, "faceless_frames_filled": missing,
         "sampler": args.sampler, "F": int(cfg.model.frames), "sequences": int(plan.num_sequences),
         "anchor": args.anchor, "anchor_frame": args.anchor_frame, "anchor_noise": args.anchor_noise,
-        "retarget": args.retarget, "max_offset_s": float(cfg.model.max_offset_s), "steps": args.steps, "cfg_scale": args.cfg_scale, "guidance": args.guidance,
+        "retarget": args.retarget, "max_offset_s": float(cfg.model.max_offset_s),
+        "steps": args.steps, "cfg_scale": args.cfg_scale, "guidance": args.guidance,
         "seed": args.seed, "max_batch": args.max_batch, "clip_x0": args.clip_x0, "side_by_side": bool(args.side_by_side),
         "sampling_s": round(t_sample, 3), "sampling_s_per_frame": round(t_sample / len(drv), 4),
         "total_s": round(time.time() - t0, 3),

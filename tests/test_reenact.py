@@ -167,12 +167,15 @@ def _bad_args(d, case, tmp_path):
         extra = ["--ckpt", make_tiny_checkpoint(tmp_path, clip_dim=16), "--models", d / "data" / "models" / "tiny"]
     elif case == "config":
         extra = ["--config", ROOT / "dags" / "train.yaml"]   # the paper's XL/2 config vs a tiny checkpoint
+    elif case == "naive_source":
+        extra = ["--anchor", "source", "--sampler", "naive"]
     return ["--source", src, "--driving", drv, "--steps", "2", *extra]
 
 
 BAD = {"blank": "no face found in the source image", "two": "2 faces in the source image",
        "broken": "unreadable driving video", "short": "fewer than the sequence length F=4",
-       "mismatch": "expects clip_dim 16 but the CLIP model", "config": "incompatible config: model.size"}
+       "mismatch": "expects clip_dim 16 but the CLIP model", "config": "incompatible config: model.size",
+       "naive_source": "--anchor source needs --sampler anchored"}
 
 
 @pytest.mark.parametrize("case", ["two", "broken"])
@@ -184,7 +187,7 @@ def test_bad_input_subprocess_one_line_error(setup, case, tmp_path):
     assert "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("case", ["blank", "short", "mismatch", "config"])
+@pytest.mark.parametrize("case", ["blank", "short", "mismatch", "config", "naive_source"])
 def test_bad_input_in_process(setup, case, tmp_path, capsys):
     from model.reenact import main
 
