@@ -53,11 +53,12 @@ verify-optout: install ## fail if any clip of an opted-out video remains in a sh
 train: install ## torchrun the sDiT on the shards (CPU here, all GPUs elsewhere)
 	$(PY) -m model.launch --data $(DATA) --config dags/train.yaml
 
-reenact: install ## SOURCE=img DRIVING=video [CKPT=...] anchored diffusion
-	$(PY) -m model.reenact --data $(DATA) --source "$(SOURCE)" --driving "$(DRIVING)" $(if $(CKPT),--ckpt "$(CKPT)")
+reenact: install ## SOURCE=img DRIVING=video [CKPT=...] [ANCHOR=generated|source] [RETARGET=relative|none] anchored diffusion
+	$(PY) -m model.reenact --data $(DATA) --source "$(SOURCE)" --driving "$(DRIVING)" $(if $(CKPT),--ckpt "$(CKPT)") \
+	  $(if $(ANCHOR),--anchor "$(ANCHOR)") $(if $(RETARGET),--retarget "$(RETARGET)")
 
-eval: install ## the Table 1 grid (FID / LMSE / CSIM) on held-out shards
-	$(PY) -m model.evaluate --data $(DATA)
+eval: install ## the Table 1 grid (FID / LMSE / CSIM) on held-out shards [ANCHOR=generated|source] [RETARGET=relative|none]
+	$(PY) -m model.evaluate --data $(DATA) $(if $(ANCHOR),anchor=$(ANCHOR)) $(if $(RETARGET),retarget=$(RETARGET))
 
 bench: install ## benchmarks: ratios against plain references, JSON under $(DATA)/bench
 	$(OFFLINE) $(PY) -m benchmarks.run --data $(DATA)

@@ -22,6 +22,23 @@ Synchronisation rule (the anchor is identical in every sequence at every step):
   All noise of a step is drawn for the whole batch from one seeded generator before any chunking,
   so chunking changes which rows a forward call sees, never the numbers drawn.
 
+Source anchor (`VideoConditioning.anchor_latent` set; `--anchor source`): the anchor is not generated
+but known, the source crop's VAE latent x0_src (its landmarks are the anchor frame's landmarks). The
+anchor slot then never comes from the model: before every model call at respaced step i, slot 0 of
+every sequence is q(x_i | x0_src) = sqrt(abar_i) x0_src + sqrt(1 - abar_i) eps_a, with ONE noise draw
+eps_a (made once, first thing from the seeded generator) shared by every sequence and every step, so
+the anchor moves along one forward-process path and rules 3-5 hold trivially (the slot is one tensor
+everywhere); after the last step slot 0 is x0_src itself. The other frames' updates are unchanged.
+`SampleConfig.anchor_noise = "clean"` gives the anchor slot x0_src at every step instead (what a model
+trained with `data.clean_reference_p` saw in slot 0).
+
+Time offsets are clamped to +-`SampleConfig.max_offset_s` (the checkpoint's `model.max_offset_s`, which
+the training sequences are clamped to as well): a sequence spread over a 30 s video would otherwise
+show the model offsets it never saw in training (clips <= 8.5 s). Clamping, not rescaling: the offsets
+near the anchor (where consecutive frames must look alike) stay true seconds; rescaling would shrink
+every gap by a factor that depends on the video's length (a 30 s video's 40 ms spacing would read as
+11 ms), and beyond the clamp the landmarks, not the offset, say what the frame shows.
+
 The naive baseline (`plan_naive`, sync=False) samples consecutive chunks of F frames
 independently (offsets relative to each chunk's first frame); a last partial chunk is filled with
 the preceding frames as context.
@@ -126,12 +143,16 @@ class SampleConfig:
     plan_seed: int = 0                # anchored: which frames share a sequence
     clip_x0: float = 0.0              # >0: clamp the predicted x_0 to [-clip_x0, clip_x0] (static thresholding);
                                       # 0 = off, as DiT samples latents. Keeps an undertrained model from drifting.
+    max_offset_s: float = 0.0         # >0: clamp time offsets to +-this (the checkpoint's model.max_offset_s)
+    anchor_noise: str = "step"        # source anchor: "step" = q(x_t | x0_src) at each step; "clean" = x0_src
 
     def __post_init__(self):
         if self.guidance not in GUIDANCE:
             raise ValueError(f"unknown guidance mode {self.guidance!r}; known: {', '.join(GUIDANCE)}")
         if self.sampler not in ("anchored", "naive"):
             raise ValueError(f"unknown sampler {self.sampler!r}; known: anchored, naive")
+        if self.anchor_noise not in ("step", "clean"):
+            raise ValueError(f"unknown anchor_noise {self.anchor_noise!r}; known: step, clean")
 
     def plan(self, n_frames: int, F: int) -> SequencePlan:
         return plan_anchored(n_frames, F, self.anchor, self.plan_seed) if self.sampler == "anchored" \
@@ -141,18 +162,31 @@ class SampleConfig:
 @dataclass
 class VideoConditioning:
     """What a whole output video is conditioned on, per output frame (the plan cuts it into sequences).
-    A new input (e.g. a source latent) is one more field here and in `sequences`."""
+    `anchor_latent` set: the plan's anchor frame is KNOWN (the source crop's latent, scaled space), not
+    generated (see "Source anchor" above); its landmarks and time are the anchor frame's entries here."""
     landmarks: torch.Tensor   # (N, 478, 3) float, driving landmarks of every output frame (no NaN)
     times: torch.Tensor       # (N,) float seconds of every output frame
     clip_emb: torch.Tensor    # (D,) CLIP embedding of the source
+    anchor_latent: torch.Tensor | None = None   # (C, h, w) the source latent when the anchor is the source
 
-    def sequences(self, plan: SequencePlan) -> Conditioning:
-        """The model's conditioning for every sequence of `plan` (S rows), nothing dropped."""
+    def sequences(self, plan: SequencePlan, max_offset_s: float = 0.0) -> Conditioning:
+        """The model's conditioning for every sequence of `plan` (S rows), nothing dropped; offsets
+        clamped to +-max_offset_s when > 0 (the range the model was trained on)."""
         fr = torch.as_tensor(plan.frames)
         t = self.times.float()
+        off = t[fr] - t[fr[:, :1]]                                                         # (S, F) s vs slot 0
+        if max_offset_s > 0:
+            off = off.clamp(-max_offset_s, max_offset_s)
         return Conditioning(landmarks=torch.nan_to_num(self.landmarks.float()[fr]),       # (S, F, 478, 3)
-                            offsets=t[fr] - t[fr[:, :1]],                                  # (S, F) s vs slot 0
+                            offsets=off,
                             clip_emb=self.clip_emb.float()[None].expand(plan.num_sequences, -1))  # (S, D)
+
+    def with_source_anchor(self, latent: torch.Tensor, landmarks: torch.Tensor, time_s: float) -> VideoConditioning:
+        """This video with the source prepended as frame 0, the known anchor (plan it with anchor=0 and
+        drop frame 0 of the result): its latent, its landmarks, and the time the offsets count from."""
+        return VideoConditioning(landmarks=torch.cat([landmarks.float()[None], self.landmarks.float()]),
+                                 times=torch.cat([torch.tensor([float(time_s)]), self.times.float()]),
+                                 clip_emb=self.clip_emb, anchor_latent=latent.float())
 
 
 def guided_output(model, x, t_model, cond: Conditioning, cfg_scale: float, max_batch: int) -> torch.Tensor:
@@ -188,12 +222,27 @@ def sample(model, diffusion, plan: SequencePlan, video: VideoConditioning, laten
     sp = respace(diffusion, sc.steps)
     tmap = torch.as_tensor(sp.timestep_map).long()
     sync = plan.anchor is not None
-    cond = video.sequences(plan).dropped(*GUIDANCE[sc.guidance])
+    cond = video.sequences(plan, sc.max_offset_s).dropped(*GUIDANCE[sc.guidance])
     S, F = plan.frames.shape
     g = torch.Generator().manual_seed(int(sc.seed))
+    known = video.anchor_latent
+    if known is not None:
+        if not sync:
+            raise ValueError("a source anchor needs the anchored sampler (the naive one has no anchor)")
+        known = known.float().reshape(latent_shape)
+        eps_a = torch.randn(latent_shape, generator=g)                # the ONE anchor noise draw (all steps)
     x = torch.randn((S, F, *latent_shape), generator=g)
     if sync:
         x[:, 0] = x[0, 0].clone()                                     # rule 1
+
+    def known_at(i: int) -> torch.Tensor:
+        """The known anchor at respaced step i (i = -1: x_0, the source latent itself)."""
+        if i < 0 or sc.anchor_noise == "clean":
+            return known
+        return sp.q_sample(known[None], torch.tensor([i]), eps_a[None])[0]
+
+    if known is not None:
+        x[:, 0] = known_at(len(tmap) - 1)
     for k, i in enumerate(range(len(tmap) - 1, -1, -1)):
         out = guided_output(model, x, tmap[i], cond, sc.cfg_scale, sc.max_batch)
         noise = torch.randn(x.shape, generator=g)                    # drawn for the whole batch, before any use
@@ -204,6 +253,8 @@ def sample(model, diffusion, plan: SequencePlan, video: VideoConditioning, laten
         x = sp.p_sample(out, x, torch.full((S,), i, dtype=torch.long), noise, sc.clip_x0)
         if sync:
             x[:, 0] = x[0, 0].clone()                                 # rule 5 (already equal; makes it explicit)
+        if known is not None:
+            x[:, 0] = known_at(i - 1)                                 # the known anchor, noised to the next step
         if callback is not None:
             callback(k, x)
     return assemble(plan, x)

@@ -20,7 +20,8 @@ from pipeline.paths import DataRoot
 from pipeline.storage import is_remote, open_url
 
 # keys that change the network or the diffusion chain: a checkpoint that differs on them cannot be resumed
-_ARCH_IGNORE = {"grad_checkpoint"}          # model.* keys that do not change the weights
+_ARCH_IGNORE = {"grad_checkpoint", "max_offset_s"}   # model.* keys that do not change the weights (the offset
+# range is a training/sampling rule; a checkpoint from before it was recorded samples with the default)
 _DIFFUSION_ARCH = {"steps", "schedule"}      # diffusion.* keys the model was trained for
 
 

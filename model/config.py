@@ -38,6 +38,9 @@ class ModelConfig:
     mlp_ratio: float = 4.0        # DiT
     learn_sigma: bool = True      # DiT/IDDPM learned variance: 2x output channels
     offset_scale: float = 100.0   # seconds -> sinusoid input; 100 resolves 10 ms with DiT's 10000 max period
+    # |time offset| the model is trained and sampled within: training sequences come from one clip
+    # (curation's filters.max_duration_s = 8.5 s), and anchored sampling clamps offsets to the same range
+    max_offset_s: float = 8.5
     grad_checkpoint: bool = False  # recompute block activations in backward (memory for compute)
 
     def arch(self) -> dict[str, int]:
@@ -69,6 +72,10 @@ class DataConfig:
     overfit_batches: int = 0      # >0: cycle this many fixed batches (data, t, noise) - a memorisation check
     heldout_fraction: float = 0.1  # videos kept out of training for `make eval` (model/split.py); 0 = train on all
     heldout_min_clips: int = 2    # small corpora: hold out lowest-hash videos until this many clips (<= half the videos)
+    # probability that a sequence's reference frame (slot 0) is given CLEAN (not noised) and left out of
+    # the loss, so the model learns to copy appearance from slot 0 (`--anchor source` then samples with
+    # `--anchor-noise clean`); 0 = the paper's training (every frame noised and scored)
+    clean_reference_p: float = 0.0
 
 
 @dataclass
@@ -232,5 +239,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.precision must be auto|fp32|bf16, got {cfg.train.precision!r}")
     if cfg.train.cpu_preset and cfg.train.cpu_preset not in PRESETS:
         raise ConfigError(f"train.cpu_preset: unknown preset {cfg.train.cpu_preset!r}; known: {', '.join(PRESETS)}")
+    if not 0.0 <= cfg.data.clean_reference_p <= 1.0:
+        raise ConfigError(f"data.clean_reference_p must be in [0, 1], got {cfg.data.clean_reference_p}")
+    if cfg.model.max_offset_s <= 0:
+        raise ConfigError(f"model.max_offset_s must be > 0, got {cfg.model.max_offset_s}")
     if not 0.0 <= cfg.data.cond_dropout < 1.0:
         raise ConfigError("data.cond_dropout must be in [0, 1)")

@@ -119,9 +119,13 @@ def draw_dropout(rng: np.random.Generator, p: float, mode: str) -> tuple[bool, b
     return (drop_lm, drop_lm) if mode == "joint" else (drop_lm, bool(u_clip < p))
 
 
-def make_sequence(s: dict, frames: int, rng: np.random.Generator, cond_dropout: float, dropout_mode: str) -> dict:
+def make_sequence(s: dict, frames: int, rng: np.random.Generator, cond_dropout: float, dropout_mode: str,
+                  clean_reference_p: float = 0.0, max_offset_s: float = 0.0) -> dict:
     """One training sequence from one decoded clip: F stored frames at random (non-uniform spacing).
-    Frame 0 is a random reference frame; offsets are seconds relative to it (negative = earlier)."""
+    Frame 0 is a random reference frame; offsets are seconds relative to it (negative = earlier),
+    clamped to +-max_offset_s when > 0 (the range anchored sampling clamps to; a clip longer than it is
+    the only case it changes). `clean_reference`: slot 0 goes to the model clean and out of the loss
+    (drawn with probability clean_reference_p; no draw at all when 0, so older runs' streams stay the same)."""
     T = len(s["time_s.npy"])
     idx = rng.choice(T, size=frames, replace=T < frames)                  # (F,) stored-frame positions
     idx = np.r_[idx[0], np.sort(idx[1:])]                                  # reference first, rest in time order
@@ -132,14 +136,19 @@ def make_sequence(s: dict, frames: int, rng: np.random.Generator, cond_dropout: 
     lm = np.nan_to_num(s["landmarks.npy"][idx].astype(np.float32), nan=0.0)  # (F, 478, 3)
     src = int(rng.integers(T))                                             # source frame for CLIP
     drop_lm, drop_clip = draw_dropout(rng, cond_dropout, dropout_mode)
+    clean_ref = bool(rng.random() < clean_reference_p) if clean_reference_p > 0 else False
+    offsets = time_s[idx] - time_s[idx[0]]
+    if max_offset_s > 0:
+        offsets = np.clip(offsets, -max_offset_s, max_offset_s)
     return {
         "latents": (mean + std * eps) * np.float32(s["meta.json"]["vae_scaling_factor"]),
         "landmarks": lm,
         "landmarks_ok": s["landmarks_ok.npy"][idx].astype(bool),
-        "offsets": time_s[idx] - time_s[idx[0]],
+        "offsets": offsets,
         "clip_emb": s["clip_emb.npy"][src].astype(np.float32),
         "drop_landmarks": drop_lm,
         "drop_clip": drop_clip,
+        "clean_reference": clean_ref,
         "frames": idx.astype(np.int64),
         "key": s["__key__"],
     }
@@ -226,7 +235,8 @@ class SequenceStream(IterableDataset):
                     continue
                 used += 1
                 try:
-                    seq = make_sequence(decode(raw), F, rng, d.cond_dropout, d.dropout_mode)
+                    seq = make_sequence(decode(raw), F, rng, d.cond_dropout, d.dropout_mode,
+                                        d.clean_reference_p, self.cfg.model.max_offset_s)
                 except Exception as exn:  # corrupt/incomplete sample: skip it, keep training
                     counters.bad_samples += 1
                     log.warning("skipping sample %s in %s: %r", raw.get("__key__"), url, exn)

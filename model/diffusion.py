@@ -33,6 +33,15 @@ def mean_flat(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=tuple(range(1, x.dim())))
 
 
+def masked_mean_flat(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """mean_flat over the elements where `keep` (broadcastable to x, 0/1) is 1; keep None = mean_flat."""
+    if keep is None:
+        return mean_flat(x)
+    keep = keep.to(x.dtype).expand_as(x)
+    dims = tuple(range(1, x.dim()))
+    return (x * keep).sum(dim=dims) / keep.sum(dim=dims).clamp(min=1.0)
+
+
 def normal_kl(m1, logv1, m2, logv2):
     """KL(N(m1, e^logv1) || N(m2, e^logv2)), elementwise, in nats."""
     return 0.5 * (-1.0 + logv2 - logv1 + torch.exp(logv1 - logv2) + (m1 - m2) ** 2 * torch.exp(-logv2))
@@ -103,29 +112,43 @@ class GaussianDiffusion:
         mean, _, _ = self.q_posterior(x0, x_t, t)
         return dict(mean=mean, variance=torch.exp(log_var), log_variance=log_var, pred_xstart=x0)
 
-    def _vb_bits(self, model_output, x0, x_t, t):
-        """Per-sample variational-bound term in bits/dim: KL for t > 0, decoder NLL at t = 0."""
+    def _vb_bits(self, model_output, x0, x_t, t, keep=None):
+        """Per-sample variational-bound term in bits/dim: KL for t > 0, decoder NLL at t = 0 (averaged
+        over the elements `keep` marks, all when None)."""
         true_mean, _, true_logv = self.q_posterior(x0, x_t, t)
         p = self.p_mean_variance(model_output, x_t, t)
-        kl = mean_flat(normal_kl(true_mean, true_logv, p["mean"], p["log_variance"])) / math.log(2.0)
-        nll = -mean_flat(discretized_gaussian_loglik(x0, p["mean"], 0.5 * p["log_variance"])) / math.log(2.0)
+        kl = masked_mean_flat(normal_kl(true_mean, true_logv, p["mean"], p["log_variance"]), keep) / math.log(2.0)
+        nll = -masked_mean_flat(discretized_gaussian_loglik(x0, p["mean"], 0.5 * p["log_variance"]), keep) / math.log(2.0)
         return torch.where(t == 0, nll, kl)
 
-    def training_losses(self, model, x0, t, cond=None, noise=None, weight=None) -> dict:
+    def training_losses(self, model, x0, t, cond=None, noise=None, weight=None, clean_reference=None) -> dict:
         """-> dict(loss, mse, vb), each (B,). `weight` (broadcastable to x0) scales the squared error
-        per latent pixel: 1 + lambda_ex under expressive landmarks (see `expressive_mask`)."""
+        per latent pixel: 1 + lambda_ex under expressive landmarks (see `expressive_mask`).
+        `clean_reference` (B,) bool, for sequences x0 (B, F, C, h, w): in the flagged rows frame 0 goes to
+        the model clean (x0 itself, not x_t) and is left out of both loss terms, so the model learns to
+        copy appearance from a known reference frame (data.clean_reference_p)."""
         noise = torch.randn_like(x0) if noise is None else noise
         x_t = self.q_sample(x0, t, noise)
+        keep = None
+        if clean_reference is not None and bool(clean_reference.any()):
+            if x0.dim() != 5:
+                raise ValueError("clean_reference needs frame sequences (B, F, C, h, w)")
+            rows = clean_reference.bool()
+            x_t = x_t.clone()
+            x_t[rows, 0] = x0[rows, 0]
+            keep = torch.ones(x0.shape[:2], device=x0.device)          # (B, F): 0 = not scored
+            keep[rows, 0] = 0.0
+            keep = keep[..., None, None, None]                        # (B, F, 1, 1, 1)
         out = model(x_t, self.timestep_map.to(t.device)[t], cond)
         C = x0.shape[-3]
         eps = out[..., :C, :, :]
         sq = (noise - eps.float()) ** 2
-        mse = mean_flat(sq if weight is None else sq * weight)
+        mse = masked_mean_flat(sq if weight is None else sq * weight, keep)
         terms = dict(mse=mse)
         if out.shape[-3] == 2 * C:
             # stop-grad on the mean: the vb term trains only the variance channels (IDDPM "hybrid")
             frozen = torch.cat([eps.detach(), out[..., C:, :, :]], dim=-3).float()
-            terms["vb"] = self._vb_bits(frozen, x0, x_t, t)
+            terms["vb"] = self._vb_bits(frozen, x0, x_t, t, keep)
         else:
             terms["vb"] = torch.zeros_like(mse)
         terms["loss"] = terms["mse"] + terms["vb"]

@@ -6,8 +6,9 @@ a checkpoint from before that record gets the same rule recomputed on today's sh
 Cross-identity, as in the paper: driving clip k is reenacted with the source taken from the first
 frame of the next held-out clip of another video (same video only if the split has one video).
 Per grid row:
-  LMSE  landmarks of the generated frames vs the driving clip's stored landmarks, pixels of a 256
-        crop (model.metrics), over frames with a face on both sides;
+  LMSE  landmarks of the generated frames vs the landmarks the model was asked to follow (the driving
+        clip's stored landmarks, retargeted onto the source's face under `retarget: relative`), pixels of
+        a 256 crop (model.metrics), over frames with a face on both sides;
   CSIM  identity similarity (model/csim.py): per clip the minimum and the mean over generated frames of
         the cosine between the source clip's face-identity embedding (its identity.npy) and each
         frame's (dlib's ResNet), averaged over clips;
@@ -15,6 +16,10 @@ Per grid row:
         when the CLIP has random weights (the offline tiny models);
   FID   generated frames of all clips vs the real held-out frames (VAE reconstructions of the
         shards' posterior means: shards hold no pixels), or "unavailable: <why>" without weights.
+Anchor and landmarks (`anchor`, `retarget`, as `make reenact`'s flags): the source frame's stored latent
+can be the anchor, and the driving landmarks moved onto the source's face (model/retarget.py); the
+table rows and note record both, and `CSIM_driver_mean` is the identity similarity of the output to
+the DRIVING clip (how much of the driver's face shows through).
 `--consistency` runs model/consistency.py instead: anchored vs naive similarity to the anchor over
 distance, and LMSE with and without landmark guidance (figures for the README).
 """
@@ -42,7 +47,10 @@ class EvalConfig:
     max_clips: int = 4
     max_frames: int = 16
     sampler: str = "anchored"
-    anchor: int = 0
+    anchor: str = "generated"         # generated (paper) | source: the source frame's latent is the anchor
+    anchor_frame: int = 0             # driving frame: the generated anchor / the reference for offsets, retargeting
+    anchor_noise: str = "step"        # source anchor: q(x_t | source) at each step, or "clean"
+    retarget: str = "relative"        # relative (driver's motion on the source's face) | none (raw driving landmarks)
     max_batch: int = 0
     seed: int = 0
     clip_x0: float = 0.0
@@ -92,6 +100,10 @@ def load_eval_config(path: str | None, overrides: list[str] = ()) -> EvalConfig:
                 raise ConfigError(f"override {ov!r}: expected key=value")
             doc[k] = yaml.safe_load(v)
         set_fields(cfg, doc, where)
+        for k, known in (("anchor", ("generated", "source")), ("retarget", ("none", "relative")),
+                         ("anchor_noise", ("step", "clean")), ("sampler", ("anchored", "naive"))):
+            if getattr(cfg, k) not in known:
+                raise ConfigError(f"{where}: {k} must be one of {', '.join(known)}, got {getattr(cfg, k)!r}")
         for name, rows in cfg.grids.items():
             grid_rows(rows, where, name)
     except ConfigError as e:
@@ -115,11 +127,43 @@ def pairs(held: list[dict], max_clips: int) -> list[tuple[dict, dict]]:
 @dataclass
 class Job:
     """One held-out driving clip: what the model is conditioned on and what its output is scored against."""
-    video: Any                # model.anchored.VideoConditioning (landmarks filled where no face)
-    landmarks: np.ndarray     # (T, 478, 3) the clip's stored landmarks, x, y in [0, 1] (NaN = no face)
+    video: Any                # model.anchored.VideoConditioning (landmarks filled where no face, retargeted)
+    landmarks: np.ndarray     # (T, 478, 3) the landmarks asked for (retargeted driving), x, y in [0, 1] (NaN = no face)
     ok: np.ndarray            # (T,) bool: a face on the driving frame
     src_emb: np.ndarray       # (D,) CLIP embedding of the source (another video's frame)
     src_ident: Any = None     # the source clip's face-identity embedding (model.csim.source_identity)
+    drv_ident: Any = None     # the driving clip's (CSIM to the driver: how much of the driver shows through)
+    raw: np.ndarray | None = None   # (T, 478, 3) the driver's own landmarks (= `landmarks` without retargeting)
+
+
+def job_of(drv: dict, src: dict, ec: EvalConfig, frames: int) -> tuple[Job, np.ndarray, dict] | None:
+    """(Job, the driving clip's latent means, its record) for one (driving, source) pair under the config's
+    anchor and retarget modes; None when the clip is shorter than F or has no face. The source is the first
+    frame of its clip: its stored latent (the anchor under `anchor: source`) and landmarks."""
+    import torch
+
+    from model.csim import source_identity
+    from model.reenact import video_conditioning
+    from model.retarget import retarget
+
+    filled, lm, ok, times, lat = driving_of(drv, ec.max_frames)
+    if len(times) < frames or not ok.any():
+        return None
+    src_emb = src["clip_emb.npy"][0].astype(np.float32)
+    src_lm = src["landmarks.npy"][0].astype(np.float32)
+    src_has_face = bool(src["landmarks_ok.npy"][0]) and np.isfinite(src_lm).all()
+    ref = min(ec.anchor_frame, len(times) - 1)
+    mode = ec.retarget if src_has_face else "none"          # no source mesh: nothing to retarget onto
+    cond_lm = retarget(src_lm, filled, mode, ref=ref)
+    video = video_conditioning(cond_lm, times, src_emb)
+    if ec.anchor == "source":
+        scale = float(src["meta.json"]["vae_scaling_factor"])
+        latent = torch.from_numpy(src["latent_mean.npy"][0].astype(np.float32) * np.float32(scale))
+        video = video.with_source_anchor(latent, torch.from_numpy(np.nan_to_num(src_lm)), float(times[ref]))
+    asked = np.where(ok[:, None, None], cond_lm, np.nan).astype(np.float32)
+    used = {"driving": drv["__key__"], "source": src["__key__"], "frames": int(len(times)),
+            "cross_identity": drv["meta.json"]["video_id"] != src["meta.json"]["video_id"], "retarget": mode}
+    return Job(video, asked, ok, src_emb, source_identity(src), source_identity(drv), lm), lat, used
 
 
 @dataclass
@@ -146,19 +190,26 @@ def evaluate_row(row: GridRow, jobs: list[Job], gen, ec: EvalConfig, scoring: Sc
     from model.reenact import clip_embed
 
     sc = SampleConfig(steps=row.steps, cfg_scale=row.cfg_scale, guidance=row.guidance, sampler=ec.sampler,
-                      anchor=ec.anchor, max_batch=ec.max_batch, seed=ec.seed, clip_x0=ec.clip_x0)
-    per_clip, csims, gens, idents = [], [], [], []
+                      anchor=ec.anchor_frame, max_batch=ec.max_batch, seed=ec.seed, clip_x0=ec.clip_x0,
+                      anchor_noise=ec.anchor_noise)
+    per_clip, raw_clip, csims, gens, idents, drivers = [], [], [], [], [], []
     for k, job in enumerate(jobs):
         _, frames, _ = gen.generate(job.video, replace(sc, plan_seed=ec.seed + k))
         gens.append(frames)
         glm, gok = landmarks_of(frames, mesh=scoring.mesh)
         per_clip.append(lmse_landmarks(glm, job.landmarks * LMSE_SIZE, gok, job.ok))
+        raw_clip.append(lmse_landmarks(glm, (job.landmarks if job.raw is None else job.raw) * LMSE_SIZE, gok, job.ok))
         csims.append(csim_embeddings(job.src_emb, clip_embed(gen.enc, frames)))
-        idents.append(identity_csim(job.src_ident, identity_of_crops(frames)))
+        ids = identity_of_crops(frames)
+        idents.append(identity_csim(job.src_ident, ids))
+        drivers.append(identity_csim(job.drv_ident, ids) if job.drv_ident is not None else {"mean": None})
     n_used = sum(r["frames_used"] for r in per_clip)   # LMSE pooled over every frame with a face on both sides
     lmse = sum(r["lmse"] * r["frames_used"] for r in per_clip if r["frames_used"]) / n_used if n_used else None
+    lmse_raw = sum(r["lmse"] * r["frames_used"] for r in raw_clip if r["frames_used"]) / n_used if n_used else None
     out = {"Timesteps": sc.steps, "CFG": sc.cfg_scale, "Guidance": LABEL[sc.guidance],
            "LMSE": lmse, "CSIM": _mean([c["min"] for c in idents]), "CSIM_mean": _mean([c["mean"] for c in idents]),
+           "CSIM_driver_mean": _mean([c["mean"] for c in drivers]), "Anchor": ec.anchor, "Retarget": ec.retarget,
+           "LMSE_driving_raw": lmse_raw,
            "CLIP_sim": float(np.mean(csims)),
            "lmse_frames": n_used, "frames": int(sum(len(g) for g in gens))}
     if isinstance(scoring.inception, str):
@@ -195,7 +246,7 @@ def markdown(rows: list[dict], note: str, clip_name: str = "CLIP-sim") -> str:
 def run(data: Path, ec: EvalConfig) -> dict:
     import torch
 
-    from model.csim import csim_label, source_identity
+    from model.csim import csim_label
     from model.metrics import (
         find_inception_weights,
         inception_features,
@@ -203,7 +254,7 @@ def run(data: Path, ec: EvalConfig) -> dict:
         load_inception,
         similarity_note,
     )
-    from model.reenact import ReenactError, load_all, video_conditioning
+    from model.reenact import ReenactError, load_all
     from pipeline.configfile import ConfigError
     from pipeline.curate.landmarks import FaceMesh478
     from pipeline.paths import DataRoot, atomic_write_text
@@ -222,14 +273,12 @@ def run(data: Path, ec: EvalConfig) -> dict:
     held, split_note = load_heldout(root.root, gen.cfg, info["heldout"])
     jobs, lats, used = [], [], []
     for drv, src in pairs(held, ec.max_clips):
-        filled, lm, ok, times, lat = driving_of(drv, ec.max_frames)
-        if len(times) < gen.cfg.model.frames or not ok.any():
+        made = job_of(drv, src, ec, gen.cfg.model.frames)
+        if made is None:
             continue  # too short for one sequence, or no face at all: recorded in the stats
-        src_emb = src["clip_emb.npy"][0].astype(np.float32)
-        jobs.append(Job(video_conditioning(filled, times, src_emb), lm, ok, src_emb, source_identity(src)))
-        lats.append(lat)
-        used.append({"driving": drv["__key__"], "source": src["__key__"], "frames": int(len(times)),
-                     "cross_identity": drv["meta.json"]["video_id"] != src["meta.json"]["video_id"]})
+        jobs.append(made[0])
+        lats.append(made[1])
+        used.append(made[2])
     if not jobs:
         raise SystemExit("evaluate: error: no held-out clip long enough with a face (need >= F frames)")
     weights, why = ((Path(ec.inception), f"no Inception-v3 weights at {ec.inception}") if ec.inception
@@ -253,7 +302,7 @@ def run(data: Path, ec: EvalConfig) -> dict:
                   f"{_fmt(r['CSIM'], 3)} mean {_fmt(r['CSIM_mean'], 3)}, {labelled(clip_note)} {r['CLIP_sim']:.3f} "
                   f"({r['seconds']}s)", flush=True)
     note = (f"Grid `{grid_name}` on {len(jobs)} held-out clips ({sum(u['frames'] for u in used)} frames; "
-            f"{split_note}), {ec.sampler} sampling, checkpoint "
+            f"{split_note}), {ec.sampler} sampling, {ec.anchor} anchor, retarget {ec.retarget}, checkpoint "
             f"`{Path(info['ckpt']).name}`, models `{info['models']}`. LMSE in pixels of a 256 crop; {csim_label()} = "
             f"cosine of face-identity embeddings, source clip vs each generated frame, min and mean over frames, "
             f"averaged over clips (n/a where the source has no identity); {labelled(clip_note)} = min cosine of CLIP "

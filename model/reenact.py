@@ -9,7 +9,16 @@
    nearest frames that have one (copied from the nearest at the ends) and are listed in the stats.
 3. Anchored Diffusion (model.anchored) over all frames in one batch of sequences, then VAE decode
    (vae.decode(latents / scaling_factor)) and H.264 MP4, optionally source | driving | generated.
-Stats JSON next to the output: timings, the plan, filled frames, LMSE and CSIM of the result: CSIM is
+Anchor (`--anchor`): `generated` (the paper's: driving frame `--anchor-frame` is generated once and
+shared by every sequence) or `source` (the source crop's VAE latent is the anchor, noised to every step,
+with the source's landmarks, at the time of the anchor frame; model/anchored.py "Source anchor").
+Landmarks (`--retarget`): `relative` (default) moves the SOURCE's face by the driver's expression and
+head motion relative to the anchor frame (model/retarget.py), `none` feeds the driver's raw landmarks
+(its face shape too). A source image and a driving video are taken to be two people: relative retargeting
+of a video onto its own reference frame is the identity map, so the default costs self-reenactment
+nothing. Time offsets are clamped to the checkpoint's trained range (model.max_offset_s).
+Stats JSON next to the output: timings, the plan, anchor and retarget modes, filled frames, LMSE (against the
+landmarks the model followed; `lmse_driving_raw` against the driver's own) and CSIM of the result: CSIM is
 identity similarity (model/csim.py: dlib face-identity embeddings, source crop vs every generated frame,
 min and mean), beside the same figure for the driving frames (how similar the *driving* person is to the
 source: a generated video that only copies the driving face scores about that) and the CLIP similarity
@@ -170,13 +179,23 @@ class Reenactor:
 
     def generate(self, video, sc, progress: bool = False):
         """(latents (N, C, h, w), decoded frames (N, S, S, 3) uint8, plan) for a VideoConditioning under
-        SampleConfig `sc` (sampler, anchor, seeds, guidance, cfg_scale)."""
+        SampleConfig `sc` (sampler, anchor, seeds, guidance, cfg_scale). Offsets are clamped to the
+        checkpoint's trained range (model.max_offset_s). A video with a source anchor
+        (VideoConditioning.with_source_anchor) has the source as frame 0: it is planned as the anchor
+        and left out of the result, so the N outputs are the driving frames."""
+        from dataclasses import replace
+
         from model.anchored import sample
 
         m = self.cfg.model
+        sc = replace(sc, max_offset_s=m.max_offset_s)
+        source = video.anchor_latent is not None
+        if source:
+            sc = replace(sc, sampler="anchored", anchor=0)
         plan = sc.plan(len(video.times), m.frames)
         cb = progress_printer(sc.steps) if progress else None
         lat = sample(self.model, self.diffusion, plan, video, (m.latent_channels, m.latent_size, m.latent_size), sc, cb)
+        lat = lat[1:] if source else lat
         return lat, decode_latents(self.enc, lat), plan
 
 
@@ -268,6 +287,14 @@ def video_conditioning(landmarks: np.ndarray, times: np.ndarray, clip_emb: np.nd
                              clip_emb=torch.from_numpy(np.asarray(clip_emb, np.float32)))
 
 
+def source_inputs(enc, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(CLIP embedding (D,), VAE latent (C, h, w) in the scaled space the model samples) of the source
+    crop: one VAE + CLIP pass, exactly as the shards encode a frame (the posterior mean)."""
+    enc_out = enc.forward_models(src[None])
+    latent = enc_out["latent_mean"][0].astype(np.float32) * np.float32(enc.scaling_factor)
+    return enc_out["clip_emb"][0].astype(np.float32), latent
+
+
 def side_by_side(source: np.ndarray, driving: np.ndarray, generated: np.ndarray) -> np.ndarray:
     return np.concatenate([np.broadcast_to(source, generated.shape), driving, generated], axis=2)
 
@@ -278,6 +305,7 @@ def run(args) -> dict:
     from model.anchored import GUIDANCE, SampleConfig
     from model.csim import clip_label, csim_label
     from model.metrics import LMSE_SIZE, landmarks_of, lmse_landmarks, load_frames
+    from model.retarget import retarget
     from pipeline.curate.landmarks import FaceMesh478
     from pipeline.paths import DataRoot, safe_name
     from pipeline.video_io import write_mp4
@@ -286,13 +314,23 @@ def run(args) -> dict:
     root = DataRoot.of(args.data)
     if args.guidance not in GUIDANCE:
         raise ReenactError(f"unknown guidance {args.guidance!r}; known: {', '.join(GUIDANCE)}")
+    if args.anchor == "source" and args.sampler != "anchored":
+        raise ReenactError("--anchor source needs --sampler anchored (the naive sampler has no anchor)")
     torch.manual_seed(args.seed)
     # the inputs first (cheap), so a bad image or video fails before any model is loaded
     src = source_crop(args.source, SIZE)
     drv, fps, crop = driving_frames(args.driving, SIZE, args.max_frames)
     with FaceMesh478(static=True) as mesh:
         lm, ok = mesh.batch(drv)          # on the 256 crops: x, y in [0, 1] of the crop, as in the shards
+        src_lm = mesh(src)
     filled, missing = fill_missing(lm, ok)
+    if not 0 <= args.anchor_frame < len(drv):
+        raise ReenactError(f"anchor frame {args.anchor_frame} outside the driving video (0..{len(drv) - 1})")
+    if src_lm is None and (args.retarget != "none" or args.anchor == "source"):
+        raise ReenactError(f"no face mesh on the source crop of {Path(args.source).name}; use --retarget none "
+                           f"--anchor generated")
+    # the landmarks the model is asked to follow: the driver's, or moved onto the source's face
+    cond_lm = retarget(src_lm, filled, args.retarget, ref=args.anchor_frame)
     times = np.arange(len(drv), dtype=np.float32) / fps
     gen = load_all(root.root, args.ckpt, args.models, args.config, force_encoders=args.force_encoders)
     cfg, enc = gen.cfg, gen.enc
@@ -302,15 +340,22 @@ def run(args) -> dict:
     size = cfg.model.latent_size * 8
     if size != SIZE:  # a model trained at another resolution (the tiny one: 64 px)
         src, drv = load_frames([src], size=size)[0], load_frames(drv, size=size)
-    src_emb = clip_embed(enc, src[None])[0]
+    if args.anchor == "source":
+        src_emb, src_lat = source_inputs(enc, src)
+    else:
+        src_emb = clip_embed(enc, src[None])[0]
     sc = SampleConfig(steps=args.steps, cfg_scale=args.cfg_scale, guidance=args.guidance, sampler=args.sampler,
-                      anchor=args.anchor, max_batch=args.max_batch, seed=args.seed, plan_seed=args.seed,
-                      clip_x0=args.clip_x0)
+                      anchor=args.anchor_frame, max_batch=args.max_batch, seed=args.seed, plan_seed=args.seed,
+                      clip_x0=args.clip_x0, anchor_noise=args.anchor_noise)
     print(f"reenact: {len(drv)} frames @ {fps:.2f} fps, F={cfg.model.frames}, {args.steps} steps, "
-          f"cfg_scale {args.cfg_scale}, {args.guidance}, {args.sampler}; {len(missing)} faceless frames filled",
-          file=sys.stderr, flush=True)
+          f"cfg_scale {args.cfg_scale}, {args.guidance}, {args.sampler}, {args.anchor} anchor, retarget "
+          f"{args.retarget}; {len(missing)} faceless frames filled", file=sys.stderr, flush=True)
+    video_in = video_conditioning(cond_lm, times, src_emb)
+    if args.anchor == "source":   # the source is the anchor, at the time of the driving reference frame
+        video_in = video_in.with_source_anchor(torch.from_numpy(src_lat), torch.from_numpy(src_lm),
+                                               float(times[args.anchor_frame]))
     ts = time.time()
-    _, frames, plan = gen.generate(video_conditioning(filled, times, src_emb), sc, progress=True)
+    _, frames, plan = gen.generate(video_in, sc, progress=True)
     t_sample = time.time() - ts
     glm, gok = landmarks_of(frames)              # LMSE in pixels of a 256 crop (model.metrics)
     out = Path(args.out) if args.out else root.path("reenact", f"{safe_name(Path(args.source).stem)}__"
@@ -318,16 +363,19 @@ def run(args) -> dict:
     video = side_by_side(src, drv, frames) if args.side_by_side else frames
     write_mp4(out, video, fps)
     gen_emb = clip_embed(enc, frames)
-    lm_res = lmse_landmarks(glm, lm * LMSE_SIZE, gok, ok)
+    lm_res = lmse_landmarks(glm, cond_lm * LMSE_SIZE, gok, ok)      # vs what the model was asked to follow
+    lm_raw = lmse_landmarks(glm, lm * LMSE_SIZE, gok, ok)           # vs the driver's own landmarks
     stats = {
         "source": str(args.source), "driving": str(args.driving), "out": str(out), **gen.info,
         "frames": int(len(drv)), "fps": fps, "driving_crop": crop, "faceless_frames_filled": missing,
         "sampler": args.sampler, "F": int(cfg.model.frames), "sequences": int(plan.num_sequences),
-        "anchor": plan.anchor, "steps": args.steps, "cfg_scale": args.cfg_scale, "guidance": args.guidance,
+        "anchor": args.anchor, "anchor_frame": args.anchor_frame, "anchor_noise": args.anchor_noise,
+        "retarget": args.retarget, "max_offset_s": float(cfg.model.max_offset_s),
+        "steps": args.steps, "cfg_scale": args.cfg_scale, "guidance": args.guidance,
         "seed": args.seed, "max_batch": args.max_batch, "clip_x0": args.clip_x0, "side_by_side": bool(args.side_by_side),
         "sampling_s": round(t_sample, 3), "sampling_s_per_frame": round(t_sample / len(drv), 4),
         "total_s": round(time.time() - t0, 3),
-        "lmse": lm_res["lmse"], "lmse_frames": lm_res["frames_used"],
+        "lmse": lm_res["lmse"], "lmse_frames": lm_res["frames_used"], "lmse_driving_raw": lm_raw["lmse"],
         **_csim_stats(src, drv, frames, src_emb, gen_emb, enc),
     }
     out.with_suffix(".json").write_text(json.dumps(stats, indent=1))
@@ -368,7 +416,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="classifier-free guidance scale (1 = none)")
     ap.add_argument("--guidance", default=None, help="none | landmarks | clip | clip+landmarks")
     ap.add_argument("--sampler", default=None, choices=("anchored", "naive"))
-    ap.add_argument("--anchor", type=int, default=None, help="index of the anchor frame (default 0)")
+    ap.add_argument("--anchor", default=None, choices=("generated", "source"),
+                    help="generated (the paper's: a driving frame generated once, shared) or source (the source "
+                         "crop's latent is the anchor, noised to every step)")
+    ap.add_argument("--anchor-frame", type=int, default=None,
+                    help="driving frame that is the anchor (generated) / the reference offsets and retargeting "
+                         "count from (default 0)")
+    ap.add_argument("--anchor-noise", default=None, choices=("step", "clean"),
+                    help="source anchor: noised to each step (step, default) or given clean (clean: for models "
+                         "trained with data.clean_reference_p)")
+    ap.add_argument("--retarget", default=None, choices=("none", "relative"),
+                    help="driving landmarks as they are (none) or moved onto the source's face shape (relative, "
+                         "default)")
     ap.add_argument("--max-batch", type=int, default=None, help="sequences per model call (0 = all at once)")
     ap.add_argument("--max-frames", type=int, default=None, help="use only the first N driving frames (0 = all)")
     ap.add_argument("--seed", type=int, default=None)
@@ -378,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-DEFAULTS = {"steps": 50, "cfg_scale": 1.0, "guidance": "clip+landmarks", "sampler": "anchored", "anchor": 0,
+DEFAULTS = {"steps": 50, "cfg_scale": 1.0, "guidance": "clip+landmarks", "sampler": "anchored",
+            "anchor": "generated", "anchor_frame": 0, "anchor_noise": "step", "retarget": "relative",
             "max_batch": 0, "max_frames": 0, "seed": 0, "clip_x0": 0.0}
 
 
@@ -394,6 +454,10 @@ def apply_defaults(args) -> None:
                 setattr(args, k, coerce(f"{args.dag}: {k}", doc.get(k, v), v))
     except ConfigError as e:
         raise ReenactError(str(e)) from None
+    for k, known in (("anchor", ("generated", "source")), ("anchor_noise", ("step", "clean")),
+                     ("retarget", ("none", "relative")), ("sampler", ("anchored", "naive"))):
+        if getattr(args, k) not in known:   # a YAML value skips argparse's choices
+            raise ReenactError(f"{args.dag}: {k} must be one of {', '.join(known)}, got {getattr(args, k)!r}")
 
 
 def main(argv=None) -> int:

@@ -61,7 +61,9 @@ def compute_losses(net, diffusion, batch, t, noise, cfg, device):
     lm, ok = batch["landmarks"].to(device), batch["landmarks_ok"].to(device)
     weight = 1.0 + cfg.diffusion.lambda_ex * expressive_mask(lm, ok, H, W)[:, :, None]  # (B, F, 1, H, W)
     cond = Conditioning.from_batch(batch).to(device)
-    terms = diffusion.training_losses(net, x0, t.to(device), cond, noise=noise.to(device), weight=weight)
+    clean = batch["clean_reference"].to(device) if "clean_reference" in batch else None   # (B,) bool, data.clean_reference_p
+    terms = diffusion.training_losses(net, x0, t.to(device), cond, noise=noise.to(device), weight=weight,
+                                      clean_reference=clean)
     return {k: v.float().mean() for k, v in terms.items()}
 
 

@@ -113,7 +113,8 @@ def test_reenact_cli_writes_video_and_stats(setup):
     assert info.num_frames == 9 and (info.width, info.height) == (3 * 64, 64)
     st = json.loads(out.with_suffix(".json").read_text())
     assert st["frames"] == 9 and st["faceless_frames_filled"] == [4]
-    assert st["sequences"] == 3 and st["anchor"] == 0 and st["F"] == 4
+    assert st["sequences"] == 3 and st["anchor"] == "generated" and st["anchor_frame"] == 0 and st["F"] == 4
+    assert st["retarget"] == "relative" and st["max_offset_s"] == 8.5 and st["anchor_noise"] == "step"
     assert st["ckpt"].endswith("step_00000001.pt") and st["models"].endswith("tiny")
     assert st["encoders"].startswith("match ") and "encoders" not in r.stderr
     assert -1.0 <= st["csim"] <= st["csim_mean"] <= 1.0 and "step 4/4" in r.stderr
@@ -140,6 +141,22 @@ def test_reenact_cli_writes_video_and_stats(setup):
         assert st2["lmse"] == pytest.approx(st["lmse"], rel=1e-3, abs=1e-3)
 
 
+def test_reenact_with_the_source_as_anchor_records_its_modes(setup, tmp_path):
+    """--anchor source: the source crop is one more (known) frame of every sequence, not an output frame;
+    the stats say which anchor, retargeting and offset range were used."""
+    from model.reenact import main
+    from pipeline.video_io import probe
+
+    d, out = setup, tmp_path / "s.mp4"
+    assert main(["--data", str(d / "data"), "--source", str(d / "source.png"), "--driving", str(d / "driving.mp4"),
+                 "--steps", "3", "--anchor", "source", "--retarget", "none", "--max-batch", "2", "--out", str(out)]) == 0
+    st = json.loads(out.with_suffix(".json").read_text())
+    assert probe(out).num_frames == 9 and st["frames"] == 9
+    assert st["anchor"] == "source" and st["retarget"] == "none" and st["anchor_frame"] == 0
+    assert st["sequences"] == 3          # 9 driving frames + the source over F - 1 = 3 free slots each
+    assert st["lmse"] == st["lmse_driving_raw"] or st["lmse"] is None   # none: the raw landmarks are the asked ones
+
+
 def _bad_args(d, case, tmp_path):
     src, drv, extra = d / "source.png", d / "driving.mp4", []
     if case in ("blank", "two"):
@@ -150,12 +167,15 @@ def _bad_args(d, case, tmp_path):
         extra = ["--ckpt", make_tiny_checkpoint(tmp_path, clip_dim=16), "--models", d / "data" / "models" / "tiny"]
     elif case == "config":
         extra = ["--config", ROOT / "dags" / "train.yaml"]   # the paper's XL/2 config vs a tiny checkpoint
+    elif case == "naive_source":
+        extra = ["--anchor", "source", "--sampler", "naive"]
     return ["--source", src, "--driving", drv, "--steps", "2", *extra]
 
 
 BAD = {"blank": "no face found in the source image", "two": "2 faces in the source image",
        "broken": "unreadable driving video", "short": "fewer than the sequence length F=4",
-       "mismatch": "expects clip_dim 16 but the CLIP model", "config": "incompatible config: model.size"}
+       "mismatch": "expects clip_dim 16 but the CLIP model", "config": "incompatible config: model.size",
+       "naive_source": "--anchor source needs --sampler anchored"}
 
 
 @pytest.mark.parametrize("case", ["two", "broken"])
@@ -167,7 +187,7 @@ def test_bad_input_subprocess_one_line_error(setup, case, tmp_path):
     assert "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("case", ["blank", "short", "mismatch", "config"])
+@pytest.mark.parametrize("case", ["blank", "short", "mismatch", "config", "naive_source"])
 def test_bad_input_in_process(setup, case, tmp_path, capsys):
     from model.reenact import main
 
@@ -261,6 +281,9 @@ def test_dag_defaults_and_flags(tmp_path):
     assert args.steps == 7 and args.guidance == "none" and args.cfg_scale == 1.0
     for flag in ("--cfg-scale", "--cfg"):           # --cfg: the old spelling, kept as an alias
         assert build_parser().parse_args(base + [flag, "2.5"]).cfg_scale == 2.5
+    dag.write_text("anchor: sauce\n")
+    with pytest.raises(ReenactError, match="anchor must be one of generated, source"):
+        apply_defaults(build_parser().parse_args(base + ["--dag", str(dag)]))
     dag.write_text("stpes: 7\n")
     with pytest.raises(ReenactError, match="unknown key stpes"):
         apply_defaults(build_parser().parse_args(base + ["--dag", str(dag)]))
