@@ -80,7 +80,7 @@ def estimate(bench: dict, n: int, cores: int, gpus: int, gpu: str, gpu_util: flo
                    "real footage accepts far less; pass --accepted-fraction") + ")")
     cpu_per = cur["curate_cpu_s_per_video_s"]
     cur_core_h = add("curate CPU", src_h * cpu_per, "core-h",
-                     f"source h x {cpu_per} CPU s per video s (bench curate: probe+scenes+faces+quality+filters, "
+                     f"source h x {cpu_per} CPU s per video s (bench curate: every analysis stage, TransNetV2 and identity included, "
                      f"{cur['ratio_to_plain_decode']}x a plain decode; download excluded, network-bound)")
     frames = n * min(clip_s * fps, max_frames or 1e9)
     add("frames encoded", frames / 1e6, "M frames", f"N x min({clip_s} s x {fps} fps, max_frames {max_frames or 'all'})")
