@@ -148,3 +148,33 @@ def test_bad_thumbnails_and_devices_are_clear_errors(net):
     assert net.many_hot(np.zeros((0, 27, 48, 3), np.uint8)).shape == (0,)
     with pytest.raises(ValueError, match="transnet_device"):
         ShotNet(device="tpu")
+
+
+def test_a_shaking_camera_is_no_candidate_but_the_same_picture_changing_is(net):
+    """Handheld shake moves the whole picture a few thumbnail pixels between frames: the cheap pass
+    explains that by motion and never wakes the network, while a jump to another picture of the same
+    size of difference still makes a candidate."""
+    import cv2
+    import skimage.data as d
+
+    img = cv2.resize(d.astronaut(), (480, 300))
+    rng = np.random.default_rng(0)
+    # 384x216 views jumping up to 16 px between frames, in steps of 8 px: whole pixels of the 48x27
+    # thumbnail (a sub-pixel jump of this detailed photo leaves interpolation differences the check does
+    # not explain away)
+    shake = [img[40 + dy: 256 + dy, 48 + dx: 432 + dx] for dx, dy in 8 * rng.integers(-1, 2, size=(120, 2))]
+    thumbs = [thumbnail(f) for f in shake]
+    raw = [np.abs(a.astype(int) - b).mean() for a, b in zip(thumbs[1:], thumbs)]
+    assert max(raw) >= ScenesConfig().cut_min_diff               # the plain difference would flag it
+    seen = net.frames
+    win = CandidateWindows(ScenesConfig(), 30.0, net)
+    for i, t in enumerate(thumbs):
+        win.update(i, t)
+    assert win.finish(len(thumbs)) == [] and net.frames == seen
+    # the motion check itself: a shifted copy is explained, another picture is not
+    other = thumbnail(cv2.resize(d.coffee(), (384, 216)))
+    probe = CandidateWindows(ScenesConfig(), 30.0, net)
+    probe.update(0, thumbs[0])
+    probe.update(1, np.roll(thumbs[0], 2, axis=1))
+    probe.update(2, other)
+    assert probe._unexplained_by_motion(1) < 3 < ScenesConfig().cut_min_diff <= probe._unexplained_by_motion(2)

@@ -169,7 +169,8 @@ class CandidateWindows:
             if all(d[j] >= c.cut_spike_ratio * v for v in near):
                 self.cuts.append(j)
                 return
-            self._add(j - 1, j + 1)
+            if self._unexplained_by_motion(j) >= c.cut_min_diff:
+                self._add(j - 1, j + 1)
         floor = self.cuts[-1] if self.cuts else 0
         for lag in self.lags:
             ref = j - lag
@@ -178,6 +179,26 @@ class CandidateWindows:
             if 0.5 * float(np.abs(self.hists[j] - self.hists[ref]).sum()) >= c.candidate_hist:
                 self._add(ref + lag // 4, j + 1 - lag // 4)
                 break
+
+    SHIFT = 3           # px of a 48 px thumbnail (~6% of the width) a camera may move the picture in a frame
+
+    def _unexplained_by_motion(self, j: int) -> float:
+        """The difference of thumbnails j-1 and j after the best shift of up to SHIFT px: a handheld camera
+        moves the whole picture (small after the shift), a cut or a blend changes it (large whatever the
+        shift). Only asked where the plain difference is large, so its cost does not matter."""
+        a, b = self.thumbs.get(j - 1), self.thumbs.get(j)
+        if a is None or b is None:
+            return self.d1[j]
+        a, b = a.astype(np.int16), b.astype(np.int16)
+        h, w = a.shape[:2]
+        k = self.SHIFT
+        best = self.d1[j]
+        for dy in range(-k, k + 1):
+            for dx in range(-k, k + 1):
+                pa = a[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)]
+                pb = b[max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)]
+                best = min(best, float(np.abs(pa - pb).mean()))
+        return best
 
     def _add(self, s: int, e: int) -> None:
         s = max(s, self.done)
