@@ -1,13 +1,29 @@
-"""The shard builder's config: `ShardsConfig` (paper defaults), `load_dag` (dags/shards.yaml) and
-`InputProblem`, the one error for unusable inputs. Shared by the run order (build.py) and the
-encoders' runners (writer.py), so neither imports the other for it."""
+"""The shard builder's config: `ShardsConfig` (paper defaults) with its `EncoderConfig`, `load_dag`
+(dags/shards.yaml) and `InputProblem`, the one error for unusable inputs. Shared by the run order
+(build.py), the encoders' runners (writer.py), decoding (decode.py) and the encoders (encode.py),
+so none of them imports another for it."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.shards.encoders import EncoderConfig
+DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"   # paper: Stable Diffusion's VAE (8x down, 4 channels)
+DEFAULT_CLIP = ("ViT-B-32", "laion2b_s34b_b79k")
+
+
+@dataclass
+class EncoderConfig:
+    size: int = 256                 # crop side fed to every model (paper: 256)
+    stride: int = 1                 # keep every stride-th frame of the clip
+    max_frames: int = 0             # 0 = keep all; else evenly spaced subset of at most this many
+    vae: str = DEFAULT_VAE          # hub id or local diffusers dir
+    clip_model: str = DEFAULT_CLIP[0]      # open_clip name, or a local dir (open_clip_config.json)
+    clip_pretrained: str = DEFAULT_CLIP[1]  # tag or checkpoint file; ignored for a local dir
+    batch_frames: int = 16          # frames per model forward (CPU)
+    gpu_batch_frames: int = 64      # frames per model forward on a GPU
+    device: str = "auto"            # auto | cpu | cuda
+    precision: str = "auto"         # auto = fp16 on a GPU, fp32 on a CPU; or fp32 | fp16 | bf16 (autocast)
 
 
 class InputProblem(ValueError):
