@@ -1,9 +1,12 @@
 """The curation DAG: typed stage configs, their resources, and the per-video analysis.
 
-dags/curate.yaml names the stages in order with their parameters and Ray resources:
-download -> probe -> scenes -> faces -> quality -> identity -> filters -> manifest. The runner maps two
-Ray Data steps over the sources: `download` (I/O-bound tasks) and `analyse` (one actor per
-worker holding the face detector, face mesh and quality scorer) which runs probe, then the single
+dags/curate.yaml names the stages in order with their parameters:
+download -> probe -> scenes -> faces -> quality -> identity -> filters -> manifest, and under `steps:`
+the Ray resources of the two steps that run them (STEP_OF): the runner maps `download` (I/O-bound
+tasks) and `analyse` (one actor per worker holding the face detector, face mesh and quality scorer)
+over the sources; `manifest` runs in the driver (clusters.assign reads its params) and takes no
+resources. Resources belong to a step, never a stage: a stage's `resources:` is an error. `analyse`
+runs probe, then the single
 decode pass feeding scenes + faces + face verification (verify.py: the mesh on sampled crops; its
 bounds are in the filters' params) + quality + identity (chips and frame hashes), then filters, then
 the identity embedding of each accepted clip, and returns manifest rows. Identities across videos and
@@ -32,6 +35,10 @@ from pipeline.curate.tracking import FaceScanner, segment, split_to_fit
 from pipeline.curate.verify import FaceVerifier
 
 STAGES = ["download", "probe", "scenes", "faces", "quality", "identity", "filters", "manifest"]
+# the step that runs each stage: its resources are the step's (dags/curate.yaml `steps:`)
+STEP_OF = {"download": "download", "probe": "analyse", "scenes": "analyse", "faces": "analyse",
+           "quality": "analyse", "identity": "analyse", "filters": "analyse", "manifest": "driver"}
+STEPS = ("download", "analyse")          # the steps that take resources (the driver takes none)
 
 
 @dataclass
@@ -75,24 +82,34 @@ class CurateConfig:
 
 
 def load_dag(path: str | Path | None) -> CurateConfig:
-    """Read dags/curate.yaml: {engine: {...}, stages: [{name, params: {...}, resources: {...}}]}.
-    Unknown keys, stages or a wrong order raise ConfigError (a ValueError) naming the file."""
+    """Read dags/curate.yaml: {engine, media, steps: {download|analyse: {num_cpus, concurrency}},
+    stages: [{name, params: {...}}]}. Unknown keys, stages, a wrong order, a mistyped value or a
+    stage's own `resources:` raise ConfigError (a ValueError), one line naming the file and the key."""
     cfg = CurateConfig()
     if path is None:
         return cfg
     doc = load_yaml(path)
     where = str(path)
-    check_keys(doc, ("engine", "stages", "media"), where)
+    check_keys(doc, ("engine", "stages", "steps", "media"), where)
     if not isinstance(doc.get("stages") or [], list):
         raise ConfigError(f"{where}: expected a mapping with a 'stages' list")
     cfg.engine = fill_dataclass(EngineConfig, doc.get("engine"), where, "engine")
     cfg.media = fill_dataclass(MediaConfig, doc.get("media"), where, "media")
+    steps = doc.get("steps") or {}
+    check_keys(steps, STEPS, where, "steps")
+    for step, res in steps.items():
+        cfg.resources[step] = fill_dataclass(Resources, res, where, f"steps.{step}")
     seen = []
     for st in doc.get("stages") or []:
         check_keys(st, ("name", "params", "resources"), where, f"stages[{len(seen)}]")
         name = st.get("name")
         if name not in STAGES:
             raise ConfigError(f"{where}: unknown stage {name!r}; stages are {', '.join(STAGES)}")
+        if "resources" in st:   # before: each analysis stage's silently replaced the one analyse step's
+            step = STEP_OF[name]
+            raise ConfigError(f"{where}: {name}.resources: a stage takes no resources; " + (
+                f"{name} runs in the {step} step: set steps.{step}" if step in STEPS else
+                f"{name} runs in the driver, which takes none"))
         seen.append(name)
         params = st.get("params") or {}
         if name == "download":
@@ -104,9 +121,6 @@ def load_dag(path: str | Path | None) -> CurateConfig:
             cfg.download = DownloadParams({k: getattr(typed, k) for k in params})
         else:
             setattr(cfg, name, fill_dataclass(type(getattr(cfg, name)), params, where, f"{name}.params"))
-        if st.get("resources"):
-            step = "download" if name == "download" else "analyse"
-            cfg.resources[step] = fill_dataclass(Resources, st["resources"], where, f"{name}.resources")
     if seen and seen != [s for s in STAGES if s in seen]:
         raise ConfigError(f"{where}: stages out of order: {seen}; the order is {' -> '.join(STAGES)}")
     return cfg

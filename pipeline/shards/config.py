@@ -65,6 +65,10 @@ _RENAME = {("stills", "frames"): "stills_frames", ("stills", "fps"): "stills_fps
            ("tiny", "fit_steps"): "tiny_fit_steps", ("tiny", "fit_frames"): "tiny_fit_frames",
            ("tiny", "fit_batch"): "tiny_fit_batch"}
 _STAGES = ("decode", "encode", "stills", "write")
+# resources belong to the step that runs them: under another stage (or inputs) they are an error, not a
+# silent setting of that step's pool (`write: {max_actors: 8}` would size the encode actors)
+_STEP_OF_RESOURCE = {"decode_cpus": "decode", "encode_cpus": "encode", "encode_gpus": "encode",
+                     "max_actors": "encode", "clips_per_batch": "encode"}
 
 
 def load_dag(path: str | Path | None) -> ShardsConfig:
@@ -72,7 +76,7 @@ def load_dag(path: str | Path | None) -> ShardsConfig:
 
     Top-level keys and `inputs:` set ShardsConfig fields; `tiny:` and `stages:` (decode, encode,
     stills, write) set their renamed fields (_RENAME), and decode/encode also EncoderConfig's."""
-    from pipeline.configfile import check_keys, check_type, field_types, load_yaml
+    from pipeline.configfile import ConfigError, check_keys, check_type, field_types, load_yaml
 
     cfg = ShardsConfig()
     if not path:
@@ -87,6 +91,10 @@ def load_dag(path: str | Path | None) -> ShardsConfig:
     def put(section: str, vals) -> None:
         check_keys(vals, own[section] | {k for s, k in _RENAME if s == section}, where, section)
         for k, v in vals.items():
+            step = _STEP_OF_RESOURCE.get(_RENAME.get((section, k), k))
+            if section and step and section != step:
+                raise ConfigError(f"{where}: {section}.{k}: a resource of the {step} step; set it under "
+                                  f"stages.{step}")
             if (section, k) in _RENAME:
                 obj, name = cfg, _RENAME[(section, k)]
             elif section in ("decode", "encode") and k in enc:
@@ -106,7 +114,5 @@ def load_dag(path: str | Path | None) -> ShardsConfig:
         else:
             put("", {k: v})
     if cfg.encoder.precision not in ("auto", "fp32", "fp16", "bf16"):
-        from pipeline.configfile import ConfigError
-
         raise ConfigError(f"{where}: encode.precision must be auto|fp32|fp16|bf16, got {cfg.encoder.precision!r}")
     return cfg
