@@ -195,7 +195,9 @@ def shot_spans(bounds: list[Boundary], num_frames: int, margin: int) -> list[tup
 class ShotDetector:
     """The scenes stage on the decode pass: `update(frame)` for every frame (a probe.Frame), then
     `finish(n)` -> [Boundary]. `net` (a transnet.ShotNet) is needed for detector transnetv2.
-    `net_seconds`: CPU seconds spent inside TransNetV2 for this video."""
+    `net_seconds`: CPU seconds spent inside TransNetV2 for this video. A decodepass.Consumer."""
+
+    name = "scenes"
 
     def __init__(self, cfg: ScenesConfig, fps: float, net=None):
         from pipeline.curate.transnet import CandidateWindows

@@ -24,10 +24,11 @@ from pathlib import Path
 
 from pipeline.configfile import ConfigError, check_keys, fill_dataclass, load_yaml
 from pipeline.curate.clusters import ManifestConfig
+from pipeline.curate.decodepass import FrameTimes, run_consumers
 from pipeline.curate.faces import FacesConfig, make_detector, place_crop
 from pipeline.curate.filters import FiltersConfig, judge, split_long
 from pipeline.curate.identity import IdentityConfig, IdentitySampler, make_encoder
-from pipeline.curate.probe import ProbeConfig, TruncatedDecode, probe_video, scan
+from pipeline.curate.probe import ProbeConfig, probe_video
 from pipeline.curate.quality import QualityConfig, QualitySampler, make_scorer
 from pipeline.curate.retention import MediaConfig
 from pipeline.curate.scenes import ScenesConfig, ShotDetector, transition_intervals
@@ -197,22 +198,16 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
     verifier = FaceVerifier(cfg.faces, cfg.filters, models.mesh, faces, info.width, info.height, info.fps)
     sampler = QualitySampler(cfg.quality, models.scorer, faces, cfg.faces.face_w_ratio, cfg.faces.face_h_ratio)
     idents = IdentitySampler(cfg.identity, models.identity, faces, cfg.faces.face_w_ratio, cfg.faces.face_h_ratio)
-    stamps: list[float] = []                          # each decoded frame's time (s from the first frame)
-    scan_t: dict[str, float] = {}
-    message = ""
-    try:
-        n = scan(media, cfg.probe.small_side, {"scenes": shots.update, "faces": faces.update,
-                                               "verify": verifier.update, "quality": sampler.update, "identity": idents.update,
-                                               "timestamps": lambda f: stamps.append(f.time)}, scan_t)
-    except TruncatedDecode as e:  # keep the frames before the damage
-        n, message = e.frames, str(e)
+    # one decode pass, in this order: the samplers after it read the face scanner's detection of their frame
+    scan_t: dict[str, float] = {}                 # CPU s per consumer (update + finish) and "decode"
+    run = run_consumers(media, cfg.probe.small_side, [shots, faces, verifier, sampler, idents, FrameTimes()], scan_t)
+    n, message = run.num_frames, run.message
+    boundaries, dets, stamps = run.results["scenes"], run.results["faces"], run.results["timestamps"]
     t0 = time.process_time()
-    boundaries = shots.finish(n)
     # transition frames (+ margin) belong to no clip: their edges split face tracks like cuts do
     gaps = transition_intervals(boundaries, n, cfg.scenes.margin)
     edges = [b.start for b in boundaries if b.kind == "cut"] + [x for g in gaps for x in g]
     t1 = time.process_time()
-    dets = faces.finish(n)
     spans, bad = segment(dets, edges, cfg.faces)
     spans = [sp for sp in spans if not any(a <= sp.start and sp.end <= b for a, b in gaps)]
     for sp in spans:                               # a track that meets a transition window says so

@@ -61,7 +61,10 @@ def main_face(faces: list, cfg: FacesConfig) -> tuple[object | None, list]:
 
 
 class FaceScanner:
-    """Consumer of the decode pass (`update(frame)` for every frame, then `finish(n)` -> {frame: Det})."""
+    """Consumer of the decode pass (decodepass.Consumer: `update(frame)` for every frame, then
+    `finish(n)` -> {frame: Det})."""
+
+    name = "faces"
 
     def __init__(self, cfg: FacesConfig, detector, src_width: float, identity=None):
         self.cfg, self.detector, self.src_width = cfg, detector, src_width
