@@ -34,6 +34,7 @@ from pipeline.curate.retention import MediaConfig
 from pipeline.curate.scenes import ScenesConfig, ShotDetector, transition_intervals
 from pipeline.curate.tracking import FaceScanner, segment, split_to_fit
 from pipeline.curate.verify import FaceVerifier
+from pipeline.records import ClipRow
 
 STAGES = ["download", "probe", "scenes", "faces", "quality", "identity", "filters", "manifest"]
 # the step that runs each stage: its resources are the step's (dags/curate.yaml `steps:`)
@@ -233,7 +234,7 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
 
     rejections = [{**span_row(s, e), "stage": "scenes", "reason": "transition"} for s, e in gaps]
     rejections += [{**span_row(s, e), "stage": "faces", "reason": r} for s, e, r in bad]
-    clips = []
+    clips: list[ClipRow] = []
     f = cfg.filters
     def crop_holds(frames):
         return place_crop([dets[k].box for k in frames], info.width, info.height, cfg.faces).outside <= f.max_face_outside
@@ -253,28 +254,30 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
             duration = edge[b] - edge[a]
             face = verifier.check(a, b, frames)
             reason = judge(duration, crop.size, q, crop, face, f)
-            row = {"clip_id": clip_id(video_id, a, b), **span_row(a, b), "media_path": media_rel,
-                   "duration_s": duration, "fps": fps, "crop_x0": crop.x0, "crop_y0": crop.y0,
-                   "crop_size": crop.size, "face_w_ratio": crop.face_w_ratio, "face_h_ratio": crop.face_h_ratio,
-                   "pad_fraction": crop.pad_fraction, "face_confidence": face.confidence,
-                   "landmark_rate": face.landmark_rate, "yaw_deg": face.yaw_deg, "flat_skin": face.flat_skin,
-                   "quality": q, "quality_scorer": models.scorer.name,
-                   # stored samples across the crop on its coarser axis (display pixels stretch a SAR > 1)
-                   "resolution": int(round(crop.size / max(info.sar, 1.0))),
-                   "status": "rejected" if reason else "accepted", "reason": reason,
-                   "start_split": sp.start_split if j == 0 else edges[j - 1],
-                   "end_split": sp.end_split if j == len(parts) - 1 else edges[j]}
+            row = ClipRow(clip_id(video_id, a, b), video_id, url, media_path=media_rel, clip_path="",
+                          start_frame=int(a), end_frame=int(b), start_s=edge[a], end_s=edge[b],
+                          duration_s=duration, fps=fps, crop_x0=crop.x0, crop_y0=crop.y0, crop_size=crop.size,
+                          face_w_ratio=crop.face_w_ratio, face_h_ratio=crop.face_h_ratio,
+                          pad_fraction=crop.pad_fraction, face_confidence=face.confidence,
+                          landmark_rate=face.landmark_rate, yaw_deg=face.yaw_deg, flat_skin=face.flat_skin,
+                          quality=q, quality_scorer=models.scorer.name,
+                          # stored samples across the crop on its coarser axis (display pixels stretch a SAR > 1)
+                          resolution=int(round(crop.size / max(info.sar, 1.0))),
+                          status="rejected" if reason else "accepted", reason=reason,
+                          start_split=sp.start_split if j == 0 else edges[j - 1],
+                          end_split=sp.end_split if j == len(parts) - 1 else edges[j])
             clips.append(row)
             if reason:
                 rejections.append({**span_row(a, b), "stage": "filters", "reason": reason})
     t3 = time.process_time()
     times["filters"] = t3 - t2
-    for row in clips:   # the ResNet runs for accepted clips only (~0.16 CPU s a face with dlib)
-        if row["status"] == "accepted":
-            row.update(idents.clip_identity(row["start_frame"], row["end_frame"]), identity_model=models.identity.name)
+    for k, row in enumerate(clips):   # the ResNet runs for accepted clips only (~0.16 CPU s a face with dlib)
+        if row.status == "accepted":
+            clips[k] = dataclasses.replace(row, **idents.clip_identity(row.start_frame, row.end_frame),
+                                           identity_model=models.identity.name)
     times["identity"] += time.process_time() - t3
     probed = {**info.to_dict(), "header_fps": info.fps, "fps": fps, "duration_s": edge[n] if n else info.duration_s}
-    return {"probe": probed, "clips": clips, "rejections": rejections, "times": times,
+    return {"probe": probed, "clips": [c.to_dict() for c in clips], "rejections": rejections, "times": times,
             "cuts": [b.start for b in boundaries if b.kind == "cut"],
             "boundaries": [b.to_dict() for b in boundaries], "num_frames": n, "detections": faces.calls,
             "verify_samples": len(verifier.samples), "message": message}
