@@ -6,9 +6,9 @@ the Ray resources of the two steps that run them (STEP_OF): the runner maps `dow
 tasks) and `analyse` (one actor per worker holding the face detector, face mesh and quality scorer)
 over the sources; `manifest` runs in the driver (clusters.assign reads its params) and takes no
 resources. Resources belong to a step, never a stage: a stage's `resources:` is an error. `analyse`
-runs probe, then the single
-decode pass feeding scenes + faces + face verification (verify.py: the mesh on sampled crops; its
-bounds are in the filters' params) + quality + identity (chips and frame hashes), then filters, then
+runs probe, then the single decode pass (decodepass.run_consumers over an ordered list) feeding
+scenes + faces + face verification (verify.py: the mesh on sampled crops; its bounds are in the
+filters' params) + quality + identity (chips and frame hashes), then filters, then
 the identity embedding of each accepted clip, and returns manifest rows. Identities across videos and
 duplicates are a dataset-level step in the driver (pipeline/curate/clusters.py). `analyse_video`
 below is that step as a plain function: the sequential runner and the unit tests call it directly.
