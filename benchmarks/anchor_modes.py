@@ -34,7 +34,8 @@ def real_identities(data: Path, held: list[dict]) -> dict[str, np.ndarray]:
     import pandas as pd
 
     from model.csim import identity_of_crops
-    from pipeline.shards.encoders import EncoderConfig, decode_clip
+    from pipeline.shards.config import EncoderConfig
+    from pipeline.shards.decode import decode_clip
 
     rows = pd.read_parquet(data / "curate" / "clips.parquet").set_index("clip_id")
     out = {}

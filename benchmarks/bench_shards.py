@@ -112,8 +112,10 @@ def run(data_root: Path, size: int = 128, max_frames: int = 16, max_clips: int =
     from pipeline.shards.build import clip_items
     from pipeline.shards.build import run as build_shards
     from pipeline.shards.config import ShardsConfig
-    from pipeline.shards.encoders import Encoders, build_tiny_models, decode_clip, resolve_models
+    from pipeline.shards.decode import decode_clip
+    from pipeline.shards.encode import Encoders
     from pipeline.shards.io import load_index
+    from pipeline.shards.model_sets import build_tiny_models, resolve_models
 
     bench = Path(data_root)
     bench.mkdir(parents=True, exist_ok=True)

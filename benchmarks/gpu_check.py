@@ -9,7 +9,7 @@
    on generated shards that follow the shard contract (smooth random latents, 512-d CLIP embeddings,
    face-like landmarks), once per precision with the same data and noise; the data-wait share comes
    from the same runs. (fp32 on a GPU means TF32 matmuls, as the trainer runs it.)
-3. VAE and CLIP encode throughput (images/s at 256 px) through pipeline.shards.encoders.Encoders, on
+3. VAE and CLIP encode throughput (images/s at 256 px) through pipeline.shards.encode.Encoders, on
    the real architectures (SD's AutoencoderKL, open_clip ViT-B-32) with random weights: speed does not
    depend on the weights, and no download is needed.
 Writes JSON (--out) and prints a table. Without a GPU the same code runs on tiny sizes (the tiny sDiT,
@@ -197,7 +197,9 @@ def _real_size_models(out: Path) -> Path:
 def encode_throughput(work: Path, gpu: bool, n_images: int) -> list[dict]:
     """images/s of the VAE posterior, the CLIP embedding and both, per precision, through Encoders."""
 
-    from pipeline.shards.encoders import EncoderConfig, Encoders, build_tiny_models, resolve_models
+    from pipeline.shards.config import EncoderConfig
+    from pipeline.shards.encode import Encoders
+    from pipeline.shards.model_sets import build_tiny_models, resolve_models
 
     size = 256 if gpu else 64
     models = _real_size_models(work / "models") if gpu else build_tiny_models(work / "models", sample_size=64)

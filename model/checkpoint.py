@@ -59,7 +59,7 @@ def set_rng_state(s: dict) -> None:
 def save(path: Path, *, model, ema, opt, step: int, cfg: Config, schedule: dict, heldout: dict | None = None,
          encoders: dict | None = None) -> Path:
     """`heldout`: the videos this run never trained on (model.split.HeldOut.record), read by `make eval`.
-    `encoders`: the encoder identity of the training latents (pipeline.shards.encoders.encoder_identity),
+    `encoders`: the encoder identity of the training latents (pipeline.shards.encode.encoder_identity),
     checked by `make reenact` / `make eval` against the encoders they load."""
     folder, name = _split(path)
     state = {

@@ -112,7 +112,7 @@ def csim_embeddings(source_emb: np.ndarray, frame_embs: np.ndarray) -> float:
 
 
 def csim(source_img: np.ndarray, frames, embed: Callable[[np.ndarray], np.ndarray]) -> float:
-    """CSIM with `embed`: (T, H, W, 3) uint8 -> (T, D) (e.g. the CLIP encoder of pipeline.shards.encoders)."""
+    """CSIM with `embed`: (T, H, W, 3) uint8 -> (T, D) (e.g. the CLIP encoder of pipeline.shards.encode)."""
     src = np.asarray(embed(np.asarray(source_img)[None]))[0]
     return csim_embeddings(src, np.asarray(embed(load_frames(frames))))
 

@@ -174,7 +174,7 @@ class Reenactor:
     model: Any        # model.sdit.SDiT, eval mode
     cfg: Any          # model.config.Config of the checkpoint
     diffusion: Any    # model.diffusion.GaussianDiffusion (the full chain; sampling respaces it)
-    enc: Any          # pipeline.shards.encoders.Encoders
+    enc: Any          # pipeline.shards.encode.Encoders
     info: dict        # ckpt, models, heldout (the run's held-out record), encoders (the check's note)
 
     def generate(self, video, sc, progress: bool = False):
@@ -205,7 +205,9 @@ def load_all(data: Path, ckpt: str | None, models: str = "", config: str | None 
     ReenactError naming it."""
     from model.checkpoint import CheckpointMismatch, check_compatible, load, model_from_state, resolve
     from model.diffusion import GaussianDiffusion, linear_betas
-    from pipeline.shards.encoders import EncoderConfig, Encoders, resolve_models
+    from pipeline.shards.config import EncoderConfig
+    from pipeline.shards.encode import Encoders
+    from pipeline.shards.model_sets import resolve_models
 
     path = Path(ckpt) if ckpt else newest_checkpoint(data)
     try:

@@ -30,7 +30,7 @@ def find_vae(vae_dirs: list[Path], device):
     if vae_dir is None:
         log.info("sample grids skipped: no VAE in %s", ", ".join(map(str, vae_dirs)))
         return None
-    from pipeline.shards.encoders import load_vae
+    from pipeline.shards.encode import load_vae
 
     return load_vae(str(vae_dir), device)
 

@@ -167,7 +167,7 @@ def main(argv=None) -> dict:
     from model.sdit import SDiT, forward_flops
     from model.split import training_split
     from pipeline.paths import DataRoot, atomic_write_text, safe_name
-    from pipeline.shards.encoders import encoder_identity
+    from pipeline.shards.encode import encoder_identity
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # ---- DDP, config (decided once, for this device), the shards' contract ----

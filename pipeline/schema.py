@@ -1,4 +1,5 @@
-"""The data contracts, written once: the curation manifests and the shard sample.
+"""The data contracts, written once: the curation manifests (clips, videos, rejections) and the shard
+sample. pipeline/records.py holds the typed rows (ClipRow, VideoRow) whose fields mirror these columns.
 
 `manifests/README.md` documents the same fields for people; tests check that the two agree.
 """
@@ -47,6 +48,35 @@ CLIPS = pa.schema([
     ("duplicate_of", pa.string()),     # clip_id of the earlier clip this one copies (status rejected)
     ("face_hashes", pa.list_(pa.int64())),   # 64-bit dHash of the face crop, every identity.every frames
     ("frame_hashes", pa.list_(pa.int64())),  # 64-bit dHash of the whole frame, same frames (duplicates)
+])
+
+# videos.parquet: one row per source video.
+VIDEOS = pa.schema([
+    ("video_id", pa.string()), ("url", pa.string()),
+    ("status", pa.string()),          # "ok" | "no_clips" | a download status | "bad_media" | "error"
+    ("error_class", pa.string()),     # e.g. "http_404", "VideoError"; empty when ok
+    ("message", pa.string()),
+    ("media_path", pa.string()),      # relative to the data root
+    ("bytes", pa.int64()), ("attempts", pa.int64()),
+    ("width", pa.int64()), ("height", pa.int64()),   # display size: rotation and sample aspect ratio applied
+    ("fps", pa.float64()),            # measured mean rate from the frames' timestamps (probe's when not decoded)
+    ("header_fps", pa.float64()),     # the rate the container claims
+    ("sar", pa.float64()),            # sample aspect ratio (stored pixel width / height)
+    ("num_frames", pa.int64()),
+    ("duration_s", pa.float64()), ("rotation", pa.int64()), ("codec", pa.string()), ("has_audio", pa.bool_()),
+    ("cuts", pa.int64()), ("cut_frames", pa.list_(pa.int64())),   # hard cuts: first frame of each new shot
+    # every shot boundary: a cut is [c, c); a gradual one (dissolve, fade) holds its frames [start, end)
+    ("boundaries", pa.list_(pa.struct([("start", pa.int64()), ("end", pa.int64()), ("kind", pa.string())]))),
+    ("clips", pa.int64()), ("accepted", pa.int64()), ("accepted_s", pa.float64()),
+    ("config", pa.string()),          # fingerprint of the stage parameters that produced the row
+])
+
+# rejections.parquet: every rejected span.
+REJECTIONS = pa.schema([
+    ("video_id", pa.string()), ("url", pa.string()),
+    ("start_frame", pa.int64()), ("end_frame", pa.int64()), ("start_s", pa.float64()), ("end_s", pa.float64()),
+    ("stage", pa.string()),           # "scenes" (transition) | "faces" (no / multi / small face) | "filters"
+    ("reason", pa.string()),
 ])
 
 # Shard sample: one per clip, key = clip_id. Members (suffix -> content):

@@ -9,7 +9,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from pipeline.shards.encoders import build_tiny_models
+    from pipeline.shards.model_sets import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny"), seed=0, sample_size=64)
 
@@ -29,7 +29,9 @@ def test_tiny_models_load_through_real_loaders(tiny, tmp_path):
     from diffusers import AutoencoderKL
     from safetensors.torch import load_file
 
-    from pipeline.shards.encoders import EncoderConfig, Encoders, build_tiny_models, resolve_models
+    from pipeline.shards.config import EncoderConfig
+    from pipeline.shards.encode import Encoders
+    from pipeline.shards.model_sets import build_tiny_models, resolve_models
 
     cfg = EncoderConfig(size=64, batch_frames=4)
     enc = Encoders(resolve_models(str(tiny), cfg), cfg, with_landmarks=False)
@@ -59,7 +61,8 @@ def test_tiny_models_load_through_real_loaders(tiny, tmp_path):
 
 
 def test_resolve_models_default_names_and_bad_dir(tmp_path):
-    from pipeline.shards.encoders import DEFAULT_VAE, EncoderConfig, resolve_models
+    from pipeline.shards.config import DEFAULT_VAE, EncoderConfig
+    from pipeline.shards.model_sets import resolve_models
 
     m = resolve_models("default", EncoderConfig())
     assert m.vae == DEFAULT_VAE and m.clip_label == "ViT-B-32/laion2b_s34b_b79k"
@@ -68,7 +71,7 @@ def test_resolve_models_default_names_and_bad_dir(tmp_path):
 
 
 def test_pick_indices_stride_and_max_frames():
-    from pipeline.shards.encoders import pick_indices
+    from pipeline.shards.decode import pick_indices
 
     assert pick_indices(10, 20, 1, 0).tolist() == list(range(10, 20))
     assert pick_indices(10, 20, 3, 0).tolist() == [10, 13, 16, 19]
@@ -77,7 +80,8 @@ def test_pick_indices_stride_and_max_frames():
 
 
 def test_decode_clip_is_the_crop_of_the_decoded_frames(tmp_path):
-    from pipeline.shards.encoders import EncoderConfig, decode_clip
+    from pipeline.shards.config import EncoderConfig
+    from pipeline.shards.decode import decode_clip
     from pipeline.video_io import crop_square, read_frames, write_mp4
 
     frames = [np.roll(_faces(1, 96)[0], 3 * k, axis=0) for k in range(12)]
@@ -89,7 +93,7 @@ def test_decode_clip_is_the_crop_of_the_decoded_frames(tmp_path):
     for k, i in enumerate(idx):
         assert np.array_equal(got[k], crop_square(ref[int(i)], -10, 8, 80, 32))
     # several clips of one video in one pass: same crops as one by one; a span past the end is an error
-    from pipeline.shards.encoders import decode_clips
+    from pipeline.shards.decode import decode_clips
     from pipeline.video_io import VideoError
 
     rows = [{**row, "start_frame": 6, "end_frame": 12, "crop_x0": 5}, row,
@@ -105,7 +109,7 @@ def test_decode_clip_is_the_crop_of_the_decoded_frames(tmp_path):
 def test_fit_vae_lowers_reconstruction_loss(tiny):
     import torch
 
-    from pipeline.shards.encoders import load_vae
+    from pipeline.shards.encode import load_vae
     from pipeline.shards.vaefit import fit_vae
 
     vae = load_vae(str(tiny / "vae"))
@@ -119,7 +123,8 @@ def test_fit_vae_lowers_reconstruction_loss(tiny):
 def test_fitted_tiny_vae_gets_a_unit_variance_scaling_factor(tmp_path):
     import torch
 
-    from pipeline.shards.encoders import build_tiny_models, load_vae
+    from pipeline.shards.encode import load_vae
+    from pipeline.shards.model_sets import build_tiny_models
     from pipeline.shards.vaefit import fit_tiny_models
 
     d = build_tiny_models(tmp_path / "m", seed=1, sample_size=64)
@@ -198,7 +203,9 @@ def test_half_precision_encode_tracks_fp32_and_redoes_overflow_in_fp32(tiny):
     batch with a non-finite output is redone in fp32 and counted."""
     import torch
 
-    from pipeline.shards.encoders import EncoderConfig, Encoders, resolve_models
+    from pipeline.shards.config import EncoderConfig
+    from pipeline.shards.encode import Encoders
+    from pipeline.shards.model_sets import resolve_models
 
     frames = _faces()
     outs = {}

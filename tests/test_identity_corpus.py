@@ -70,7 +70,7 @@ def world(corpus, corpus_dir, tmp_path_factory):
     from pipeline.curate.stages import load_dag
     from pipeline.paths import DataRoot
     from pipeline.shards.build import run
-    from pipeline.shards.encoders import build_tiny_models
+    from pipeline.shards.model_sets import build_tiny_models
     from pipeline.synth.corpus import make_portraits
     from pipeline.synth.server import SourceServer
 

@@ -62,6 +62,8 @@ def test_the_layout_has_the_three_rooms_and_their_docstrings():
     # no flat leftovers or shims of the old layout
     for old in ("stages", "faces", "shardio", "shardwriter", "optout", "testmedia", "testserver", "encoders"):
         assert not (REPO / "pipeline" / f"{old}.py").exists(), old
+    # encoders.py was split by job (decode, encode, model_sets); no shim of it
+    assert not (REPO / "pipeline" / "shards" / "encoders.py").exists()
 
 
 def test_pipeline_never_imports_model():

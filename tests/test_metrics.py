@@ -117,7 +117,8 @@ def test_fid_unavailable_without_weights(tmp_path, monkeypatch, face256):
 
 
 def test_similarity_note_labels_what_computed_the_figure(tmp_path):
-    from pipeline.shards.encoders import EncoderConfig, build_tiny_models, resolve_models
+    from pipeline.shards.config import EncoderConfig
+    from pipeline.shards.model_sets import build_tiny_models, resolve_models
 
     # the tiny models' CLIP is never trained (only the VAE is fitted): its CSIM is labelled untrained
     tiny = resolve_models(str(build_tiny_models(tmp_path / "tiny", seed=0, sample_size=64)), EncoderConfig(size=64))

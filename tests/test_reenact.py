@@ -44,7 +44,9 @@ def make_tiny_checkpoint(data: Path, frames: int = 4, latent_size: int = 8, clip
 
 def identity_of(models_dir: Path, size: int = 64) -> dict:
     """The encoder identity the trainer would record for latents made by the models in `models_dir`."""
-    from pipeline.shards.encoders import EncoderConfig, Encoders, resolve_models
+    from pipeline.shards.config import EncoderConfig
+    from pipeline.shards.encode import Encoders
+    from pipeline.shards.model_sets import resolve_models
 
     cfg = EncoderConfig(size=size, device="cpu")
     enc = Encoders(resolve_models(str(models_dir), cfg), cfg, with_landmarks=False)
@@ -55,7 +57,7 @@ def identity_of(models_dir: Path, size: int = 64) -> dict:
 def setup(tmp_path_factory):
     import cv2
 
-    from pipeline.shards.encoders import build_tiny_models
+    from pipeline.shards.model_sets import build_tiny_models
     from pipeline.video_io import write_mp4
 
     d = tmp_path_factory.mktemp("reenact")
@@ -352,7 +354,7 @@ def test_consistency_study_over_clips_and_seeds(setup, tmp_path):
 
 def test_reenact_refuses_other_encoders_than_the_checkpoint_was_trained_on(setup, tmp_path):
     """Another data root's VAE (same classes and label, other weights) would silently mottle the output."""
-    from pipeline.shards.encoders import build_tiny_models
+    from pipeline.shards.model_sets import build_tiny_models
 
     d = setup
     other = build_tiny_models(tmp_path / "other-models", seed=1, sample_size=64)

@@ -2,8 +2,7 @@
 import re
 from pathlib import Path
 
-from pipeline.curate.manifest import REJECTIONS, VIDEOS
-from pipeline.schema import CLIPS, SHARD_MEMBERS
+from pipeline.schema import CLIPS, REJECTIONS, SHARD_MEMBERS, VIDEOS
 
 DOC = (Path(__file__).resolve().parents[1] / "manifests" / "README.md").read_text()
 

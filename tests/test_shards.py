@@ -44,7 +44,7 @@ def build_world(root, models_dir):
     """Write media, sources.csv, empty optout.csv and clips.parquet under root; returns config kwargs."""
     from pipeline.curate.landmarks import FaceMesh478
     from pipeline.paths import safe_name
-    from pipeline.shards.encoders import build_tiny_models
+    from pipeline.shards.model_sets import build_tiny_models
     from pipeline.video_io import write_mp4
 
     if not (models_dir / "models.json").exists():
@@ -141,7 +141,8 @@ def world(tmp_path_factory):
 
 def test_shards_match_manifest(world):
     from pipeline.curate.landmarks import FaceMesh478
-    from pipeline.shards.encoders import EncoderConfig, decode_clip, pick_indices
+    from pipeline.shards.config import EncoderConfig
+    from pipeline.shards.decode import decode_clip, pick_indices
     from pipeline.shards.io import read_samples
 
     root, _ = world
@@ -386,7 +387,7 @@ def test_cli_help_and_bad_dag_key(world, tmp_path):
 def test_models_tiny_builds_fits_and_records_them(tmp_path_factory, tmp_path):
     from pipeline.shards.build import run
     from pipeline.shards.config import InputProblem
-    from pipeline.shards.encoders import build_tiny_models
+    from pipeline.shards.model_sets import build_tiny_models
 
     root, models = copy_world(tmp_path_factory, tmp_path)
     # new clips with other models into the existing shards: refused, nothing written

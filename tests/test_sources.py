@@ -115,6 +115,36 @@ def test_optout_parses_and_matches(tmp_path):
     assert load_optout(tmp_path / "missing.csv").ids == frozenset()
 
 
+def test_one_optout_rule_matches_by_id_link_form_and_derived_id(tmp_path):
+    """OptOut.matches, OptOut.entry_for and OptOutEntry.matches (used by curation, shards' apply, its
+    unknown-entry report and verify) are one rule: the row and the video share a name."""
+    p = _write(tmp_path, "video_id_or_url,date,reason\n"
+                         "vid_a,2026-01-31,by id\n"
+                         "https://www.youtube.com/watch?v=dQw4w9WgXcQ&si=share123,2026-02-01,yt link\n"
+                         "https://Example.org/talk.mp4?utm_source=mail&lang=en#t=30,2026-02-02,plain link\n"
+                         "still_007.jpg,2026-02-03,a still by file name\n", "optout.csv")
+    o = load_optout(p)
+    by_id, yt, plain, still = o.entries
+    cases = [  # (video_id, url, the row that must match it, or None)
+        ("vid_a", "https://elsewhere.example/z", by_id),                         # the id
+        ("zzz", "https://youtu.be/dQw4w9WgXcQ", yt),                             # another form of the link
+        ("zzz", "https://www.youtube.com/watch?feature=share&v=dQw4w9WgXcQ", yt),   # tracking keys
+        ("dQw4w9WgXcQ", None, yt),                                               # id derived from the link
+        ("", "HTTPS://EXAMPLE.ORG/talk.mp4?lang=en&utm_medium=x", plain),        # host case, tracking
+        ("", "https://example.org/talk.mp4?lang=en", plain),                     # without tracking/fragment
+        ("other", "https://example.org/talk.mp4?lang=de", None),                 # a real query differs
+        ("other", "https://example.org/TALK.mp4?lang=en", None),                 # paths are case-sensitive
+        ("x", "still_007.jpg", still),                                           # a still's file name
+        ("nobody", "https://h.example/v.mp4", None),
+        ("", "", None),
+    ]
+    for vid, url, want in cases:
+        assert o.entry_for(vid, url) is want, (vid, url)
+        assert o.matches(vid, url) is (want is not None), (vid, url)
+        assert [e for e in o.entries if e.matches(vid, url)] == ([want] if want else []), (vid, url)
+    assert {"vid_a", "dQw4w9WgXcQ", "still_007.jpg"} <= o.ids and "https://example.org/talk.mp4?lang=en" in o.urls
+
+
 @pytest.mark.parametrize("row,why", [
     (",2026-01-01,x", r"empty video_id_or_url"),
     ("vid,2026-13-01,x", r"date '2026-13-01' is not a real date"),

@@ -66,7 +66,7 @@ def test_stills_become_shard_samples(portraits, tmp_path):
 
     from pipeline.shards.build import run
     from pipeline.shards.config import ShardsConfig
-    from pipeline.shards.encoders import build_tiny_models
+    from pipeline.shards.model_sets import build_tiny_models
 
     models = build_tiny_models(tmp_path / "m", seed=0, sample_size=64)
     (tmp_path / "bad.png").write_bytes(b"not a png")
@@ -97,7 +97,7 @@ def test_cartoon_portrait_among_photos_is_rejected_and_stills_name_their_file(po
 
     from pipeline.shards.build import run, summary
     from pipeline.shards.config import ShardsConfig
-    from pipeline.shards.encoders import build_tiny_models
+    from pipeline.shards.model_sets import build_tiny_models
     from pipeline.synth.lookalikes import draw_cartoon
 
     d = tmp_path / "stills"

@@ -262,7 +262,7 @@ def test_sample_grid_with_a_local_vae(tmp_path):
     """sample_every saves [real | sampled] frames decoded by a small VAE loaded through the real path."""
     from diffusers import AutoencoderKL
 
-    from pipeline.shards.encoders import TINY_VAE
+    from pipeline.shards.model_sets import TINY_VAE
 
     write_shards(tmp_path, n_clips=2, per_shard=2, latent=4, clip_dim=16)
     torch.manual_seed(0)

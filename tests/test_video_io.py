@@ -78,7 +78,8 @@ def test_non_square_pixels_decode_as_ffmpeg_displays_them(corpus_by_name, name, 
 
 
 def test_shard_times_come_from_timestamps(corpus_by_name):
-    from pipeline.shards.encoders import EncoderConfig, decode_clip
+    from pipeline.shards.config import EncoderConfig
+    from pipeline.shards.decode import decode_clip
 
     g = corpus_by_name["vfr_phone_60"]
     row = {"start_frame": 10, "end_frame": 40, "crop_x0": 100, "crop_y0": 20, "crop_size": 200, "fps": g["fps"]}

@@ -280,7 +280,10 @@ def hamming(a, b) -> np.ndarray:
 
 class IdentitySampler:
     """Consumer of the decode pass (after the face scanner): face chips and frame hashes where the
-    scanner found one usable face; `clip_identity(start, end)` embeds a clip from them."""
+    scanner found one usable face; `clip_identity(start, end)` embeds a clip from them. A
+    decodepass.Consumer: `finish(n)` -> {frame: face chip}."""
+
+    name = "identity"
 
     def __init__(self, cfg: IdentityConfig, encoder, faces, face_w_ratio: float, face_h_ratio: float):
         stride = max(1, faces.cfg.stride)
@@ -307,6 +310,9 @@ class IdentitySampler:
             self.every *= 2
             for i in [i for i in self.chips if i % self.every]:
                 del self.chips[i], self.hashes[i]
+
+    def finish(self, num_frames: int) -> dict[int, np.ndarray]:
+        return self.chips
 
     def clip_identity(self, start: int, end: int) -> dict:
         """{identity (D,) list or None, identity_frames, face_hashes, frame_hashes} of the clip [start, end)."""

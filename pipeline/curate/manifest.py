@@ -4,8 +4,8 @@
                                            finishes; a re-run skips videos whose state is final
                                            and was made with the same stage parameters
 <data>/curate/clips.parquet                pipeline.schema.CLIPS, sorted by (video_id, start_frame)
-<data>/curate/videos.parquet               VIDEOS: download status, error class, message, probe metadata
-<data>/curate/rejections.parquet           REJECTIONS: every rejected span with its stage and reason
+<data>/curate/videos.parquet               pipeline.schema.VIDEOS: download status, error class, message, probe metadata
+<data>/curate/rejections.parquet           pipeline.schema.REJECTIONS: every rejected span with its stage and reason
 <data>/curate/stats.json, summary.txt      counts per status and reason, CPU time per stage
 
 The tables are always rebuilt from the state files of the current sources, so an interrupted
@@ -20,37 +20,9 @@ from collections import Counter
 import pyarrow as pa
 
 from pipeline.paths import DataRoot, safe_name
-from pipeline.schema import CLIPS
+from pipeline.schema import CLIPS, REJECTIONS, VIDEOS
 
 STATE_VERSION = 1
-
-VIDEOS = pa.schema([
-    ("video_id", pa.string()), ("url", pa.string()),
-    ("status", pa.string()),          # "ok" | "no_clips" | a download status | "bad_media" | "error"
-    ("error_class", pa.string()),     # e.g. "http_404", "VideoError"; empty when ok
-    ("message", pa.string()),
-    ("media_path", pa.string()),      # relative to the data root
-    ("bytes", pa.int64()), ("attempts", pa.int64()),
-    ("width", pa.int64()), ("height", pa.int64()),   # display size: rotation and sample aspect ratio applied
-    ("fps", pa.float64()),            # measured mean rate from the frames' timestamps (probe's when not decoded)
-    ("header_fps", pa.float64()),     # the rate the container claims
-    ("sar", pa.float64()),            # sample aspect ratio (stored pixel width / height)
-    ("num_frames", pa.int64()),
-    ("duration_s", pa.float64()), ("rotation", pa.int64()), ("codec", pa.string()), ("has_audio", pa.bool_()),
-    ("cuts", pa.int64()), ("cut_frames", pa.list_(pa.int64())),   # hard cuts: first frame of each new shot
-    # every shot boundary: a cut is [c, c); a gradual one (dissolve, fade) holds its frames [start, end)
-    ("boundaries", pa.list_(pa.struct([("start", pa.int64()), ("end", pa.int64()), ("kind", pa.string())]))),
-    ("clips", pa.int64()), ("accepted", pa.int64()), ("accepted_s", pa.float64()),
-    ("config", pa.string()),          # fingerprint of the stage parameters that produced the row
-])
-
-REJECTIONS = pa.schema([
-    ("video_id", pa.string()), ("url", pa.string()),
-    ("start_frame", pa.int64()), ("end_frame", pa.int64()), ("start_s", pa.float64()), ("end_s", pa.float64()),
-    ("stage", pa.string()),           # "scenes" (transition) | "faces" (no / multi / small face) | "filters"
-    ("reason", pa.string()),
-])
-
 
 def frame_accounting(clips: list[dict], rejections: list[dict], num_frames: int) -> list[str]:
     """What breaks, in one video's rows, the rule that every decoded frame lies in exactly one clip row

@@ -124,7 +124,10 @@ def face_crop_box(box, width: int, height: int, w_ratio: float, h_ratio: float) 
 
 class QualitySampler:
     """Consumer of the decode pass: scores the face crop of every `every`-th frame where the
-    face scanner (run before it on the same frame) found one usable face."""
+    face scanner (run before it on the same frame) found one usable face. A decodepass.Consumer:
+    `finish(n)` -> {frame: score}; `clip_score(start, end)` per clip."""
+
+    name = "quality"
 
     def __init__(self, cfg: QualityConfig, scorer, faces, face_w_ratio: float, face_h_ratio: float):
         stride = max(1, faces.cfg.stride)
@@ -145,6 +148,9 @@ class QualitySampler:
         x0, y0, size = face_crop_box(d.box, img.shape[1], img.shape[0], *self.ratios)
         crop = crop_square(img, x0, y0, size)
         self.samples[frame.index] = float(self.scorer([crop])[0])
+
+    def finish(self, num_frames: int) -> dict[int, float]:
+        return self.samples
 
     def clip_score(self, start: int, end: int) -> float:
         v = [s for i, s in self.samples.items() if start <= i < end]

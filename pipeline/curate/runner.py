@@ -9,6 +9,7 @@ message on that video's row.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -23,6 +24,7 @@ from pipeline.curate.retention import write_clip_files
 from pipeline.curate.stages import CurateConfig, Models, analyse_video
 from pipeline.paths import DataRoot
 from pipeline.quiet import native_stderr_filtered
+from pipeline.records import VideoRow
 from pipeline.storage import endpoint_env
 
 # Download failures worth another try on the next run (pipeline.curate.download's error_class); others are final.
@@ -59,49 +61,50 @@ def analyse_step(item: dict, root: str, cfg: CurateConfig, models: Models) -> di
     """Downloaded item -> state written to <data>/curate/state/; returns a short progress row."""
     dr = DataRoot.of(root)
     fp = cfg.fingerprint()
-    video = {"video_id": item["video_id"], "url": item["url"], "status": item.get("status") or "error",
-             "error_class": item.get("error_class") or "", "message": item.get("message") or "",
-             "media_path": item.get("media_path") or "", "bytes": int(item.get("bytes") or 0),
-             "attempts": int(item.get("attempts") or 0), "config": fp}
-    state = {"video_id": item["video_id"], "fingerprint": fp, "video": video, "clips": [],
+    video = VideoRow(item["video_id"], item["url"], status=item.get("status") or "error",
+                     error_class=item.get("error_class") or "", message=item.get("message") or "",
+                     media_path=item.get("media_path") or "", bytes=int(item.get("bytes") or 0),
+                     attempts=int(item.get("attempts") or 0), config=fp)
+    state = {"video_id": item["video_id"], "fingerprint": fp, "clips": [],
              "rejections": [], "times": {"download": float(item.get("download_s") or 0.0)},
-             "final": video["error_class"] not in RETRYABLE}
+             "final": video.error_class not in RETRYABLE}
     staged = contextlib.ExitStack()     # holds the local copy of remote media until the analysis is done
-    if video["status"] == "ok":
+    if video.status == "ok":
         try:
-            media = staged.enter_context(dr.local_file(video["media_path"]))   # the file itself when local
-            res = analyse_video(media, item["video_id"], item["url"], video["media_path"], cfg, models)
-            for c in res["clips"]:
-                c.setdefault("clip_path", "")
+            media = staged.enter_context(dr.local_file(video.media_path))   # the file itself when local
+            res = analyse_video(media, item["video_id"], item["url"], video.media_path, cfg, models)
             if cfg.media.keep != "all":        # accepted crops kept as small files (retention.py)
                 state["kept_bytes"] = write_clip_files(dr, media, item["video_id"], res["clips"], cfg.media)
             state.update(clips=res["clips"], rejections=res["rejections"])
             state["times"].update(res["times"])
             acc = [c for c in res["clips"] if c["status"] == "accepted"]
-            video.update({k: res["probe"][k] for k in ("width", "height", "fps", "header_fps", "sar", "duration_s",
-                                                       "rotation", "codec", "has_audio")})
-            video.update(num_frames=res["num_frames"], cuts=len(res["cuts"]), cut_frames=res["cuts"],
-                         boundaries=res["boundaries"], clips=len(res["clips"]),
-                         accepted=len(acc), accepted_s=sum(c["duration_s"] for c in acc),
-                         message=one_line(res["message"]))
+            probed = res["probe"]
+            video = dataclasses.replace(
+                video, **{k: probed[k] for k in ("width", "height", "fps", "header_fps", "sar", "duration_s",
+                                                 "rotation", "codec", "has_audio")},
+                num_frames=res["num_frames"], cuts=len(res["cuts"]), cut_frames=res["cuts"],
+                boundaries=res["boundaries"], clips=len(res["clips"]), accepted=len(acc),
+                accepted_s=sum(c["duration_s"] for c in acc), message=one_line(res["message"]))
             if not acc:
                 reasons = sorted({r["reason"] for r in res["rejections"]})
-                video.update(status="no_clips",
-                             message=one_line(f"no accepted clip; rejected spans: {', '.join(reasons) or 'none'}"
-                                              + (f"; {res['message']}" if res["message"] else "")))
+                video.status = "no_clips"
+                video.message = one_line(f"no accepted clip; rejected spans: {', '.join(reasons) or 'none'}"
+                                         + (f"; {res['message']}" if res["message"] else ""))
         except Exception as e:
             from pipeline.video_io import VideoError
 
             bad = isinstance(e, VideoError)
-            video.update(status="bad_media" if bad else "error", error_class=type(e).__name__, message=one_line(e))
+            video.status, video.error_class, video.message = ("bad_media" if bad else "error", type(e).__name__,
+                                                              one_line(e))
             if not bad:
                 _log(f"curate: {item['video_id']}: unexpected {type(e).__name__}\n{traceback.format_exc(limit=4)}")
     staged.close()
+    state["video"] = video.to_dict()
     write_state(dr, state)      # names the clip files: only now may the download go
-    if cfg.media.keep != "all" and video["status"] in ("ok", "no_clips") and video["media_path"]:
-        dr.rm(video["media_path"])
-    return {"video_id": item["video_id"], "status": video["status"], "accepted": int(video.get("accepted") or 0),
-            "message": video["message"]}
+    if cfg.media.keep != "all" and video.status in ("ok", "no_clips") and video.media_path:
+        dr.rm(video.media_path)
+    return {"video_id": item["video_id"], "status": video.status, "accepted": int(video.accepted or 0),
+            "message": video.message}
 
 
 # ---------------------------------------------------------------- engines

@@ -195,7 +195,9 @@ def shot_spans(bounds: list[Boundary], num_frames: int, margin: int) -> list[tup
 class ShotDetector:
     """The scenes stage on the decode pass: `update(frame)` for every frame (a probe.Frame), then
     `finish(n)` -> [Boundary]. `net` (a transnet.ShotNet) is needed for detector transnetv2.
-    `net_seconds`: CPU seconds spent inside TransNetV2 for this video."""
+    `net_seconds`: CPU seconds spent inside TransNetV2 for this video. A decodepass.Consumer."""
+
+    name = "scenes"
 
     def __init__(self, cfg: ScenesConfig, fps: float, net=None):
         from pipeline.curate.transnet import CandidateWindows
@@ -239,5 +241,12 @@ class ShotDetector:
         else:
             found = [Boundary(c, c, "cut") for c in self.cutter.finish()]
         found += dark_fades(np.asarray(self.luma[:num_frames], np.float64), self.fps, self.cfg)
-        return merge_boundaries(found, num_frames, int(round(self.cfg.merge_gap_s * self.fps)))
+        self.boundaries = merge_boundaries(found, num_frames, int(round(self.cfg.merge_gap_s * self.fps)))
+        cuts = {b.start for b in self.boundaries if b.kind == "cut"}
+        gaps = transition_intervals(self.boundaries, num_frames, self.cfg.margin)
+        self.settled = lambda f: f in cuts or any(a <= f <= b for a, b in gaps)
+        return self.boundaries
+
+    boundaries: list[Boundary] | None = None    # set by finish
+    settled = None   # after finish: frame -> True where a cut or a transition window (+ margin) splits the video
 

@@ -39,6 +39,30 @@ class Source:
     id_given: bool         # False when video_id was derived from the URL
 
 
+_TRACKING = re.compile(r"^(utm_[a-z_]+|fbclid|gclid|si|feature)$")   # share/tracking query keys: not the video
+
+
+def url_match_form(url: str) -> str:
+    """The form two links to one video share for opt-out matching: normalize_url, minus tracking
+    query parameters (utm_*, fbclid, gclid, si, feature) and the fragment, which no server sees."""
+    u = normalize_url(url)
+    p = urlsplit(u)
+    if not p.scheme:
+        return u      # a still's "url" is its file name
+    query = "&".join(kv for kv in p.query.split("&") if kv and not _TRACKING.match(kv.split("=", 1)[0]))
+    return p._replace(query=query, fragment="").geturl()
+
+
+def video_names(video_id: str | None, url: str | None) -> set[str]:
+    """Every name a video goes by in optout.csv: its id, its link (match form) and the id that link
+    maps to (a youtu.be link and a watch?v= link of one video share that id)."""
+    names = {video_id} if video_id else set()
+    if url:
+        u = url_match_form(url)
+        names |= {u, video_id_from_url(u)}
+    return names
+
+
 @dataclass(frozen=True)
 class OptOutEntry:
     value: str             # an id or a URL, as written ("" for a face_photo-only row)
@@ -47,28 +71,53 @@ class OptOutEntry:
     row: int
     photo: str = ""        # a face photo (path, resolved from optout.csv's folder): opt-out by person
 
+    def names(self) -> set[str]:
+        """The names of the video this row opts out: an id, or a link with the id it maps to."""
+        if not self.value:       # a face_photo-only row names a person, not a video
+            return set()
+        if "://" in self.value:
+            u = url_match_form(self.value)
+            return {u, video_id_from_url(u)}
+        return {self.value}
+
+    def matches(self, video_id: str | None, url: str | None) -> bool:
+        """The one opt-out rule: this row and the video share a name (video_names)."""
+        return not self.names().isdisjoint(video_names(video_id, url))
+
 
 @dataclass
 class OptOut:
-    """Opted-out ids and URLs. `ids` also holds the id each listed URL maps to, so an opt-out by
-    URL catches the same video listed under another form of its link (youtu.be vs watch?v=)."""
-    ids: frozenset[str] = frozenset()
-    urls: frozenset[str] = frozenset()
+    """The rows of optout.csv, indexed by the names they give a video (OptOutEntry.names), so an
+    opt-out by URL catches the same video listed under another form of its link (youtu.be vs watch?v=)."""
     entries: list[OptOutEntry] = field(default_factory=list)
+
+    def __post_init__(self):
+        self._by_name: dict[str, OptOutEntry] = {}
+        for e in self.entries:           # in file order: a name's first row is the one cited
+            for n in e.names():
+                self._by_name.setdefault(n, e)
+
+    @property
+    def ids(self) -> frozenset[str]:
+        """Opted-out ids, each listed URL's id among them."""
+        return frozenset(n for n in self._by_name if "://" not in n)
+
+    @property
+    def urls(self) -> frozenset[str]:
+        return frozenset(n for n in self._by_name if "://" in n)
 
     @property
     def photos(self) -> list[OptOutEntry]:
         """The rows that name a person by a face photo (pipeline/shards/people.py removes their clips)."""
         return [e for e in self.entries if e.photo]
 
+    def entry_for(self, video_id: str | None, url: str | None) -> OptOutEntry | None:
+        """The first optout.csv row naming this video (the same rule as OptOutEntry.matches), or None."""
+        hits = [self._by_name[n] for n in video_names(video_id, url) if n in self._by_name]
+        return min(hits, key=lambda e: e.row) if hits else None
+
     def matches(self, video_id: str | None, url: str | None) -> bool:
-        if video_id and video_id in self.ids:
-            return True
-        if url:
-            u = normalize_url(url)
-            # a still portrait's "url" is its file name: listed as an id, the name opts it out
-            return u in self.urls or u in self.ids or video_id_from_url(u) in self.ids
-        return False
+        return self.entry_for(video_id, url) is not None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -174,7 +223,7 @@ def load_optout(path: str | Path) -> OptOut:
     path = Path(path)
     if not path.exists():
         return OptOut()
-    ids, urls, entries = set(), set(), []
+    entries = []
     for line, r in _rows(path, OPTOUT_COLUMNS, OPTOUT_COLUMNS[:2]):
         where = f"{path.name} row {line}"
         value, date = r["video_id_or_url"], r["date"]
@@ -189,19 +238,13 @@ def load_optout(path: str | Path) -> OptOut:
             day = dt.date.fromisoformat(date)
         except ValueError:
             raise ManifestError(f"{where}: date {date!r} is not a real date") from None
-        if not value:
-            pass
-        elif "://" in value:
+        if "://" in value:
             why = check_url(value)
             if why:
                 raise ManifestError(f"{where}: {why}: {value[:80]!r}")
             value = normalize_url(value)
-            urls.add(value)
-            ids.add(video_id_from_url(value))
-        else:
-            ids.add(value)
         entries.append(OptOutEntry(value, day, r.get("reason", ""), line, photo))
-    return OptOut(frozenset(ids), frozenset(urls), entries)
+    return OptOut(entries)
 
 
 def _photo(optout_csv: Path, value: str, where: str) -> str:

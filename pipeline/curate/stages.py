@@ -1,11 +1,14 @@
 """The curation DAG: typed stage configs, their resources, and the per-video analysis.
 
-dags/curate.yaml names the stages in order with their parameters and Ray resources:
-download -> probe -> scenes -> faces -> quality -> identity -> filters -> manifest. The runner maps two
-Ray Data steps over the sources: `download` (I/O-bound tasks) and `analyse` (one actor per
-worker holding the face detector, face mesh and quality scorer) which runs probe, then the single
-decode pass feeding scenes + faces + face verification (verify.py: the mesh on sampled crops; its
-bounds are in the filters' params) + quality + identity (chips and frame hashes), then filters, then
+dags/curate.yaml names the stages in order with their parameters:
+download -> probe -> scenes -> faces -> quality -> identity -> filters -> manifest, and under `steps:`
+the Ray resources of the two steps that run them (STEP_OF): the runner maps `download` (I/O-bound
+tasks) and `analyse` (one actor per worker holding the face detector, face mesh and quality scorer)
+over the sources; `manifest` runs in the driver (clusters.assign reads its params) and takes no
+resources. Resources belong to a step, never a stage: a stage's `resources:` is an error. `analyse`
+runs probe, then the single decode pass (decodepass.run_consumers over an ordered list) feeding
+scenes + faces + face verification (verify.py: the mesh on sampled crops; its bounds are in the
+filters' params) + quality + identity (chips and frame hashes), then filters, then
 the identity embedding of each accepted clip, and returns manifest rows. Identities across videos and
 duplicates are a dataset-level step in the driver (pipeline/curate/clusters.py). `analyse_video`
 below is that step as a plain function: the sequential runner and the unit tests call it directly.
@@ -21,17 +24,23 @@ from pathlib import Path
 
 from pipeline.configfile import ConfigError, check_keys, fill_dataclass, load_yaml
 from pipeline.curate.clusters import ManifestConfig
+from pipeline.curate.decodepass import FrameTimes, run_consumers
 from pipeline.curate.faces import FacesConfig, make_detector, place_crop
 from pipeline.curate.filters import FiltersConfig, judge, split_long
 from pipeline.curate.identity import IdentityConfig, IdentitySampler, make_encoder
-from pipeline.curate.probe import ProbeConfig, TruncatedDecode, probe_video, scan
+from pipeline.curate.probe import ProbeConfig, probe_video
 from pipeline.curate.quality import QualityConfig, QualitySampler, make_scorer
 from pipeline.curate.retention import MediaConfig
 from pipeline.curate.scenes import ScenesConfig, ShotDetector, transition_intervals
 from pipeline.curate.tracking import FaceScanner, segment, split_to_fit
 from pipeline.curate.verify import FaceVerifier
+from pipeline.records import ClipRow
 
 STAGES = ["download", "probe", "scenes", "faces", "quality", "identity", "filters", "manifest"]
+# the step that runs each stage: its resources are the step's (dags/curate.yaml `steps:`)
+STEP_OF = {"download": "download", "probe": "analyse", "scenes": "analyse", "faces": "analyse",
+           "quality": "analyse", "identity": "analyse", "filters": "analyse", "manifest": "driver"}
+STEPS = ("download", "analyse")          # the steps that take resources (the driver takes none)
 
 
 @dataclass
@@ -75,24 +84,34 @@ class CurateConfig:
 
 
 def load_dag(path: str | Path | None) -> CurateConfig:
-    """Read dags/curate.yaml: {engine: {...}, stages: [{name, params: {...}, resources: {...}}]}.
-    Unknown keys, stages or a wrong order raise ConfigError (a ValueError) naming the file."""
+    """Read dags/curate.yaml: {engine, media, steps: {download|analyse: {num_cpus, concurrency}},
+    stages: [{name, params: {...}}]}. Unknown keys, stages, a wrong order, a mistyped value or a
+    stage's own `resources:` raise ConfigError (a ValueError), one line naming the file and the key."""
     cfg = CurateConfig()
     if path is None:
         return cfg
     doc = load_yaml(path)
     where = str(path)
-    check_keys(doc, ("engine", "stages", "media"), where)
+    check_keys(doc, ("engine", "stages", "steps", "media"), where)
     if not isinstance(doc.get("stages") or [], list):
         raise ConfigError(f"{where}: expected a mapping with a 'stages' list")
     cfg.engine = fill_dataclass(EngineConfig, doc.get("engine"), where, "engine")
     cfg.media = fill_dataclass(MediaConfig, doc.get("media"), where, "media")
+    steps = doc.get("steps") or {}
+    check_keys(steps, STEPS, where, "steps")
+    for step, res in steps.items():
+        cfg.resources[step] = fill_dataclass(Resources, res, where, f"steps.{step}")
     seen = []
     for st in doc.get("stages") or []:
         check_keys(st, ("name", "params", "resources"), where, f"stages[{len(seen)}]")
         name = st.get("name")
         if name not in STAGES:
             raise ConfigError(f"{where}: unknown stage {name!r}; stages are {', '.join(STAGES)}")
+        if "resources" in st:   # before: each analysis stage's silently replaced the one analyse step's
+            step = STEP_OF[name]
+            raise ConfigError(f"{where}: {name}.resources: a stage takes no resources; " + (
+                f"{name} runs in the {step} step: set steps.{step}" if step in STEPS else
+                f"{name} runs in the driver, which takes none"))
         seen.append(name)
         params = st.get("params") or {}
         if name == "download":
@@ -104,9 +123,6 @@ def load_dag(path: str | Path | None) -> CurateConfig:
             cfg.download = DownloadParams({k: getattr(typed, k) for k in params})
         else:
             setattr(cfg, name, fill_dataclass(type(getattr(cfg, name)), params, where, f"{name}.params"))
-        if st.get("resources"):
-            step = "download" if name == "download" else "analyse"
-            cfg.resources[step] = fill_dataclass(Resources, st["resources"], where, f"{name}.resources")
     if seen and seen != [s for s in STAGES if s in seen]:
         raise ConfigError(f"{where}: stages out of order: {seen}; the order is {' -> '.join(STAGES)}")
     return cfg
@@ -178,29 +194,21 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
     shots = ShotDetector(cfg.scenes, info.fps, models.shot_net)   # the header's rate: PySceneDetect's timecodes
     # min_face_px counts stored pixels: undo the SAR's stretch of the display width (rotated: the height's)
     faces = FaceScanner(cfg.faces, models.detector, info.width / (info.sar if info.rotation % 180 == 0 else 1.0),
-                        identity=models.identity)
+                        identity=models.identity, shots=shots)
     # the verifier samples by the header rate (only its sampling density depends on it)
     verifier = FaceVerifier(cfg.faces, cfg.filters, models.mesh, faces, info.width, info.height, info.fps)
     sampler = QualitySampler(cfg.quality, models.scorer, faces, cfg.faces.face_w_ratio, cfg.faces.face_h_ratio)
     idents = IdentitySampler(cfg.identity, models.identity, faces, cfg.faces.face_w_ratio, cfg.faces.face_h_ratio)
-    stamps: list[float] = []                          # each decoded frame's time (s from the first frame)
-    scan_t: dict[str, float] = {}
-    message = ""
-    try:
-        n = scan(media, cfg.probe.small_side, {"scenes": shots.update, "faces": faces.update,
-                                               "verify": verifier.update, "quality": sampler.update, "identity": idents.update,
-                                               "timestamps": lambda f: stamps.append(f.time)}, scan_t)
-    except TruncatedDecode as e:  # keep the frames before the damage
-        n, message = e.frames, str(e)
+    # one decode pass, in this order: the samplers after it read the face scanner's detection of their frame
+    scan_t: dict[str, float] = {}                 # CPU s per consumer (update + finish) and "decode"
+    run = run_consumers(media, cfg.probe.small_side, [shots, faces, verifier, sampler, idents, FrameTimes()], scan_t)
+    n, message = run.num_frames, run.message
+    boundaries, dets, stamps = run.results["scenes"], run.results["faces"], run.results["timestamps"]
     t0 = time.process_time()
-    boundaries = shots.finish(n)
     # transition frames (+ margin) belong to no clip: their edges split face tracks like cuts do
     gaps = transition_intervals(boundaries, n, cfg.scenes.margin)
     edges = [b.start for b in boundaries if b.kind == "cut"] + [x for g in gaps for x in g]
     t1 = time.process_time()
-    cut_set = {b.start for b in boundaries if b.kind == "cut"}
-    # an identity change located on a shot boundary is split there anyway: no embedding needed
-    dets = faces.finish(n, lambda f: f in cut_set or any(a <= f <= b for a, b in gaps))
     spans, bad = segment(dets, edges, cfg.faces)
     spans = [sp for sp in spans if not any(a <= sp.start and sp.end <= b for a, b in gaps)]
     for sp in spans:                               # a track that meets a transition window says so
@@ -227,7 +235,7 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
 
     rejections = [{**span_row(s, e), "stage": "scenes", "reason": "transition"} for s, e in gaps]
     rejections += [{**span_row(s, e), "stage": "faces", "reason": r} for s, e, r in bad]
-    clips = []
+    clips: list[ClipRow] = []
     f = cfg.filters
     def crop_holds(frames):
         return place_crop([dets[k].box for k in frames], info.width, info.height, cfg.faces).outside <= f.max_face_outside
@@ -247,27 +255,29 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
             duration = edge[b] - edge[a]
             face = verifier.check(a, b, frames)
             reason = judge(duration, crop.size, q, crop, face, f)
-            row = {"clip_id": clip_id(video_id, a, b), **span_row(a, b), "media_path": media_rel,
-                   "duration_s": duration, "fps": fps, "crop_x0": crop.x0, "crop_y0": crop.y0,
-                   "crop_size": crop.size, "face_w_ratio": crop.face_w_ratio, "face_h_ratio": crop.face_h_ratio,
-                   "pad_fraction": crop.pad_fraction, "face_confidence": face.confidence,
-                   "landmark_rate": face.landmark_rate, "yaw_deg": face.yaw_deg, "flat_skin": face.flat_skin,
-                   "quality": q, "quality_scorer": models.scorer.name,
-                   # stored samples across the crop on its coarser axis (display pixels stretch a SAR > 1)
-                   "resolution": int(round(crop.size / max(info.sar, 1.0))),
-                   "status": "rejected" if reason else "accepted", "reason": reason,
-                   "start_split": sp.start_split if j == 0 else edges[j - 1],
-                   "end_split": sp.end_split if j == len(parts) - 1 else edges[j]}
+            row = ClipRow(clip_id(video_id, a, b), video_id, url, media_path=media_rel, clip_path="",
+                          start_frame=int(a), end_frame=int(b), start_s=edge[a], end_s=edge[b],
+                          duration_s=duration, fps=fps, crop_x0=crop.x0, crop_y0=crop.y0, crop_size=crop.size,
+                          face_w_ratio=crop.face_w_ratio, face_h_ratio=crop.face_h_ratio,
+                          pad_fraction=crop.pad_fraction, face_confidence=face.confidence,
+                          landmark_rate=face.landmark_rate, yaw_deg=face.yaw_deg, flat_skin=face.flat_skin,
+                          quality=q, quality_scorer=models.scorer.name,
+                          # stored samples across the crop on its coarser axis (display pixels stretch a SAR > 1)
+                          resolution=int(round(crop.size / max(info.sar, 1.0))),
+                          status="rejected" if reason else "accepted", reason=reason,
+                          start_split=sp.start_split if j == 0 else edges[j - 1],
+                          end_split=sp.end_split if j == len(parts) - 1 else edges[j])
             clips.append(row)
             if reason:
                 rejections.append({**span_row(a, b), "stage": "filters", "reason": reason})
     t3 = time.process_time()
     times["filters"] = t3 - t2
     clip_faces = 0
-    for row in clips:   # the ResNet runs for accepted clips only (~0.15 CPU s a face with dlib)
-        if row["status"] == "accepted":
-            row.update(idents.clip_identity(row["start_frame"], row["end_frame"]), identity_model=models.identity.name)
-            clip_faces += row["identity_frames"]
+    for k, row in enumerate(clips):   # the ResNet runs for accepted clips only (~0.15 CPU s a face with dlib)
+        if row.status == "accepted":
+            clips[k] = dataclasses.replace(row, **idents.clip_identity(row.start_frame, row.end_frame),
+                                           identity_model=models.identity.name)
+            clip_faces += clips[k].identity_frames
     clip_s = time.process_time() - t3
     times["identity"] += clip_s
     # finer than `times` (whose stages add up to the video's CPU): what the bench breaks down
@@ -276,7 +286,7 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
               "identity_tracking_faces": faces.identity_faces, "identity_clip_s": clip_s,
               "identity_clip_faces": clip_faces}
     probed = {**info.to_dict(), "header_fps": info.fps, "fps": fps, "duration_s": edge[n] if n else info.duration_s}
-    return {"probe": probed, "clips": clips, "rejections": rejections, "times": times,
+    return {"probe": probed, "clips": [c.to_dict() for c in clips], "rejections": rejections, "times": times,
             "cuts": [b.start for b in boundaries if b.kind == "cut"],
             "boundaries": [b.to_dict() for b in boundaries], "num_frames": n, "detections": faces.calls,
             "verify_samples": len(verifier.samples), "detail": detail, "message": message}

@@ -66,11 +66,16 @@ def main_face(faces: list, cfg: FacesConfig) -> tuple[object | None, list]:
 
 
 class FaceScanner:
-    """Consumer of the decode pass (`update(frame)` for every frame, then `finish(n)` -> {frame: Det})."""
+    """Consumer of the decode pass (decodepass.Consumer: `update(frame)` for every frame, then
+    `finish(n)` -> {frame: Det}). `shots`: the video's scenes.ShotDetector, finished before this scanner
+    (earlier in the consumer list): an identity change it already splits needs no embedding."""
 
-    def __init__(self, cfg: FacesConfig, detector, src_width: float, identity=None):
+    name = "faces"
+
+    def __init__(self, cfg: FacesConfig, detector, src_width: float, identity=None, shots=None):
         self.cfg, self.detector, self.src_width = cfg, detector, src_width
         self.identity = identity    # a face-identity encoder (pipeline.curate.identity): decides "identity"
+        self.shots = shots
         self.dets: dict[int, Det] = {}
         self.calls = 0
         self.detect_s = 0.0         # CPU seconds in detector calls (the bench's "face detection")
@@ -88,7 +93,10 @@ class FaceScanner:
 
     def finish(self, num_frames: int, settled=None) -> dict[int, Det]:
         """All detections. `settled(frame)`: True where a shot boundary splits the video anyway (a cut,
-        a transition window's frames): an identity change located there needs no embedding."""
+        a transition window's frames): an identity change located there needs no embedding. Default: the
+        shot detector's, when one was given."""
+        if settled is None and self.shots is not None:
+            settled = self.shots.settled
         if num_frames and (num_frames - 1) not in self.dets and (num_frames - 1) in self._buf:
             self._anchor(num_frames - 1)
         self._buf.clear()

@@ -122,8 +122,10 @@ def sample_every(fps: float, stride: int, per_s: float) -> int:
 
 
 class FaceVerifier:
-    """Consumer of the decode pass, after the face scanner: `update(frame)` on every frame, then
-    `check(start, end, det_frames)` per clip."""
+    """Consumer of the decode pass (decodepass.Consumer), after the face scanner: `update(frame)` on every
+    frame, `finish(n)` -> {frame: Sample}, then `check(start, end, det_frames)` per clip."""
+
+    name = "verify"
 
     def __init__(self, faces_cfg: FacesConfig, cfg: FiltersConfig, mesh, scanner, width: int, height: int,
                  fps: float):
@@ -139,6 +141,9 @@ class FaceVerifier:
         if d is None or d.state != "ok":
             return
         self.samples[frame.index] = self.measure(frame.rgb(), d.box)
+
+    def finish(self, num_frames: int) -> dict[int, Sample]:
+        return self.samples
 
     def measure(self, rgb: np.ndarray, box) -> Sample:
         """Mesh on the crop the clip rule gives this face box; rgb is the full display frame."""

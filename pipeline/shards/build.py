@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.paths import DataRoot
 from pipeline.shards.config import InputProblem, ShardsConfig
-from pipeline.shards.encoders import work_units
+from pipeline.shards.decode import work_units
 from pipeline.shards.io import cache_name, cache_path, load_cache
 from pipeline.shards.writer import encode_ray, encode_sequential, iter_decoded, write_new_shards
 from pipeline.storage import scratch_dir
@@ -63,7 +63,7 @@ def clip_items(root: DataRoot, cfg: ShardsConfig) -> tuple[list[dict], list[dict
 
 def prepare_models(spec: str, root: DataRoot, cfg: ShardsConfig, items: list[dict], log):
     """'tiny' builds (once) small models under <data>/models/tiny and fits the VAE on the clips' crops."""
-    from pipeline.shards.encoders import build_tiny_models, resolve_models
+    from pipeline.shards.model_sets import build_tiny_models, resolve_models
     from pipeline.shards.vaefit import fit_tiny_models
 
     if spec != "tiny":
@@ -103,7 +103,7 @@ def prepare_models(spec: str, root: DataRoot, cfg: ShardsConfig, items: list[dic
 
 def preflight(models) -> None:
     """Load hub models once in the driver, so a missing download fails here in one line, not in every actor."""
-    from pipeline.shards.encoders import load_clip, load_vae
+    from pipeline.shards.encode import load_clip, load_vae
 
     for what, load in (("VAE " + models.vae, lambda: load_vae(models.vae)),
                        ("CLIP " + models.clip_label, lambda: load_clip(models.clip_model, models.clip_pretrained))):

@@ -1,13 +1,29 @@
-"""The shard builder's config: `ShardsConfig` (paper defaults), `load_dag` (dags/shards.yaml) and
-`InputProblem`, the one error for unusable inputs. Shared by the run order (build.py) and the
-encoders' runners (writer.py), so neither imports the other for it."""
+"""The shard builder's config: `ShardsConfig` (paper defaults) with its `EncoderConfig`, `load_dag`
+(dags/shards.yaml) and `InputProblem`, the one error for unusable inputs. Shared by the run order
+(build.py), the encoders' runners (writer.py), decoding (decode.py) and the encoders (encode.py),
+so none of them imports another for it."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.shards.encoders import EncoderConfig
+DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"   # paper: Stable Diffusion's VAE (8x down, 4 channels)
+DEFAULT_CLIP = ("ViT-B-32", "laion2b_s34b_b79k")
+
+
+@dataclass
+class EncoderConfig:
+    size: int = 256                 # crop side fed to every model (paper: 256)
+    stride: int = 1                 # keep every stride-th frame of the clip
+    max_frames: int = 0             # 0 = keep all; else evenly spaced subset of at most this many
+    vae: str = DEFAULT_VAE          # hub id or local diffusers dir
+    clip_model: str = DEFAULT_CLIP[0]      # open_clip name, or a local dir (open_clip_config.json)
+    clip_pretrained: str = DEFAULT_CLIP[1]  # tag or checkpoint file; ignored for a local dir
+    batch_frames: int = 16          # frames per model forward (CPU)
+    gpu_batch_frames: int = 64      # frames per model forward on a GPU
+    device: str = "auto"            # auto | cpu | cuda
+    precision: str = "auto"         # auto = fp16 on a GPU, fp32 on a CPU; or fp32 | fp16 | bf16 (autocast)
 
 
 class InputProblem(ValueError):
@@ -49,6 +65,10 @@ _RENAME = {("stills", "frames"): "stills_frames", ("stills", "fps"): "stills_fps
            ("tiny", "fit_steps"): "tiny_fit_steps", ("tiny", "fit_frames"): "tiny_fit_frames",
            ("tiny", "fit_batch"): "tiny_fit_batch"}
 _STAGES = ("decode", "encode", "stills", "write")
+# resources belong to the step that runs them: under another stage (or inputs) they are an error, not a
+# silent setting of that step's pool (`write: {max_actors: 8}` would size the encode actors)
+_STEP_OF_RESOURCE = {"decode_cpus": "decode", "encode_cpus": "encode", "encode_gpus": "encode",
+                     "max_actors": "encode", "clips_per_batch": "encode"}
 
 
 def load_dag(path: str | Path | None) -> ShardsConfig:
@@ -56,7 +76,7 @@ def load_dag(path: str | Path | None) -> ShardsConfig:
 
     Top-level keys and `inputs:` set ShardsConfig fields; `tiny:` and `stages:` (decode, encode,
     stills, write) set their renamed fields (_RENAME), and decode/encode also EncoderConfig's."""
-    from pipeline.configfile import check_keys, check_type, field_types, load_yaml
+    from pipeline.configfile import ConfigError, check_keys, check_type, field_types, load_yaml
 
     cfg = ShardsConfig()
     if not path:
@@ -71,6 +91,10 @@ def load_dag(path: str | Path | None) -> ShardsConfig:
     def put(section: str, vals) -> None:
         check_keys(vals, own[section] | {k for s, k in _RENAME if s == section}, where, section)
         for k, v in vals.items():
+            step = _STEP_OF_RESOURCE.get(_RENAME.get((section, k), k))
+            if section and step and section != step:
+                raise ConfigError(f"{where}: {section}.{k}: a resource of the {step} step; set it under "
+                                  f"stages.{step}")
             if (section, k) in _RENAME:
                 obj, name = cfg, _RENAME[(section, k)]
             elif section in ("decode", "encode") and k in enc:
@@ -90,7 +114,5 @@ def load_dag(path: str | Path | None) -> ShardsConfig:
         else:
             put("", {k: v})
     if cfg.encoder.precision not in ("auto", "fp32", "fp16", "bf16"):
-        from pipeline.configfile import ConfigError
-
         raise ConfigError(f"{where}: encode.precision must be auto|fp32|fp16|bf16, got {cfg.encoder.precision!r}")
     return cfg

@@ -69,35 +69,13 @@ def _sourced(srcs) -> tuple[set, set]:
     return ids, urls
 
 
-def _entry_for(oo, vid: str, url: str):
-    """The optout.csv row that names this video (for its date and reason in the audit)."""
-    from pipeline.curate.sources import normalize_url
-    from pipeline.ids import video_id_from_url
-
-    for e in (oo.entries if oo is not None else []):
-        if e.value == vid or (url and e.value == normalize_url(url)) or ("://" in e.value and video_id_from_url(e.value) == vid):
-            return e
-    return None
-
-
 def _unknown_entries(oo, videos: dict, state: dict) -> list[str]:
     """optout.csv values that match no video we know (now or already removed): reported, harmless."""
     if oo is None:
         return []
-    from pipeline.curate.sources import OptOut
-    from pipeline.ids import video_id_from_url
-
     known = {**{v: d["url"] for v, d in videos.items()}, **{v: d.get("url", "") for v, d in state.items()}}
-    out = []
-    for e in oo.entries:
-        if not e.value:      # a face_photo-only row names a person, not a video
-            continue
-        is_url = "://" in e.value
-        one = OptOut(frozenset([video_id_from_url(e.value) if is_url else e.value]),
-                     frozenset([e.value] if is_url else []), [e])
-        if not any(one.matches(v, u) for v, u in known.items()):
-            out.append(e.value)
-    return out
+    # a face_photo-only row (no value) names a person, not a video
+    return [e.value for e in oo.entries if e.value and not any(e.matches(v, u) for v, u in known.items())]
 
 
 def apply(root: DataRoot, cfg, index: dict, table, items: list[dict], log=print) -> dict:
@@ -155,7 +133,7 @@ def apply(root: DataRoot, cfg, index: dict, table, items: list[dict], log=print)
         mine = set(rec["clips_removed"]) | {c for c, v in every_clip.items() if v == vid}
         removed_now |= mine
         forget(root, mine)
-        entry = _entry_for(oo, vid, videos[vid]["url"]) if targets[vid] == "optout.csv" else None
+        entry = oo.entry_for(vid, videos[vid]["url"]) if targets[vid] == "optout.csv" else None
         if entry is not None:
             rec.update(request_value=entry.value, request_date=entry.date.isoformat(), reason=entry.reason,
                        optout_row=entry.row)
@@ -238,7 +216,6 @@ def verify(data: str | Path, optout_path: str, log=print, cfg=None) -> list[str]
     matches an optout.csv face photo. `cfg`: ShardsConfig for the photo rule (default: the encoder's)."""
 
     from pipeline.curate.clusters import copies_of, duplicate_links
-    from pipeline.ids import video_id_from_url
     from pipeline.shards import io as shardio
     from pipeline.shards import people
     from pipeline.shards.config import ShardsConfig
@@ -269,7 +246,7 @@ def verify(data: str | Path, optout_path: str, log=print, cfg=None) -> list[str]
         if oo is None:
             return False
         u = urls.get(vid, "")
-        return oo.matches(vid, u) or any(video_id_from_url(x) == vid for x in oo.urls)
+        return oo.matches(vid, u)
 
     problems, nshards, nsamples = [], 0, 0
     for name in root.ls("shards", "*.tar"):     # every tar there, committed or not

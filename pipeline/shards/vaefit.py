@@ -149,7 +149,7 @@ def latent_scaling_factor(vae, frames: np.ndarray, batch: int = 32) -> float:
 def fit_tiny_models(model_dir: Path, frames: np.ndarray, steps: int = 300, seed: int = 0, batch: int = 16,
                     log: Callable[[str], None] = print, hint: str = "", warn_s: float = WARN_S) -> dict:
     """Fit the VAE of a build_tiny_models dir on crops and save it back; records the fit in models.json."""
-    from pipeline.shards.encoders import load_vae
+    from pipeline.shards.encode import load_vae
 
     vae = load_vae(str(model_dir / "vae"))
     progress = FitProgress(steps, log, f"fit_vae ({frames.shape[1]} px)", hint=hint, warn_s=warn_s)

@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.paths import DataRoot
 from pipeline.shards import io as shardio
-from pipeline.shards.encoders import work_units
+from pipeline.shards.decode import work_units
 from pipeline.shards.io import cache_path, load_cache, save_cache
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def iter_decoded(unit: list[dict], root: str, cfg: ShardsConfig):
-    from pipeline.shards.encoders import decode_unit
+    from pipeline.shards.decode import decode_unit
 
     return decode_unit(unit, root, cfg.encoder, cfg.stills_frames, cfg.stills_fps)
 
@@ -69,7 +69,7 @@ def _failed(it: dict, e: Exception) -> dict:
 
 
 def encode_sequential(items, root: DataRoot, cfg: ShardsConfig, models, cache_dir: Path, log) -> list[dict]:
-    from pipeline.shards.encoders import Encoders
+    from pipeline.shards.encode import Encoders
 
     enc = Encoders(models, cfg.encoder)
     out = []
@@ -119,7 +119,7 @@ class _EncodeActor:
     """One per Ray actor: models loaded once, then batches of decoded clips."""
 
     def __init__(self, models, cfg: ShardsConfig, cache_dir: str):
-        from pipeline.shards.encoders import Encoders
+        from pipeline.shards.encode import Encoders
 
         self.enc, self.cache_dir = Encoders(models, cfg.encoder), cache_dir   # a path or URL
 
