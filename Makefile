@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 .PHONY: help install browser test lint demo corpus serve s3serve curate shards verify-optout train reenact eval bench gpu-check estimate report clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml .ci/constraints.txt
 	@test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
