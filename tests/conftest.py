@@ -113,3 +113,23 @@ def shot_net():
     from pipeline.curate.transnet import ShotNet
 
     return ShotNet(device="cpu", threads=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_sdit():
+    """(a tiny sDiT, F = 4 on 8x8 latents, eval mode; its diffusion of 1000 steps): one per test module,
+    for the anchored-sampling tests. adaLN-Zero starts at exactly 0 output, so zero parameters get small
+    random values and the output depends on the input."""
+    import torch
+
+    from model.config import ModelConfig
+    from model.diffusion import GaussianDiffusion, linear_betas
+    from model.sdit import SDiT
+
+    torch.manual_seed(0)
+    m = SDiT(ModelConfig(size="tiny", frames=4, latent_size=8, clip_dim=16)).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.05)
+    return m, GaussianDiffusion(linear_betas(1000))
