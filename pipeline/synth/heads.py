@@ -44,19 +44,6 @@ class Head:
 
 
 @lru_cache(maxsize=None)
-def _mesh_points(person: str) -> np.ndarray:
-    from pipeline.curate.landmarks import FaceMesh478
-
-    img = _photo(person)
-    with FaceMesh478(static=True) as fm:
-        lm = fm(img)
-    if lm is None:
-        raise RuntimeError(f"face mesh found no face on bundled photo {person!r}")
-    # Round so that the ground truth never depends on the last float bits of the mesh model.
-    return np.round(lm[:, :2] * [img.shape[1], img.shape[0]] * 2) / 2
-
-
-@lru_cache(maxsize=None)
 def _mesh3(person: str) -> np.ndarray:
     """(478, 3) mesh of a photo in pixels: x, y and MediaPipe's depth z scaled by the width (as x is)."""
     from pipeline.curate.landmarks import FaceMesh478
@@ -66,7 +53,13 @@ def _mesh3(person: str) -> np.ndarray:
         lm = fm(img)
     if lm is None:
         raise RuntimeError(f"face mesh found no face on bundled photo {person!r}")
+    # Round so that the ground truth never depends on the last float bits of the mesh model.
     return np.round(lm * [img.shape[1], img.shape[0], img.shape[1]] * 2) / 2
+
+
+def _mesh_points(person: str) -> np.ndarray:
+    """(478, 2) mesh of a photo in pixels (x, y of _mesh3: one mesh run per photo)."""
+    return _mesh3(person)[:, :2]
 
 
 @lru_cache(maxsize=None)
