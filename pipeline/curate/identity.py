@@ -286,26 +286,25 @@ class IdentitySampler:
     name = "identity"
 
     def __init__(self, cfg: IdentityConfig, encoder, faces, face_w_ratio: float, face_h_ratio: float):
-        stride = max(1, faces.cfg.stride)
-        self.every = max(stride, -(-cfg.every // stride) * stride)
+        from pipeline.curate.quality import on_detection_frames
+
+        self.every = on_detection_frames(cfg.every, faces.cfg.stride)
         self.cfg, self.encoder, self.faces = cfg, encoder, faces
         self.ratios = (face_w_ratio, face_h_ratio)
         self.chips: dict[int, np.ndarray] = {}
         self.hashes: dict[int, tuple[int, int]] = {}     # frame -> (face-crop dHash, whole-frame dHash)
 
     def update(self, frame) -> None:
-        if frame.index % self.every:
-            return
-        d = self.faces.dets.get(frame.index)
-        if d is None or d.state != "ok":
+        box = self.faces.sampled_box(frame.index, self.every)
+        if box is None:
             return
         from pipeline.curate.quality import face_crop_box
         from pipeline.video_io import crop_square
 
         gray = frame.gray()
-        x0, y0, size = face_crop_box(d.box, gray.shape[1], gray.shape[0], *self.ratios)
+        x0, y0, size = face_crop_box(box, gray.shape[1], gray.shape[0], *self.ratios)
         self.hashes[frame.index] = (dhash(crop_square(gray, x0, y0, size)), dhash(gray))
-        self.chips[frame.index] = self.encoder.chip(frame.rgb(), d.box)
+        self.chips[frame.index] = self.encoder.chip(frame.rgb(), box)
         if len(self.chips) > self.cfg.max_samples:   # bounded memory on long videos: halve the sampling rate
             self.every *= 2
             for i in [i for i in self.chips if i % self.every]:

@@ -115,6 +115,13 @@ def make_scorer(cfg: QualityConfig):
     raise ValueError(f"quality.scorer must be 'sharpness' or 'hyperiqa', got {cfg.scorer!r}")
 
 
+def on_detection_frames(every: int, stride: int) -> int:
+    """A sampling period of about `every` frames rounded up to a multiple of the detection stride, so that
+    samples sit on frames whose face boxes the scanner detected (not interpolated)."""
+    stride = max(1, stride)
+    return max(stride, -(-every // stride) * stride)
+
+
 def face_crop_box(box, width: int, height: int, w_ratio: float, h_ratio: float) -> tuple[int, int, int]:
     """The paper-ratio square around one relative face box, in pixels of a (width, height) picture."""
     x, y, w, h = box[0] * width, box[1] * height, box[2] * width, box[3] * height
@@ -130,22 +137,19 @@ class QualitySampler:
     name = "quality"
 
     def __init__(self, cfg: QualityConfig, scorer, faces, face_w_ratio: float, face_h_ratio: float):
-        stride = max(1, faces.cfg.stride)
-        self.every = max(stride, -(-cfg.every // stride) * stride)
+        self.every = on_detection_frames(cfg.every, faces.cfg.stride)
         self.cfg, self.scorer, self.faces = cfg, scorer, faces
         self.ratios = (face_w_ratio, face_h_ratio)
         self.samples: dict[int, float] = {}
 
     def update(self, frame) -> None:
-        if frame.index % self.every:
-            return
-        d = self.faces.dets.get(frame.index)
-        if d is None or d.state != "ok":
+        box = self.faces.sampled_box(frame.index, self.every)
+        if box is None:
             return
         from pipeline.video_io import crop_square
 
         img = frame.gray() if self.scorer.wants == "gray" else frame.rgb()
-        x0, y0, size = face_crop_box(d.box, img.shape[1], img.shape[0], *self.ratios)
+        x0, y0, size = face_crop_box(box, img.shape[1], img.shape[0], *self.ratios)
         crop = crop_square(img, x0, y0, size)
         self.samples[frame.index] = float(self.scorer([crop])[0])
 

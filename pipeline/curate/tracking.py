@@ -91,6 +91,14 @@ class FaceScanner:
         if frame.index % max(1, self.cfg.stride) == 0:
             self._anchor(frame.index)
 
+    def sampled_box(self, index: int, every: int):
+        """The tracked face's box on frame `index` when it is a sample frame (a multiple of `every`) with a
+        face tracked there ("ok"), else None: what the samplers after the scanner measure."""
+        if index % every:
+            return None
+        d = self.dets.get(index)
+        return d.box if d is not None and d.state == "ok" else None
+
     def finish(self, num_frames: int, settled=None) -> dict[int, Det]:
         """All detections. `settled(frame)`: True where a shot boundary splits the video anyway (a cut,
         a transition window's frames): an identity change located there needs no embedding. Default: the

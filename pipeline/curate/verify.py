@@ -135,12 +135,9 @@ class FaceVerifier:
         self.samples: dict[int, Sample] = {}
 
     def update(self, frame) -> None:
-        if frame.index % self.every:
-            return
-        d = self.scanner.dets.get(frame.index)
-        if d is None or d.state != "ok":
-            return
-        self.samples[frame.index] = self.measure(frame.rgb(), d.box)
+        box = self.scanner.sampled_box(frame.index, self.every)
+        if box is not None:
+            self.samples[frame.index] = self.measure(frame.rgb(), box)
 
     def finish(self, num_frames: int) -> dict[int, Sample]:
         return self.samples
