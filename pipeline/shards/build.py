@@ -24,7 +24,7 @@ import numpy as np
 from pipeline.paths import DataRoot
 from pipeline.shards.config import InputProblem, ShardsConfig
 from pipeline.shards.decode import work_units
-from pipeline.shards.io import cache_name, cache_path, load_cache
+from pipeline.shards.io import cache_name
 from pipeline.shards.writer import encode_ray, encode_sequential, iter_decoded, write_new_shards
 from pipeline.storage import scratch_dir
 
@@ -141,24 +141,6 @@ def screen_stills(pending: list[dict], log) -> tuple[list[dict], list[dict]]:
     return keep, rejected
 
 
-def landmark_gate(ready: list[dict], cache_dir: str, min_rate: float, log) -> tuple[list[dict], list[dict]]:
-    """Encoded clips whose stored frames show the face mesh on at least `min_rate` of them, and the
-    others as [{"clip_id", "video_id", "landmark_rate"}]: those are never written (curation checked a
-    sample of frames; this is every stored frame of the exact crop). A dropped clip stays unsharded and
-    is checked again, from its cache, on the next run."""
-    keep, dropped = [], []
-    for it in ready:
-        ok = load_cache(cache_path(cache_dir, it["clip_id"]))[0]["landmarks_ok"]
-        rate = float(np.mean(ok)) if len(ok) else 0.0
-        if rate >= min_rate:
-            keep.append(it)
-        else:
-            dropped.append({"clip_id": it["clip_id"], "video_id": it["video_id"], "landmark_rate": round(rate, 4)})
-    if dropped:
-        log(f"dropped {len(dropped)} clips: face mesh on fewer than {min_rate:.0%} of their frames")
-    return keep, dropped
-
-
 # ---------------------------------------------------------------- the run
 
 def run(data: str | Path, cfg: ShardsConfig, log=print) -> dict:
@@ -231,10 +213,11 @@ def run(data: str | Path, cfg: ShardsConfig, log=print) -> dict:
         stats["encode_s"] = time.perf_counter() - t0
         have = _cached(cache_dir)
         ready = [it for it in pending if cache_name(it["clip_id"]) in have]
-        ready, stats["dropped_landmarks"] = landmark_gate(ready, cache_dir, cfg.min_landmark_rate, log)
-        written = write_new_shards(sdir, cfg, index, table, ready, cache_dir, log)
+        written, stats["dropped_landmarks"] = write_new_shards(sdir, cfg, index, table, ready, cache_dir, log)
         if _media_keep(root) == "none":     # retention: a clip's kept crop goes once a committed shard holds it
-            stats["clip_files_deleted"] = sum(root.rm(it["clip_path"]) for it in ready if it.get("clip_path"))
+            unwritten = {d["clip_id"] for d in stats["dropped_landmarks"]}   # not in a shard: they keep their crop
+            stats["clip_files_deleted"] = sum(root.rm(it["clip_path"]) for it in ready
+                                              if it.get("clip_path") and it["clip_id"] not in unwritten)
     stats["shards_written"] = written
     stats["shards_total"] = len(index["shards"])
     stats["samples_total"] = int(sum(s["nsamples"] for s in index["shards"]))

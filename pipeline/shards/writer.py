@@ -184,21 +184,22 @@ def encode_ray(items, root: DataRoot, cfg: ShardsConfig, models, cache_dir: Path
 
 # ---------------------------------------------------------------- writing
 
-def write_new_shards(sdir: Path, cfg: ShardsConfig, index, table, ready, cache_dir: Path, log) -> list[dict]:
-    """Pack clips into new shards numbered after the last existing one; never touch an existing shard."""
+def write_new_shards(sdir: Path, cfg: ShardsConfig, index, table, ready, cache_dir: Path,
+                     log) -> tuple[list[dict], list[dict]]:
+    """Pack cached clips into NEW shards numbered after the last existing one; never touch an existing
+    shard. A clip whose stored frames show the face mesh on fewer than `cfg.min_landmark_rate` of them is
+    not written (curation checked a sample of frames; this is every stored frame of the exact crop): it
+    stays unsharded and is checked again, from its cache, on the next run. Each cache is read once.
+    Returns (index entries written, dropped [{"clip_id", "video_id", "landmark_rate"}])."""
     import pandas as pd
 
     nxt = max((shardio.shard_number(s["name"]) for s in index["shards"]), default=-1) + 1
-    written = []
-    for s in range(0, len(ready), cfg.samples_per_shard):
-        chunk = ready[s:s + cfg.samples_per_shard]
-        samples, rows = [], []
+    written, dropped, samples, rows = [], [], [], []
+
+    def flush():
+        nonlocal nxt, table, samples, rows
         name = shardio.shard_name(cfg.name, nxt)
-        for it in chunk:
-            feats, meta = load_cache(cache_path(cache_dir, it["clip_id"]))
-            samples.append((it["clip_id"], shardio.sample_members(*with_identity(feats, meta, it))))
-            rows.append({"clip_id": it["clip_id"], "video_id": it["video_id"], "url": it.get("url", ""),
-                         "origin": it["origin"], "shard": name, "nframes": int(len(feats["frame_index"]))})
+        rows = [{**r, "shard": name} for r in rows]
         entry = shardio.write_shard(shardio.loc(sdir, name), samples)
         # the shard is visible and complete; now record it (a kill before this line -> recover() redoes it)
         index["shards"].append(entry)
@@ -207,5 +208,22 @@ def write_new_shards(sdir: Path, cfg: ShardsConfig, index, table, ready, cache_d
         shardio.save_table(sdir, table)
         written.append(entry)
         log(f"wrote {name}: {entry['nsamples']} samples, {entry['bytes']} bytes")
-        nxt += 1
-    return written
+        nxt, samples, rows = nxt + 1, [], []
+
+    for it in ready:
+        feats, meta = load_cache(cache_path(cache_dir, it["clip_id"]))
+        ok = feats["landmarks_ok"]
+        rate = float(np.mean(ok)) if len(ok) else 0.0
+        if rate < cfg.min_landmark_rate:
+            dropped.append({"clip_id": it["clip_id"], "video_id": it["video_id"], "landmark_rate": round(rate, 4)})
+            continue
+        samples.append((it["clip_id"], shardio.sample_members(*with_identity(feats, meta, it))))
+        rows.append({"clip_id": it["clip_id"], "video_id": it["video_id"], "url": it.get("url", ""),
+                     "origin": it["origin"], "nframes": int(len(feats["frame_index"]))})
+        if len(samples) == cfg.samples_per_shard:
+            flush()
+    if samples:
+        flush()
+    if dropped:
+        log(f"dropped {len(dropped)} clips: face mesh on fewer than {cfg.min_landmark_rate:.0%} of their frames")
+    return written, dropped
