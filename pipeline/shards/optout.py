@@ -248,20 +248,23 @@ def verify(data: str | Path, optout_path: str, log=print, cfg=None) -> list[str]
         u = urls.get(vid, "")
         return oo.matches(vid, u)
 
-    problems, nshards, nsamples = [], 0, 0
-    for name in root.ls("shards", "*.tar"):     # every tar there, committed or not
+    photos = oo is not None and bool(oo.photos)
+    wanted = {"meta.json", "identity.npy"} if photos else {"meta.json"}
+    problems, nshards, nsamples, found_in = [], 0, 0, {}
+    for name in root.ls("shards", "*.tar"):     # every tar there, committed or not: one read each
         nshards += 1
-        for key, members in shardio.read_samples(shardio.loc(sdir, name), {"meta.json"}):
+        for key, members in shardio.read_samples(shardio.loc(sdir, name), wanted):
             nsamples += 1
-            meta = json.loads(dict(members).get("meta.json", b"{}"))
+            m = dict(members)
+            meta = json.loads(m.get("meta.json", b"{}"))
             vid = meta.get("video_id", "")
             if key in removed_clips or opted(vid):
                 problems.append(f"{name}: clip {key} of opted-out video {vid}")
             elif key in copies:
                 problems.append(f"{name}: clip {key} of video {vid} is a copy of an opted-out clip")
-    if oo is not None and oo.photos:     # every sample's identity against every face photo
-        tars = {"shards": [{"name": n} for n in root.ls("shards", "*.tar")]}
-        found_in = people.shard_identities(sdir, tars)
+            if photos and (found := people.sample_identity(m, name)) is not None:
+                found_in[key] = found
+    if photos:     # every sample's identity against every face photo
         try:
             found, _ = people.photo_matches(oo, found_in, cfg or ShardsConfig())
         except ValueError as e:

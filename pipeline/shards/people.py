@@ -100,15 +100,21 @@ def shard_identities(sdir, index: dict) -> dict[str, dict]:
         if not exists(path):
             continue
         for key, members in read_samples(path, {"identity.npy", "meta.json"}):
-            m = dict(members)
-            if "identity.npy" not in m:
-                continue
-            emb = np.load(io.BytesIO(m["identity.npy"]), allow_pickle=False)
-            meta = json.loads(m["meta.json"])
-            if emb.size:
-                out[key] = {"video_id": meta["video_id"], "identity": emb, "identity_model": meta.get("identity_model"),
-                            "shard": entry["name"]}
+            found = sample_identity(dict(members), entry["name"])
+            if found is not None:
+                out[key] = found
     return out
+
+
+def sample_identity(members: dict[str, bytes], shard: str) -> dict | None:
+    """{video_id, identity (D,), identity_model, shard} of one shard sample's members, None without one."""
+    if "identity.npy" not in members:
+        return None
+    emb = np.load(io.BytesIO(members["identity.npy"]), allow_pickle=False)
+    if not emb.size:
+        return None
+    meta = json.loads(members["meta.json"])
+    return {"video_id": meta["video_id"], "identity": emb, "identity_model": meta.get("identity_model"), "shard": shard}
 
 
 def photo_matches(oo, candidates: dict[str, dict], cfg) -> tuple[dict[str, dict], list[dict]]:
