@@ -335,11 +335,6 @@ class DataRoot:
             self.fs.rm(names)
         return [n[len(prefix):] for n in names]
 
-    def arrow(self) -> tuple:
-        """(pyarrow FileSystem, base path) for Parquet / Ray Data readers: base + "/" + key is a file."""
-        proto, rest = storage.split_url(self.url)
-        return storage.arrow_filesystem(proto), rest
-
 
 TMP_TAG = ".tmp-"   # temp siblings are ".<name>.tmp-<pid>"; shardio.recover() deletes what a kill leaves
 
