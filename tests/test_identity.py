@@ -64,6 +64,43 @@ def test_package_photos_are_distinct_people_and_the_same_person_is_close(enc, ph
     assert not enc.identity(e_ast).same_person(enc.identity(e_hop))
 
 
+def test_torch_runtime_gives_dlibs_own_descriptors(enc, photos):
+    """The ResNet's weights read from the .dat file and run by torch (pipeline/curate/dlib_resnet.py) give
+    what dlib's own runtime gives, on aligned chips of eight real faces plus a mirrored and a noise chip.
+    Tolerance 1e-4 (descriptor norms ~1.3): float32 sums in another order; measured ~1e-6."""
+    import dlib
+
+    from pipeline.curate.identity import dlib_model_files
+
+    group = photos["group"]
+    h, w = group.shape[:2]
+    rects = dlib.get_frontal_face_detector()(group, 1)
+    chips = [enc.chip(group, (r.left() / w, (r.top() + 0.05 * r.height()) / h, r.width() / w, r.height() / h))
+             for r in rects]
+    for name in ("astronaut", "hopper"):
+        chips.append(enc.chip(photos[name], enc._hog_faces(photos[name])[0][:4]))
+    chips.append(np.ascontiguousarray(chips[0][:, ::-1]))
+    chips.append((np.random.default_rng(0).random((150, 150, 3)) * 255).astype(np.uint8))
+    assert len(chips) == 10
+    ref = dlib.face_recognition_model_v1(str(dlib_model_files()["resnet"])).compute_face_descriptor(chips)
+    ref = np.asarray([np.asarray(d) for d in ref], np.float32)
+    ours = enc.embed_chips(chips)
+    assert ours.shape == (10, 128) and np.abs(ref).max() > 0.05
+    assert np.abs(ours - ref).max() < 1e-4, np.abs(ours - ref).max()
+
+
+def test_a_file_that_is_not_the_resnet_is_refused_in_one_line(tmp_path):
+    from pipeline.curate.dlib_resnet import read_dat
+    from pipeline.curate.identity import dlib_model_files
+
+    with pytest.raises(ValueError, match="not dlib's face-recognition ResNet"):
+        read_dat(dlib_model_files()["shape"])          # dlib's shape predictor: a .dat of another kind
+    cut = tmp_path / "cut.dat"
+    cut.write_bytes(dlib_model_files()["resnet"].read_bytes()[:2_000_000])   # truncated mid-way
+    with pytest.raises(ValueError, match="not dlib's face-recognition ResNet|beyond the end"):
+        read_dat(cut)
+
+
 def test_a_crop_made_by_the_crop_rule_embeds_like_the_photo(enc, photos):
     """Shard crops and generated frames are embedded without a detector (the face is where the crop rule
     put it): the crop of a photo must give the photo's identity."""
