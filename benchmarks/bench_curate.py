@@ -15,13 +15,18 @@ accepted clip (plus the rare tracking check off a shot boundary, and the face ch
 decode pass) is a model inference like the shard encoders: reported per accepted clip and per embedded
 face beside curation per accepted clip, and the ratio is given with and without it.
 `python -m benchmarks.run --only curate` runs this alone; `summary` is the printed table.
+`python -m benchmarks.bench_curate OUT --videos DIR` measures your own footage instead of the corpus (every
+video file in DIR; no ground truth needed). The ratio depends on resolution (the models' cost per frame does
+not, the decode's does), so the JSON also gives it per resolution class (`by_resolution`).
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 from pathlib import Path
+
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".gif", ".m4v"}
 
 
 def plain_decode_cpu(path: Path) -> tuple[float, int]:
@@ -62,7 +67,28 @@ def _stage_split(times: dict, detail: dict, spent: float) -> dict[str, float]:
     return out
 
 
-def run(data_root: Path, repeats: int = 2) -> dict:
+def _own_videos(folder: Path) -> list[dict]:
+    """The corpus' ground-truth rows, as far as the bench uses them, for every video file in `folder`."""
+    import av
+
+    out = []
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in VIDEO_SUFFIXES:
+            with av.open(str(p)) as c:
+                s = c.streams.video[0]
+                out.append({"path": str(p), "name": p.stem, "width": s.codec_context.width,
+                            "height": s.codec_context.height})
+    if not out:
+        raise SystemExit(f"no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) in {folder}")
+    return out
+
+
+def _resolution_class(width: int, height: int) -> str:
+    short = min(width, height)
+    return "<=480p" if short <= 480 else "720p" if short <= 720 else ">=1080p"
+
+
+def run(data_root: Path, repeats: int = 2, videos: Path | None = None) -> dict:
     from pipeline.curate.retention import MediaConfig, write_clip_files
     from pipeline.curate.stages import Models, analyse_video, load_dag
     from pipeline.paths import DataRoot
@@ -70,7 +96,7 @@ def run(data_root: Path, repeats: int = 2) -> dict:
 
     data_root = Path(data_root)
     corpus_dir = data_root / "corpus"
-    gts = ensure_corpus(corpus_dir)
+    gts = _own_videos(Path(videos)) if videos else ensure_corpus(corpus_dir)
     cfg = load_dag(Path(__file__).resolve().parents[1] / "dags" / "curate.yaml")
     t0 = time.process_time()
     models = Models(cfg)
@@ -118,6 +144,7 @@ def run(data_root: Path, repeats: int = 2) -> dict:
         acc = sum(c["status"] == "accepted" for c in res["clips"])
         accepted += acc
         per_video.append({"video": g["name"], "size": f"{g['width']}x{g['height']}", "frames": res["num_frames"],
+                          "resolution": _resolution_class(g["width"], g["height"]),
                           "plain_decode_cpu_s": round(plain, 4), "curate_cpu_s": round(spent, 4),
                           "ratio": round(spent / plain, 2) if plain else None, "accepted_clips": acc,
                           "transnet_cpu_s": round(res["times"].get("transnet", 0.0), 4), "transnet_frames": seen,
@@ -125,7 +152,17 @@ def run(data_root: Path, repeats: int = 2) -> dict:
                           "identity_tracking_faces": res["detail"]["identity_tracking_faces"],
                           "boundaries": len(res["boundaries"])})
     embedded = ident["identity_tracking_faces"] + ident["identity_clip_faces"]
+    by_res: dict = {}
+    for v in per_video:
+        b = by_res.setdefault(v["resolution"], {"videos": 0, "plain_decode_cpu_s": 0.0, "curate_cpu_s": 0.0})
+        b["videos"] += 1
+        b["plain_decode_cpu_s"] += v["plain_decode_cpu_s"]
+        b["curate_cpu_s"] += v["curate_cpu_s"]
+    for b in by_res.values():
+        b["ratio_to_plain_decode"] = round(b["curate_cpu_s"] / max(b["plain_decode_cpu_s"], 1e-9), 2)
+        b["plain_decode_cpu_s"], b["curate_cpu_s"] = round(b["plain_decode_cpu_s"], 3), round(b["curate_cpu_s"], 3)
     out = {
+        "source": str(videos) if videos else "synthetic corpus", "by_resolution": by_res,
         "videos": len(gts), "frames": frames, "video_s": round(video_s, 2),
         "plain_decode_cpu_s": round(plain_total, 3), "curate_cpu_s": round(cur_total, 3),
         "plain_decode_cpu_s_per_video_s": round(plain_total / video_s, 4),
@@ -178,7 +215,10 @@ def summary(out: dict) -> str:
     lines = [f"curation {out['curate_cpu_s_per_video_s']:.3f} CPU s per video s vs plain decode "
              f"{out['plain_decode_cpu_s_per_video_s']:.3f}: {out['ratio_to_plain_decode']:.2f}x "
              f"(target <= {out['target_ratio']:g}x; without identity {out['ratio_to_plain_decode_without_identity']:.2f}x, "
-             f"without TransNetV2 {out['ratio_without_transnet']:.2f}x) on {out['videos']} videos, {out['video_s']:.0f} s",
+             f"without TransNetV2 {out['ratio_without_transnet']:.2f}x) on {out['videos']} videos, {out['video_s']:.0f} s "
+             f"({out['source']})",
+             "by resolution: " + ", ".join(f"{k} {v['ratio_to_plain_decode']:.2f}x ({v['videos']} videos)"
+                                           for k, v in sorted(out["by_resolution"].items())),
              f"{'stage':<18} {'CPU s':>8} {'share':>7} {'x decode':>9}"]
     for k in out["per_stage_cpu_s"]:
         lines.append(f"{k:<18} {out['per_stage_cpu_s'][k]:>8.2f} {out['per_stage_share_of_curation'][k]:>7.1%} "
@@ -196,6 +236,11 @@ def summary(out: dict) -> str:
 
 
 if __name__ == "__main__":
-    res = run(Path(sys.argv[1] if len(sys.argv) > 1 else "data/bench/curate"))
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_curate", description=__doc__.splitlines()[0])
+    ap.add_argument("out", nargs="?", default="data/bench/curate", help="folder for bench_curate.json (and the corpus)")
+    ap.add_argument("--videos", type=Path, help="measure every video file in this folder instead of the corpus")
+    ap.add_argument("--repeats", type=int, default=2, help="runs per video; the best is kept")
+    args = ap.parse_args()
+    res = run(Path(args.out), args.repeats, args.videos)
     print(json.dumps(res, indent=2))
     print(summary(res))
