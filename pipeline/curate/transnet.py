@@ -69,6 +69,10 @@ class ShotNet:
             random.setstate(saved[2])
             torch.use_deterministic_algorithms(saved[3], warn_only=saved[4])
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[5], saved[6]
+        for block in net.modules():
+            fast = _merged_forward(block)
+            if fast is not None:
+                block.forward = fast      # this instance only: the wheel's class is left alone
         return net.eval()
 
     def many_hot(self, thumbs: np.ndarray) -> np.ndarray:
@@ -97,6 +101,39 @@ class ShotNet:
             self.seconds += time.process_time() - t0
             self.frames += len(thumbs)
         return p
+
+
+def _merged_forward(block):
+    """A faster forward for one of the wheel's dilated DDCNN blocks (None for any other module), same weights.
+
+    The block runs four separable branches on one input: a (1, 3, 3) spatial convolution each, then a
+    (3, 1, 1) temporal one dilated 1, 2, 4, 8. Here the four spatial convolutions are one convolution
+    with their filters stacked (one large matrix product instead of four small ones), and each temporal
+    convolution is a 2D convolution over (time, pixels) on a free view: PyTorch sends an undilated
+    (3, 1, 1) conv3d to its slow reference kernel (~3x the time). ~15% less CPU per frame on the bench
+    windows; probabilities within 3e-7 of the wheel's own forward (tests/test_transnet.py)."""
+    import torch
+    import torch.nn.functional as F
+
+    if type(block).__name__ != "DilatedDCNNV2":
+        return None
+    branches = [block.Conv3D_1, block.Conv3D_2, block.Conv3D_4, block.Conv3D_8]
+    if any(len(b.layers) != 2 for b in branches):      # a non-separable variant: keep the wheel's forward
+        return None
+    spatial = torch.cat([b.layers[0].weight for b in branches]).detach()        # (4 * 2F, C, 1, 3, 3)
+    temporal = [(b.layers[1].weight[..., 0].detach(), b.layers[1].bias, b.layers[1].dilation[0])
+                for b in branches]                                               # (F, 2F, 3, 1) each
+
+    def forward(x):                                               # (B, C, T, H, W)
+        y = F.conv3d(x, spatial, padding=(0, 1, 1))               # (B, 4 * 2F, T, H, W)
+        n, c, t, h, w = y.shape
+        y = y.view(n, 4, c // 4, t, h * w)                        # (B, branch, 2F, T, H*W)
+        out = torch.cat([F.conv2d(y[:, i], wt, bias, padding=(d, 0), dilation=(d, 1))
+                         for i, (wt, bias, d) in enumerate(temporal)], 1)        # (B, 4F, T, H*W)
+        out = block.bn(out.view(n, -1, t, h, w))
+        return block.activation(out) if block.activation is not None else out
+
+    return forward
 
 
 # ---------------------------------------------------------------- where the network runs
