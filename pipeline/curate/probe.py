@@ -4,6 +4,8 @@ Decode is the CPU budget (target: all of curation <= 3x a plain PyAV decode of t
 video), so no stage decodes on its own. `scan` decodes every frame once, asks PyAV's scaler
 once for a small RGB image (scenes and face detection work on it), and hands out the
 full-size picture only on demand: the quality sampler reads the luma plane of a few frames.
+It decodes a few frames ahead (`_BURST`) and then hands them out in order: the decoder's
+working set stays in cache instead of being evicted by the models after every frame.
 Decoding is single-threaded on purpose: Ray parallelises across videos, and per-stage CPU
 accounting stays honest.
 """

@@ -3,8 +3,8 @@
 The network looks at 48x27 RGB thumbnails and gives two per-frame probabilities: "one-hot" (the
 frame where a transition is centred) and "many-hot" (every frame of a transition window). We use
 the many-hot head: it marks each dissolve or fade to within a frame, and marks a hard cut as the
-last frame of the old shot. Cost on CPU is ~20 ms per frame per thread whatever the video size,
-about 15x a 360p decode, so scenes.py runs it only on windows around candidates (or on every frame
+last frame of the old shot. Cost on CPU is ~17 ms per frame per thread whatever the video size,
+about 10x a 360p decode, so scenes.py runs it only on windows around candidates (or on every frame
 with `scenes.transnet_frames: all`, what a GPU worker would do).
 
 The wheel's constructor seeds the global RNGs (torch, numpy, random) and turns on torch's
