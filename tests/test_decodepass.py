@@ -65,3 +65,39 @@ def test_faces_with_frame_times_match_the_true_boxes_and_timestamps(video):
 def test_consumer_names_must_differ(video):
     with pytest.raises(ValueError, match="share a name"):
         run_consumers(video["path"], 256, [FrameTimes(), FrameTimes()])
+
+
+@pytest.mark.parametrize("good", [0, 5, 8, 13])
+def test_a_decode_that_breaks_mid_burst_keeps_every_good_frame_in_order(video, monkeypatch, good):
+    """scan decodes a few frames ahead of the consumers: when the decoder fails after `good` frames,
+    the consumers still see exactly frames 0..good-1, each once and in order, and the run says where
+    it broke (none good: the file is refused)."""
+    import pipeline.video_io as video_io
+    from pipeline.video_io import VideoError
+
+    real_open = video_io._open
+
+    class Breaking:               # the real container, whose decoder raises after `good` frames
+        def __init__(self, path):
+            self.c = real_open(path)
+            self.streams = self.c.streams
+
+        def decode(self, stream):
+            for i, frame in enumerate(self.c.decode(stream)):
+                if i == good:
+                    raise RuntimeError("bitstream damaged")
+                yield frame
+
+        def close(self):
+            self.c.close()
+
+    monkeypatch.setattr(video_io, "_open", Breaking)
+    times = FrameTimes()
+    if good == 0:
+        with pytest.raises(VideoError, match="decode failed"):
+            run_consumers(video["path"], 256, [times])
+        return
+    run = run_consumers(video["path"], 256, [times])
+    assert run.num_frames == good and len(run.results["timestamps"]) == good
+    assert run.results["timestamps"] == sorted(set(run.results["timestamps"]))
+    assert f"after frame {good}" in run.message

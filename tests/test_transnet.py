@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 
+from pipeline.curate import transnet
 from pipeline.curate.probe import scan
 from pipeline.curate.scenes import Boundary, ScenesConfig, ShotDetector
 from pipeline.curate.transnet import CandidateWindows, ShotNet, thumbnail
@@ -92,6 +93,46 @@ def test_many_hot_marks_the_dissolve_window_and_the_cut_frame(edit, net):
     inside = np.r_[p[:DISSOLVE[0] - 2], p[DISSOLVE[1] + 2: CUT - 2], p[CUT + 2:]]
     assert inside.max() < 0.2                    # panning is not a transition
     assert net.seconds > 0
+
+
+def test_the_merged_block_forward_gives_the_wheels_own_probabilities(edit, net):
+    """ShotNet runs each dilated block's four branches as one stacked spatial convolution and 2D temporal
+    ones (transnet._merged_forward); the wheel's own forward on the same weights must agree. Tolerance
+    1e-5: the two sum the same products in another order (float32; measured 2.4e-7 at most)."""
+    import torch
+
+    _, thumbs = edit
+    replaced = [m for m in net.net.modules() if "forward" in m.__dict__]
+    assert len(replaced) == 6                    # 3 stacks x 2 dilated blocks
+    x = torch.from_numpy(thumbs[20:80])[None]    # the dissolve and some shot either side
+    with torch.inference_mode():
+        fast = torch.sigmoid(net.net(x)[1]["many_hot"])
+        own = [type(m).forward.__get__(m) for m in replaced]
+        for m, f in zip(replaced, own):
+            m.forward = f                        # the wheel's class forward, on this instance
+        try:
+            wheel = torch.sigmoid(net.net(x)[1]["many_hot"])
+        finally:
+            for m in replaced:                       # the session's network goes back to the merged forward
+                m.forward = transnet._merged_forward(m)
+    assert fast.max() > 0.9                      # the dissolve is in there
+    assert torch.allclose(fast, wheel, atol=1e-5, rtol=0), (fast - wheel).abs().max()
+
+
+def test_cheap_pass_sums_equal_numpys():
+    """The cheap pass's OpenCV sums (brightness, frame difference, colour histogram) give numpy's floats
+    exactly: they are exact integer sums, so no result moves by a bit."""
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        a, b = rng.integers(0, 256, (2, 27, 48, 3), dtype=np.uint8)
+        assert transnet.mean_value(a) == float(a.mean())
+        assert transnet.mean_abs_diff(a, b) == float(np.abs(a.astype(np.int16) - b).mean())
+        pa, pb = a[2:, :45], b[:25, 3:]              # the motion check's shifted, strided views
+        assert transnet.mean_abs_diff(pa, pb) == float(np.abs(pa.astype(np.int16) - pb).mean())
+        q = (a >> 6).astype(np.int32)
+        hist = np.bincount((q[..., 0] * 16 + q[..., 1] * 4 + q[..., 2]).ravel(), minlength=64)
+        assert np.array_equal(transnet._histogram(a), hist.astype(np.float32) / (27 * 48))
+        assert transnet._histogram(a).dtype == np.float32
 
 
 def test_candidate_windows_find_the_same_boundaries_on_a_fraction_of_the_frames(edit, net):

@@ -4,6 +4,8 @@ Decode is the CPU budget (target: all of curation <= 3x a plain PyAV decode of t
 video), so no stage decodes on its own. `scan` decodes every frame once, asks PyAV's scaler
 once for a small RGB image (scenes and face detection work on it), and hands out the
 full-size picture only on demand: the quality sampler reads the luma plane of a few frames.
+It decodes a few frames ahead (`_BURST`) and then hands them out in order: the decoder's
+working set stays in cache instead of being evicted by the models after every frame.
 Decoding is single-threaded on purpose: Ray parallelises across videos, and per-stage CPU
 accounting stays honest.
 """
@@ -49,6 +51,9 @@ def probe_video(path: str | Path, cfg: ProbeConfig) -> VideoInfo:
         raise VideoError(f"duration {info.duration_s:.0f}s exceeds probe.max_duration_s={cfg.max_duration_s:.0f}")
     return info
 
+
+# frames decoded ahead of the consumers in `scan`
+_BURST = 8
 
 # 8-bit formats whose first plane is the luma itself (10-bit ones take the conversion path)
 _LUMA8 = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21", "gray"}
@@ -127,30 +132,42 @@ def scan(path: str | Path, max_side: int, consumers: dict[str, Callable[[Frame],
         # builds a new one per frame, which costs more than decoding a small frame).
         scaler = VideoReformatter()
         clock = time.process_time()
-        while max_frames is None or n < max_frames:
-            try:  # only decoder errors are caught here; a consumer's bug must surface
-                av_frame = next(frames)
-            except StopIteration:
+        broken: VideoError | None = None
+        while broken is None and (max_frames is None or n < max_frames):
+            # Decode a few frames ahead, then hand them out: the decoder's working set (reference frames,
+            # tables) stays in cache for a burst instead of being evicted by the models after every frame.
+            batch = []
+            while len(batch) < _BURST and (max_frames is None or n + len(batch) < max_frames):
+                try:  # only decoder errors are caught here; a consumer's bug must surface
+                    av_frame = next(frames)
+                except StopIteration:
+                    break
+                except Exception as e:  # a corrupt stream: keep what was decoded, say where it broke
+                    k = n + len(batch)
+                    if k == 0:
+                        raise VideoError(f"decode failed ({type(e).__name__}: {e})") from None
+                    broken = TruncatedDecode(k, f"decode stopped after frame {k} ({type(e).__name__})")
+                    break
+                if size is None:   # the small frame has the display's shape: the scaler applies the SAR for free
+                    size = small_size(display_width(av_frame.width, sar), av_frame.height, max_side)
+                rot = _rotation_of(av_frame)
+                small = scaler.reformat(av_frame, width=size[0], height=size[1], format="rgb24",
+                                        interpolation="AREA").to_ndarray()
+                batch.append(Frame(n + len(batch), _to_display(small, rot), av_frame, rot, stamp(av_frame), sar))
+            if not batch:
                 break
-            except Exception as e:  # a corrupt stream: keep what was decoded, say where it broke
-                if n == 0:
-                    raise VideoError(f"decode failed ({type(e).__name__}: {e})") from None
-                raise TruncatedDecode(n, f"decode stopped after frame {n} ({type(e).__name__})") from None
-            if size is None:   # the small frame has the display's shape: the scaler applies the SAR for free
-                size = small_size(display_width(av_frame.width, sar), av_frame.height, max_side)
-            rot = _rotation_of(av_frame)
-            small = scaler.reformat(av_frame, width=size[0], height=size[1], format="rgb24",
-                                    interpolation="AREA").to_ndarray()
-            frame = Frame(n, _to_display(small, rot), av_frame, rot, stamp(av_frame), sar)
             now = time.process_time()
             t["decode"] += now - clock
             clock = now
-            for name, fn in consumers.items():
-                fn(frame)
-                now = time.process_time()
-                t[name] += now - clock
-                clock = now
-            n += 1
+            for frame in batch:
+                for name, fn in consumers.items():
+                    fn(frame)
+                    now = time.process_time()
+                    t[name] += now - clock
+                    clock = now
+                n += 1
+        if broken is not None:
+            raise broken
     finally:
         c.close()
     return n

@@ -226,10 +226,10 @@ class ShotDetector:
         return any(lo + f.start - reach <= a and b <= lo + f.end + reach for f in fades)
 
     def update(self, frame) -> None:
-        from pipeline.curate.transnet import thumbnail
+        from pipeline.curate.transnet import mean_value, thumbnail
 
         thumb = thumbnail(frame.small)
-        self.luma.append(float(thumb.mean()))
+        self.luma.append(mean_value(thumb))
         if self.windows is not None:
             self.windows.update(frame.index, thumb)
         else:
