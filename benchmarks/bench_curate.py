@@ -69,15 +69,13 @@ def _stage_split(times: dict, detail: dict, spent: float) -> dict[str, float]:
 
 def _own_videos(folder: Path) -> list[dict]:
     """The corpus' ground-truth rows, as far as the bench uses them, for every video file in `folder`."""
-    import av
+    from pipeline.video_io import probe
 
     out = []
     for p in sorted(folder.iterdir()):
         if p.suffix.lower() in VIDEO_SUFFIXES:
-            with av.open(str(p)) as c:
-                s = c.streams.video[0]
-                out.append({"path": str(p), "name": p.stem, "width": s.codec_context.width,
-                            "height": s.codec_context.height})
+            info = probe(p)
+            out.append({"path": str(p), "name": p.stem, "width": info.width, "height": info.height})
     if not out:
         raise SystemExit(f"no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) in {folder}")
     return out

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-# the stages of residual blocks: (channels, blocks, first block downsamples)
-STAGES = [(32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1, True)]
+# the stages of residual blocks, 32, 64, 128, 256, 256 channels: (blocks, first block downsamples)
+STAGES = [(3, False), (4, True), (3, True), (3, True), (1, True)]
 CHIP = 150     # the input side the network was trained at
 
 
@@ -82,7 +82,7 @@ def read_dat(path: str | Path) -> dict:
             _read_layer(out, name, _Reader(data, pos))
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
-    blocks = sum(n for _, n, _ in STAGES)
+    blocks = sum(n for n, _ in STAGES)
     if "mean" not in out or out["fc"] is None or len(out["convs"]) != 1 + 2 * blocks \
             or len(out["affines"]) != 1 + 2 * blocks:
         raise ValueError(f"{path} is not dlib's face-recognition ResNet ({len(out['convs'])} convolutions)")
@@ -156,7 +156,7 @@ class DlibResNet:
         x = (x - self.mean) / 256.0                                   # dlib's input_rgb_image normalisation
         x = F.max_pool2d(torch.relu(self._conv_affine(x, 0)), 3, 2)   # (N, 32, 35, 35)
         i = 1
-        for _channels, blocks, down in STAGES:
+        for blocks, down in STAGES:
             for j in range(blocks):
                 y = torch.relu(self._conv_affine(x, i))
                 y = self._conv_affine(y, i + 1)

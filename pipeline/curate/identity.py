@@ -175,7 +175,7 @@ class DlibIdentity(_Encoder):
         cfg = cfg or IdentityConfig()
         super().__init__(cfg)
         self._net = DlibResNet(dlib_model_files()["resnet"])
-        self._threads = max(1, int(cfg.threads))
+        self._threads = cfg.threads
 
     def chip(self, rgb: np.ndarray, box) -> np.ndarray:
         """(150, 150, 3) uint8 face aligned by dlib (its 0.25 padding): what the ResNet sees."""
@@ -185,14 +185,10 @@ class DlibIdentity(_Encoder):
     def embed_chips(self, chips) -> np.ndarray:
         if not len(chips):
             return np.zeros((0, self.dim), np.float32)
-        import torch
+        from pipeline.threads import torch_threads
 
-        prev = torch.get_num_threads()
-        torch.set_num_threads(self._threads)
-        try:
+        with torch_threads(self._threads):
             return self._net.embed(np.stack(chips))
-        finally:
-            torch.set_num_threads(prev)
 
 
 # insightface.utils.face_align.arcface_dst: eye centres and nose tip of the 112 px ArcFace crop

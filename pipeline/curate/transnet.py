@@ -88,16 +88,15 @@ class ShotNet:
                              f"{thumbs.shape}")
         if len(thumbs) == 0:
             return np.zeros(0, np.float32)
-        prev = torch.get_num_threads()
+        from pipeline.threads import torch_threads
+
         t0 = time.process_time()
-        torch.set_num_threads(self.threads)
         try:
-            with torch.inference_mode():
+            with torch_threads(self.threads), torch.inference_mode():
                 x = torch.from_numpy(np.ascontiguousarray(thumbs))[None].to(self.device)   # (1, T, 27, 48, 3)
                 _, extra = self.net(x)
                 p = torch.sigmoid(extra["many_hot"])[0, :, 0].float().cpu().numpy()      # (T,)
         finally:
-            torch.set_num_threads(prev)
             self.seconds += time.process_time() - t0
             self.frames += len(thumbs)
         return p

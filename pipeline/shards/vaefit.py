@@ -95,15 +95,11 @@ class FitProgress:
 def fit_vae(vae, frames: np.ndarray, steps: int = 300, lr: float = 2e-3, kl_weight: float = 1e-6,
             batch: int = 16, seed: int = 0, progress: FitProgress | None = None) -> list[float]:
     """A few hundred CPU steps of reconstruction + small KL on uint8 crops (N,S,S,3). Returns losses."""
-    import torch
+    from pipeline.threads import torch_threads
 
-    threads = torch.get_num_threads()
     # tiny kernels: thread hand-offs cost more than they save (4x slower with 2 threads on a busy 2-core box)
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return _fit(vae, frames, steps, lr, kl_weight, batch, seed, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _fit(vae, frames, steps, lr, kl_weight, batch, seed, progress) -> list[float]:
