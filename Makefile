@@ -8,6 +8,7 @@ DATA    ?= data
 # Offline targets never wait on a model hub.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 PYTEST_ARGS ?=
+CURATE_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install browser test lint demo corpus serve s3serve curate shards verify-optout train reenact eval bench gpu-check estimate report clean
@@ -41,8 +42,8 @@ corpus: install ## generate the synthetic face-video corpus under $(DATA)/corpus
 serve: install ## serve the corpus on loopback and write manifests/sources.csv
 	$(PY) -m pipeline.synth.server --corpus $(DATA)/corpus --write-sources manifests/sources.csv
 
-curate: install ## links in manifests/sources.csv -> $(DATA)/curate/clips.parquet (Ray; RAY_ADDRESS for a cluster)
-	$(PY) -m pipeline.curate --data $(DATA) --sources manifests/sources.csv --dag dags/curate.yaml
+curate: install ## links in manifests/sources.csv -> $(DATA)/curate/clips.parquet (Ray; RAY_ADDRESS; CURATE_ARGS='--set K=V')
+	$(PY) -m pipeline.curate --data $(DATA) --sources manifests/sources.csv --dag dags/curate.yaml $(CURATE_ARGS)
 
 shards: install ## accepted clips -> WebDataset shards with latents, CLIP, landmarks; applies opt-outs
 	$(PY) -m pipeline.shards --data $(DATA) --dag dags/shards.yaml

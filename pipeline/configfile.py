@@ -61,6 +61,27 @@ def load_yaml(path: str | Path | None, default_path: str | Path | None = None) -
     return doc
 
 
+_KEY_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+def parse_assignment(text: str) -> tuple[list[str], Any]:
+    """A command-line override "section.key=value" -> (["section", "key"], value), the value read as
+    YAML (`[0.35, 0.65]` is a list, `8` an int, `cuda` a string). ConfigError, one line, for anything else."""
+    import yaml
+
+    key, sep, raw = str(text).partition("=")
+    key = key.strip()
+    if not sep or not _KEY_PATH.fullmatch(key):
+        raise ConfigError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. faces.stride=4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: value {raw!r} is not YAML ({getattr(e, 'problem', None) or e})") from None
+    if value is None:
+        raise ConfigError(f"--set {key}: no value given")
+    return key.split("."), value
+
+
 def _dotted(section: str, key: object) -> str:
     return f"{section}.{key}" if section else str(key)
 

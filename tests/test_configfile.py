@@ -266,3 +266,58 @@ def test_train_cli_mistyped_value_exits_2_with_one_line(tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         f"error: {tmp_path / 't.yaml'}: data.num_workers: expected int, got 'two'"], r.stderr
+
+
+def test_curate_set_overrides_a_parameter_and_is_checked_like_the_file(tmp_path):
+    """`python -m pipeline.curate --set STAGE.KEY=VALUE` (make curate CURATE_ARGS=...): one parameter
+    changed without a copy of the DAG; the value is typed and validated as the file's would be."""
+    from pipeline.curate.faces import place_crop
+    from pipeline.curate.stages import load_dag
+
+    shipped = REPO / "dags" / "curate.yaml"
+    base = load_dag(shipped)
+    cfg = load_dag(shipped, ["faces.face_w_band=[0.35, 0.65]", "faces.face_h_band=[0.39,0.77]",
+                             "scenes.margin=4", "steps.analyse.concurrency=3", "engine.num_cpus=1"])
+    assert cfg.faces.face_w_band == [0.35, 0.65] and cfg.faces.face_h_band == [0.39, 0.77]
+    assert cfg.scenes.margin == 4 and isinstance(cfg.scenes.margin, int)
+    assert cfg.resources["analyse"].concurrency == 3 and cfg.engine.num_cpus == 1
+    assert cfg.faces.stride == base.faces.stride and cfg.filters == base.filters     # the rest is the file's
+    assert cfg.fingerprint() != base.fingerprint()                 # resume re-runs what the change affects
+    assert load_dag(shipped, ["engine.num_cpus=1"]).fingerprint() == base.fingerprint()
+    # what the README's pre-cropped recipe does: a face 0.64 of a 1:1 frame gets the whole frame, unpadded
+    face = [(0.18, 0.2, 0.64, 0.64)]
+    assert place_crop(face, 512, 512, base.faces).pad_fraction > 0.05
+    c = place_crop(face, 512, 512, cfg.faces)
+    assert (c.x0, c.y0, c.size, c.pad_fraction) == (0, 0, 512, 0.0)
+    # a stage the file does not list is added in pipeline order
+    p = tmp_path / "curate.yaml"
+    p.write_text("stages:\n  - name: probe\n  - name: filters\n")
+    assert load_dag(p, ["quality.every=4"]).quality.every == 4
+    cases = {
+        "faces.stride=eight": f"{p} with --set: faces.params.stride: expected int, got 'eight'",
+        "faces.strid=2": f"{p} with --set: unknown key faces.params.strid",
+        "faces.face_w_band=[0.6, 0.7]": "face_w_band",
+        "faces=2": "--set 'faces=2': expected SECTION.KEY=VALUE",
+        "faces.stride": "--set 'faces.stride': expected SECTION.KEY=VALUE",
+        "facez.stride=2": "--set facez.stride: expected STAGE.KEY, engine.KEY, media.KEY or steps.STEP.KEY",
+        "steps.analyse=3": "--set steps.analyse: expected STAGE.KEY",
+        "faces.face_w_band=[0.35,": "--set faces.face_w_band: value '[0.35,' is not YAML",
+        "faces.stride=": "--set faces.stride: no value given",
+    }
+    for text, words in cases.items():
+        with pytest.raises(ConfigError) as e:
+            load_dag(p, [text])
+        assert words in _one_line(e), (text, _one_line(e))
+
+
+def test_curate_cli_bad_set_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from pipeline.curate.__main__ import main
+
+    data = tmp_path / "data"
+    rc = main(["--data", str(data), "--dag", str(REPO / "dags" / "curate.yaml"), "--engine", "sequential",
+               "--set", "faces.stride=eight"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0
+    assert err == "curate: error: ConfigError: dags/curate.yaml with --set: faces.params.stride: expected int, " \
+                  "got 'eight'".replace("dags/curate.yaml", str(REPO / "dags" / "curate.yaml"))
+    assert not data.exists()

@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sources", default="manifests/sources.csv", help="CSV: url, video_id, license, note")
     ap.add_argument("--optout", default=None, help="CSV of opted-out ids/urls (default: optout.csv next to --sources)")
     ap.add_argument("--dag", default="dags/curate.yaml", help="stage parameters and resources")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+                    help="override one DAG parameter (repeatable): STAGE.KEY=VALUE, e.g. faces.stride=4 or "
+                         "faces.face_w_band=[0.35,0.65]; also engine.KEY, media.KEY, steps.STEP.KEY")
     ap.add_argument("--engine", choices=["ray", "sequential"], default="ray")
     ap.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"),
                     help="existing Ray cluster, host:port or ray://host:port (default: $RAY_ADDRESS; "
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     sources = Path(args.sources)
     optout = Path(args.optout) if args.optout else sources.with_name("optout.csv")
     try:
-        cfg = load_dag(args.dag)
+        cfg = load_dag(args.dag, args.sets)
         items = load_inputs(sources, optout)
         if args.engine == "ray":
             check_ray_address(args.ray_address)   # seconds, not Ray's minutes of retries

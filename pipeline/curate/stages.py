@@ -83,15 +83,21 @@ class CurateConfig:
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def load_dag(path: str | Path | None) -> CurateConfig:
+def load_dag(path: str | Path | None, sets: list[str] | tuple[str, ...] = ()) -> CurateConfig:
     """Read dags/curate.yaml: {engine, media, steps: {download|analyse: {num_cpus, concurrency}},
     stages: [{name, params: {...}}]}. Unknown keys, stages, a wrong order, a mistyped value or a
-    stage's own `resources:` raise ConfigError (a ValueError), one line naming the file and the key."""
+    stage's own `resources:` raise ConfigError (a ValueError), one line naming the file and the key.
+
+    `sets`: command-line overrides "STAGE.KEY=VALUE" (a stage's params), "engine.KEY=...",
+    "media.KEY=...", "steps.STEP.KEY=..."; applied to the file's values, then checked like them."""
     cfg = CurateConfig()
-    if path is None:
+    if path is None and not sets:
         return cfg
-    doc = load_yaml(path)
-    where = str(path)
+    doc = load_yaml(path) if path is not None else {}
+    where = str(path) if path is not None else "defaults"
+    if sets:
+        _apply_sets(doc, sets, where)
+        where += " with --set"
     check_keys(doc, ("engine", "stages", "steps", "media"), where)
     if not isinstance(doc.get("stages") or [], list):
         raise ConfigError(f"{where}: expected a mapping with a 'stages' list")
@@ -126,6 +132,32 @@ def load_dag(path: str | Path | None) -> CurateConfig:
     if seen and seen != [s for s in STAGES if s in seen]:
         raise ConfigError(f"{where}: stages out of order: {seen}; the order is {' -> '.join(STAGES)}")
     return cfg
+
+
+def _apply_sets(doc: dict, sets, where: str) -> None:
+    """Write each "section.key=value" override into the raw DAG document (stages in pipeline order)."""
+    from pipeline.configfile import parse_assignment
+
+    for text in sets:
+        keys, value = parse_assignment(text)
+        head = keys[0]
+        if head in STAGES and len(keys) == 2:
+            stages = doc.setdefault("stages", [])
+            if not isinstance(stages, list):
+                raise ConfigError(f"{where}: expected a mapping with a 'stages' list")
+            entry = next((st for st in stages if isinstance(st, dict) and st.get("name") == head), None)
+            if entry is None:
+                entry = {"name": head}
+                stages.append(entry)
+                stages.sort(key=lambda st: STAGES.index(st["name"]) if st.get("name") in STAGES else -1)
+            entry.setdefault("params", {})[keys[1]] = value
+        elif head in ("engine", "media") and len(keys) == 2:
+            doc.setdefault(head, {})[keys[1]] = value
+        elif head == "steps" and len(keys) == 3:
+            doc.setdefault("steps", {}).setdefault(keys[1], {})[keys[2]] = value
+        else:
+            raise ConfigError(f"--set {'.'.join(keys)}: expected STAGE.KEY, engine.KEY, media.KEY or "
+                              f"steps.STEP.KEY (stages: {', '.join(STAGES)})")
 
 
 class Models:
