@@ -29,7 +29,7 @@ class ClipRow:
     crop_size: int
     face_w_ratio: float
     face_h_ratio: float
-    pad_fraction: float
+    pad_fraction: float               # crop area outside the frame (or outside the inset holding the face)
     face_confidence: float
     landmark_rate: float
     yaw_deg: float

@@ -231,6 +231,9 @@ def test_no_accepted_crop_pads_more_than_5_percent(run):
         assert r.pad_fraction <= 0.05, r
     padded = clips[clips.reason == "padding"]
     assert len(padded) and (padded["pad_fraction"] > 0.05).all()
+    # no corpus video shows a picture-in-picture: none of its straight edges (brick joints, posters,
+    # monitors, gravel) may be taken for one (tests/test_insets.py has the insets)
+    assert "inset" not in set(clips.reason)
 
 
 def test_tight_talking_heads_are_kept_with_a_side_inside_the_band(run):

@@ -208,6 +208,7 @@ class Crop:
     outside: float        # worst overhang of a detected face box beyond the crop, / median face width
     pad_fraction: float   # share of the crop's area outside the frame (filled by crop_square's edge replication)
     in_band: bool         # both face ratios inside faces.face_w_band / face_h_band
+    inset: bool = False   # placed inside a picture-in-picture: pad_fraction counts what lies outside it
 
 
 def crop_side(fw: float, fh: float, width: int, height: int, cfg: FacesConfig) -> tuple[float, bool]:
@@ -235,7 +236,7 @@ def pad_fraction(x0: float, y0: float, size: float, width: int, height: int) -> 
 
 
 def place_crop(boxes: list[tuple[float, float, float, float]], width: int, height: int,
-               cfg: FacesConfig) -> Crop:
+               cfg: FacesConfig, region: tuple[float, float, float, float] | None = None) -> Crop:
     """One square crop (display pixels) for a clip from its relative face boxes.
 
     Side: crop_side of the median box (the paper's ratios where the frame allows, else the largest
@@ -244,7 +245,19 @@ def place_crop(boxes: list[tuple[float, float, float, float]], width: int, heigh
     side the crop covers all of it and stays as centred on the face as that allows. What remains
     outside the frame is `pad_fraction` of the crop's area (the filters reject above
     filters.max_pad_fraction); crop_square fills it by repeating the frame's edge pixels.
+
+    region: the picture-in-picture (relative x0, y0, x1, y1; pipeline.curate.insets) the face is in:
+    the crop is placed in it as in a frame of its own, and pad_fraction is the share outside it.
     """
+    if region is not None:
+        rx0, ry0 = int(np.ceil(region[0] * width)), int(np.ceil(region[1] * height))
+        rw, rh = int(region[2] * width) - rx0, int(region[3] * height) - ry0
+        if rw >= 2 and rh >= 2:
+            inner = [((x * width - rx0) / rw, (y * height - ry0) / rh, w * width / rw, h * height / rh)
+                     for x, y, w, h in boxes]
+            c = place_crop(inner, rw, rh, cfg)
+            return Crop(c.x0 + rx0, c.y0 + ry0, c.size, c.face_w_ratio, c.face_h_ratio, c.outside,
+                        c.pad_fraction, c.in_band, inset=True)
     b = np.asarray(boxes, dtype=np.float64) * [width, height, width, height]
     cx, cy = np.median(b[:, 0] + b[:, 2] / 2), np.median(b[:, 1] + b[:, 3] / 2)
     fw, fh = np.median(b[:, 2]), np.median(b[:, 3])

@@ -70,8 +70,8 @@ def judge(duration_s: float, resolution: int, quality: float, crop, face: FaceCh
         return "low_resolution"
     if not crop.in_band:
         return "face_ratio"
-    if crop.pad_fraction > cfg.max_pad_fraction:   # the frame is too small for the face at any ratio in the band
-        return "padding"
+    if crop.pad_fraction > cfg.max_pad_fraction:   # the frame (or the inset) is too small for the face in the band
+        return "inset" if crop.inset else "padding"
     if crop.outside > cfg.max_face_outside:   # the face wandered out of the clip's one fixed crop
         return "face_leaves_crop"
     if not math.isfinite(quality):

@@ -14,6 +14,8 @@ vouch for the tracked one). For found samples it records the yaw
 (17 at the defaults), whatever the video's resolution. There is no second decode: the crop is
 the clip rule applied to that frame's box; the clip's own crop (the median over its boxes) is
 what `make shards` re-checks on every stored frame (its min_landmark_rate drop).
+Each sample also looks for a picture-in-picture around the face on the small frame (insets.py):
+`inset(start, end)` is the rectangle most of a clip's samples agree on, the clip's crop is placed in it.
 
 Flat skin: drawn, cartoon and anime faces get a mesh and a confident detection, but their skin
 is flat paint. Inside the mesh's face oval (eroded, eyes/brows/lips cut out), on the crop resized
@@ -32,6 +34,7 @@ import numpy as np
 
 from pipeline.curate.faces import FacesConfig, place_crop
 from pipeline.curate.filters import FaceCheck, FiltersConfig
+from pipeline.curate.insets import clip_inset, find_inset
 
 
 @dataclass
@@ -39,6 +42,7 @@ class Sample:
     found: bool             # the mesh found the tracked face in the crop
     yaw_deg: float          # nan when not found
     flat_skin: float        # nan when not found
+    inset: tuple[float, float, float, float] | None = None   # the picture-in-picture holding the face (insets.py)
 
 
 # ---------------------------------------------------------------- mesh regions
@@ -99,6 +103,13 @@ def flat_skin_share(rgb: np.ndarray, lm: np.ndarray, size: int = 128) -> float:
     return float(np.mean(grad[mask > 0] < 0.5))
 
 
+def inset_of(small: np.ndarray, box, faces_cfg: FacesConfig) -> tuple[float, float, float, float] | None:
+    """insets.find_inset around the crop the clip rule gives this face on the small frame."""
+    h, w = small.shape[:2]
+    c = place_crop([box], w, h, faces_cfg)
+    return find_inset(small, box, (c.x0 / w, c.y0 / h, (c.x0 + c.size) / w, (c.y0 + c.size) / h))
+
+
 def tracked_mesh(faces: list[np.ndarray], box_px: tuple[float, float, float, float], size: int) -> np.ndarray | None:
     """The mesh face (landmarks relative to a size x size crop) that is the tracked face, whose box
     (x, y, w, h) is given in crop pixels; None if no mesh face is."""
@@ -137,7 +148,9 @@ class FaceVerifier:
     def update(self, frame) -> None:
         box = self.scanner.sampled_box(frame.index, self.every)
         if box is not None:
-            self.samples[frame.index] = self.measure(frame.rgb(), box)
+            sample = self.measure(frame.rgb(), box)
+            sample.inset = inset_of(frame.small, box, self.faces_cfg)
+            self.samples[frame.index] = sample
 
     def finish(self, num_frames: int) -> dict[int, Sample]:
         return self.samples
@@ -158,6 +171,10 @@ class FaceVerifier:
         from pipeline.curate.landmarks import yaw_degrees
 
         return Sample(True, yaw_degrees(lm, n, n), flat_skin_share(crop, lm))
+
+    def inset(self, start: int, end: int) -> tuple[float, float, float, float] | None:
+        """The picture-in-picture rectangle (relative x0, y0, x1, y1) most samples of [start, end) agree on."""
+        return clip_inset([s.inset for i, s in sorted(self.samples.items()) if start <= i < end])
 
     def check(self, start: int, end: int, det_frames: list[int]) -> FaceCheck:
         got = [s for i, s in self.samples.items() if start <= i < end]
