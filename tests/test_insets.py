@@ -163,3 +163,53 @@ def test_clip_inset_needs_most_samples_to_agree():
 def test_find_inset_on_a_plain_frame_with_no_face_nearby_is_none():
     frame = np.full((144, 256, 3), 128, np.uint8)
     assert find_inset(frame, (0.4, 0.3, 0.15, 0.3), (0.3, 0.1, 0.65, 0.72)) is None
+
+
+# ---------------------------------------------------------------- black bars (letterbox, pillarbox)
+
+def _letterbox(gt: dict, out: Path, rows: tuple[int, int], frames: int = 50) -> Path:
+    """The corpus video's rows [r0, r1) over black bars: a 640x360 frame with the picture at y = r0."""
+    from pipeline.video_io import iter_frames, write_mp4
+
+    r0, r1 = rows
+    out_frames = []
+    for _, rgb in iter_frames(gt["path"], 0, frames):
+        f = np.zeros((H, W, 3), np.uint8)
+        f[r0:r1] = rgb[r0:r1]
+        out_frames.append(f)
+    write_mp4(out, out_frames, gt["fps"])
+    return out
+
+
+def test_active_area_is_the_picture_inside_black_bars():
+    from pipeline.curate.insets import active_area, clip_picture
+
+    f = np.zeros((144, 256, 3), np.uint8)
+    f[20:124, 32:224] = 90                                  # letterbox and pillarbox at once
+    area = active_area(f)
+    assert area == pytest.approx((33 / 256, 21 / 144, 223 / 256, 123 / 144))   # edge lines left out
+    assert active_area(np.zeros((144, 256, 3), np.uint8)) is None            # a black frame says nothing
+    full = np.full((144, 256, 3), 90, np.uint8)
+    assert active_area(full) == (0.0, 0.0, 1.0, 1.0) and clip_picture([active_area(full)]) is None
+    # the union over the clip: one sample with picture in a "bar" means it is no bar
+    wider = (0.0, 21 / 144, 1.0, 123 / 144)
+    assert clip_picture([area, None, area]) == pytest.approx(area)
+    assert clip_picture([area, wider]) == pytest.approx(wider)
+    assert clip_picture([None]) is None
+
+
+def test_letterboxed_face_is_cropped_inside_the_picture_or_rejected(talk, analyse, tmp_path):
+    """A film's letterbox: the crop never takes in the black bars as if they were picture."""
+    from pipeline.curate.faces import FacesConfig, place_crop
+
+    tight = analyse(_letterbox(talk, tmp_path / "tight.mp4", (80, 280)))    # face ~0.73 of the picture's height
+    assert tight["clips"] and not [c for c in tight["clips"] if c["status"] == "accepted"]
+    assert {c["reason"] for c in tight["clips"] if c["end_frame"] - c["start_frame"] >= 30} == {"padding"}
+    loose = analyse(_letterbox(talk, tmp_path / "loose.mp4", (40, 320)))
+    acc = [c for c in loose["clips"] if c["status"] == "accepted"]
+    assert sum(c["end_frame"] - c["start_frame"] for c in acc) >= 0.8 * 50, loose["clips"]
+    for c in acc:
+        assert c["crop_y0"] >= 40 and c["crop_y0"] + c["crop_size"] <= 320 + 1 and c["pad_fraction"] <= 0.05
+    x0, y0, x1, y1 = talk["face_box"][0]
+    free = place_crop([(x0 / W, y0 / H, (x1 - x0) / W, (y1 - y0) / H)], W, H, FacesConfig())
+    assert free.y0 < 40 or free.y0 + free.size > 321        # the rule alone would have reached a bar

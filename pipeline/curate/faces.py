@@ -209,6 +209,7 @@ class Crop:
     pad_fraction: float   # share of the crop's area outside the frame (filled by crop_square's edge replication)
     in_band: bool         # both face ratios inside faces.face_w_band / face_h_band
     inset: bool = False   # placed inside a picture-in-picture: pad_fraction counts what lies outside it
+                          # (inside black bars, inset stays False: what lies outside them is padding)
 
 
 def crop_side(fw: float, fh: float, width: int, height: int, cfg: FacesConfig) -> tuple[float, bool]:
@@ -236,7 +237,8 @@ def pad_fraction(x0: float, y0: float, size: float, width: int, height: int) -> 
 
 
 def place_crop(boxes: list[tuple[float, float, float, float]], width: int, height: int,
-               cfg: FacesConfig, region: tuple[float, float, float, float] | None = None) -> Crop:
+               cfg: FacesConfig, region: tuple[float, float, float, float] | None = None,
+               inset: bool = False) -> Crop:
     """One square crop (display pixels) for a clip from its relative face boxes.
 
     Side: crop_side of the median box (the paper's ratios where the frame allows, else the largest
@@ -246,8 +248,9 @@ def place_crop(boxes: list[tuple[float, float, float, float]], width: int, heigh
     outside the frame is `pad_fraction` of the crop's area (the filters reject above
     filters.max_pad_fraction); crop_square fills it by repeating the frame's edge pixels.
 
-    region: the picture-in-picture (relative x0, y0, x1, y1; pipeline.curate.insets) the face is in:
-    the crop is placed in it as in a frame of its own, and pad_fraction is the share outside it.
+    region: the part of the frame that is the face's picture (relative x0, y0, x1, y1; pipeline.curate.insets:
+    a picture-in-picture when `inset`, else the frame inside black bars): the crop is placed in it as in
+    a frame of its own, and pad_fraction is the share outside it.
     """
     if region is not None:
         rx0, ry0 = int(np.ceil(region[0] * width)), int(np.ceil(region[1] * height))
@@ -257,7 +260,7 @@ def place_crop(boxes: list[tuple[float, float, float, float]], width: int, heigh
                      for x, y, w, h in boxes]
             c = place_crop(inner, rw, rh, cfg)
             return Crop(c.x0 + rx0, c.y0 + ry0, c.size, c.face_w_ratio, c.face_h_ratio, c.outside,
-                        c.pad_fraction, c.in_band, inset=True)
+                        c.pad_fraction, c.in_band, inset=inset)
     b = np.asarray(boxes, dtype=np.float64) * [width, height, width, height]
     cx, cy = np.median(b[:, 0] + b[:, 2] / 2), np.median(b[:, 1] + b[:, 3] / 2)
     fw, fh = np.median(b[:, 2]), np.median(b[:, 3])

@@ -11,11 +11,18 @@ line, broken by the head or shoulders, or not closed by a second side: not an in
 runs it on its sampled frames; a clip has an inset when most of its samples found the same one
 (`clip_inset`), and its crop is then placed inside it, with the inset as the frame (padding
 counts what lies outside the inset; above filters.max_pad_fraction the clip is rejected as `inset`).
+
+Black bars are the same problem without a rectangle to find: a letterboxed film, a 4:3 or a vertical
+video inside a 16:9 frame. `active_area` is the part of one small frame that is not black bars (rows
+and columns at the edges whose brightest pixel is below BLACK, as ffmpeg's cropdetect reads them); a
+clip's picture is the union over its samples (a bar must be black on every one), and its crop is
+placed inside it with what lies outside counted as padding.
 """
 from __future__ import annotations
 
 import numpy as np
 
+BLACK = 24.0         # a bar's brightest pixel stays below this luma (cropdetect's default limit)
 STEP = 2             # an edge is a luma step across 2 px (a sharp border, downscaled, spreads over ~2)
 MIN_STEP = 10.0      # grey levels (0..255) the step must have ...
 MIN_RUN = 0.75       # ... along this share of a side (dark hair or clothes on a dark surround break some)
@@ -112,3 +119,29 @@ def clip_inset(found: list[tuple[float, float, float, float] | None], min_share:
     med = np.median(rects, axis=0)
     agree = np.all(np.abs(rects - med) <= tol, axis=1).sum()
     return tuple(float(v) for v in med) if agree >= min_share * len(found) else None
+
+
+def active_area(small: np.ndarray) -> tuple[float, float, float, float] | None:
+    """The picture inside the black bars of one frame (relative x0, y0, x1, y1); None for a frame that
+    is black all over (a fade: it says nothing about bars)."""
+    y = _luma(small)
+    H, W = y.shape
+    rows, cols = np.flatnonzero(y.max(1) >= BLACK), np.flatnonzero(y.max(0) >= BLACK)
+    if not len(rows) or not len(cols):
+        return None
+    # where there is a bar, its edge row (column) blends bar and picture in the small frame: leave it out
+    x0, y0 = cols[0] + (cols[0] > 0), rows[0] + (rows[0] > 0)
+    x1, y1 = cols[-1] + 1 - (cols[-1] < W - 1), rows[-1] + 1 - (rows[-1] < H - 1)
+    return (x0 / W, y0 / H, x1 / W, y1 / H)
+
+
+def clip_picture(areas: list[tuple[float, float, float, float] | None],
+                 min_bar: float = 0.015) -> tuple[float, float, float, float] | None:
+    """The union of a clip's samples' active areas when it leaves a bar of at least `min_bar` of the
+    frame on some side; None when the picture fills the frame (or no sample saw any)."""
+    got = np.array([a for a in areas if a is not None], dtype=np.float64).reshape(-1, 4)
+    if not len(got):
+        return None
+    u = (got[:, 0].min(), got[:, 1].min(), got[:, 2].max(), got[:, 3].max())
+    bars = (u[0], u[1], 1 - u[2], 1 - u[3])
+    return tuple(float(v) for v in u) if max(bars) >= min_bar else None

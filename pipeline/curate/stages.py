@@ -282,7 +282,8 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
         edges[-1:] = []
         for j, (a, b, frames) in enumerate(parts):
             boxes = [dets[k].box for k in frames if a <= k < b] or [dets[frames[-1]].box]
-            crop = place_crop(boxes, info.width, info.height, cfg.faces, region=verifier.inset(a, b))
+            region, inset = verifier.region(a, b)      # a picture-in-picture, or the picture inside black bars
+            crop = place_crop(boxes, info.width, info.height, cfg.faces, region=region, inset=inset)
             q = sampler.clip_score(a, b)
             duration = edge[b] - edge[a]
             face = verifier.check(a, b, frames)

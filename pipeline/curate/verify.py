@@ -14,8 +14,8 @@ vouch for the tracked one). For found samples it records the yaw
 (17 at the defaults), whatever the video's resolution. There is no second decode: the crop is
 the clip rule applied to that frame's box; the clip's own crop (the median over its boxes) is
 what `make shards` re-checks on every stored frame (its min_landmark_rate drop).
-Each sample also looks for a picture-in-picture around the face on the small frame (insets.py):
-`inset(start, end)` is the rectangle most of a clip's samples agree on, the clip's crop is placed in it.
+Each sample also looks for a picture-in-picture around the face and for black bars on the small
+frame (insets.py): `region(start, end)` is where the clip's crop must stay.
 
 Flat skin: drawn, cartoon and anime faces get a mesh and a confident detection, but their skin
 is flat paint. Inside the mesh's face oval (eroded, eyes/brows/lips cut out), on the crop resized
@@ -34,7 +34,7 @@ import numpy as np
 
 from pipeline.curate.faces import FacesConfig, place_crop
 from pipeline.curate.filters import FaceCheck, FiltersConfig
-from pipeline.curate.insets import clip_inset, find_inset
+from pipeline.curate.insets import active_area, clip_inset, clip_picture, find_inset
 
 
 @dataclass
@@ -43,6 +43,7 @@ class Sample:
     yaw_deg: float          # nan when not found
     flat_skin: float        # nan when not found
     inset: tuple[float, float, float, float] | None = None   # the picture-in-picture holding the face (insets.py)
+    picture: tuple[float, float, float, float] | None = None  # the frame inside its black bars (insets.py)
 
 
 # ---------------------------------------------------------------- mesh regions
@@ -150,6 +151,7 @@ class FaceVerifier:
         if box is not None:
             sample = self.measure(frame.rgb(), box)
             sample.inset = inset_of(frame.small, box, self.faces_cfg)
+            sample.picture = active_area(frame.small)
             self.samples[frame.index] = sample
 
     def finish(self, num_frames: int) -> dict[int, Sample]:
@@ -172,9 +174,15 @@ class FaceVerifier:
 
         return Sample(True, yaw_degrees(lm, n, n), flat_skin_share(crop, lm))
 
-    def inset(self, start: int, end: int) -> tuple[float, float, float, float] | None:
-        """The picture-in-picture rectangle (relative x0, y0, x1, y1) most samples of [start, end) agree on."""
-        return clip_inset([s.inset for i, s in sorted(self.samples.items()) if start <= i < end])
+    def region(self, start: int, end: int) -> tuple[tuple[float, float, float, float] | None, bool]:
+        """Where the crop of [start, end) must stay (relative x0, y0, x1, y1), and whether that is a
+        picture-in-picture: the inset most samples agree on, else the picture inside black bars
+        (letterbox, pillarbox), else (None, False): the whole frame."""
+        got = [s for i, s in sorted(self.samples.items()) if start <= i < end]
+        inset = clip_inset([s.inset for s in got])
+        if inset is not None:
+            return inset, True
+        return clip_picture([s.picture for s in got]), False
 
     def check(self, start: int, end: int, det_frames: list[int]) -> FaceCheck:
         got = [s for i, s in self.samples.items() if start <= i < end]
