@@ -34,6 +34,7 @@ class ClipRow:
     landmark_rate: float
     yaw_deg: float
     flat_skin: float
+    expression: float                 # median non-rigid change of the face's mesh across samples (nan: < 2)
     quality: float
     quality_scorer: str
     resolution: int

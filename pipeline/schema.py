@@ -28,11 +28,13 @@ CLIPS = pa.schema([
     ("crop_size", pa.int64()),
     ("face_w_ratio", pa.float64()),    # median face-box width / crop size
     ("face_h_ratio", pa.float64()),    # median face-box height / crop size
-    ("pad_fraction", pa.float64()),    # share of the crop's area outside the frame (edge-replicated)
+    ("pad_fraction", pa.float64()),    # share of the crop's area outside the frame (edge-replicated), or
+                                       # outside the picture inside black bars / the inset holding the face
     ("face_confidence", pa.float64()),  # median detector score of the clip's face
     ("landmark_rate", pa.float64()),   # share of sampled crops where the 478-point mesh found the face
     ("yaw_deg", pa.float64()),         # median |head yaw| from the mesh, degrees (nan: no mesh)
     ("flat_skin", pa.float64()),       # median share of untextured skin (drawn faces score high)
+    ("expression", pa.float64()),      # median mesh change across samples, similarity removed (stills ~0)
     ("quality", pa.float64()),         # 0..100
     ("quality_scorer", pa.string()),   # e.g. "hyperiqa", "sharpness-v1"
     ("resolution", pa.int64()),        # crop side in stored pixels along its coarser axis (crop_size / max(sar, 1))

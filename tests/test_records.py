@@ -37,7 +37,7 @@ def test_row_fields_are_the_schema_columns_in_order_with_matching_types(row, sch
 
 def test_rows_fill_their_tables_and_leave_unset_fields_null():
     clip = ClipRow("c1", "v", "https://h/x", "media/v.mp4", "", 0, 25, 0.0, 1.0, 1.0, 25.0, 10, 20, 128, 0.45, 0.53,
-                   0.0, 0.9, 1.0, 5.0, 0.01, 55.0, "sharpness-v1", 128, "accepted", "", "video_start", "cut",
+                   0.0, 0.9, 1.0, 5.0, 0.01, 0.02, 55.0, "sharpness-v1", 128, "accepted", "", "video_start", "cut",
                    identity=[0.5, -0.5], identity_frames=2)
     table = pa.Table.from_pylist([clip.to_dict()], schema=CLIPS)
     got = table.to_pylist()[0]

@@ -39,6 +39,9 @@ class FiltersConfig:
     min_landmark_rate: float = 0.9         # share of sampled crops where the mesh finds the tracked face
     max_yaw_deg: float = 45.0              # median |yaw| from the mesh (landmarks.yaw_degrees)
     max_flat_skin: float = 0.12            # median share of flat skin (real <= 0.05, drawn and anime >= 0.26)
+    # median non-rigid change of the face's mesh across samples (verify.expression_change): a photo shown
+    # as a video 0.0002-0.0012; real talking heads 0.007-0.10, the stillest (a calm presenter) 0.0067
+    min_expression: float = 0.003
     landmark_samples_per_s: float = 2.0
     verify_size: int = 256                 # the shards' crop side (paper 256)
 
@@ -51,6 +54,7 @@ class FaceCheck:
     yaw_deg: float             # median |yaw| where found (nan if never)
     flat_skin: float           # median flat-skin share where found (nan if never)
     confidence: float          # median detector score over the clip's detections
+    expression: float = float("nan")   # median mesh change across found samples (nan with fewer than 2)
 
 
 def split_long(start: int, end: int, fps: float, max_duration_s: float) -> list[tuple[int, int]]:
@@ -92,4 +96,6 @@ def face_reason(face: FaceCheck, cfg: FiltersConfig) -> str:
         return "profile"
     if not face.flat_skin <= cfg.max_flat_skin:
         return "drawn_face"
+    if face.expression < cfg.min_expression:   # a photo shown as a video (nan, < 2 samples, cannot tell)
+        return "still"
     return ""

@@ -294,6 +294,7 @@ def analyse_video(media: Path, video_id: str, url: str, media_rel: str, cfg: Cur
                           face_w_ratio=crop.face_w_ratio, face_h_ratio=crop.face_h_ratio,
                           pad_fraction=crop.pad_fraction, face_confidence=face.confidence,
                           landmark_rate=face.landmark_rate, yaw_deg=face.yaw_deg, flat_skin=face.flat_skin,
+                          expression=face.expression,
                           quality=q, quality_scorer=models.scorer.name,
                           # stored samples across the crop on its coarser axis (display pixels stretch a SAR > 1)
                           resolution=int(round(crop.size / max(info.sar, 1.0))),

@@ -44,6 +44,7 @@ class Sample:
     flat_skin: float        # nan when not found
     inset: tuple[float, float, float, float] | None = None   # the picture-in-picture holding the face (insets.py)
     picture: tuple[float, float, float, float] | None = None  # the frame inside its black bars (insets.py)
+    shape: np.ndarray | None = None   # float32 (478, 2) mesh, centred and scaled to unit RMS (expression_change)
 
 
 # ---------------------------------------------------------------- mesh regions
@@ -111,6 +112,33 @@ def inset_of(small: np.ndarray, box, faces_cfg: FacesConfig) -> tuple[float, flo
     return find_inset(small, box, (c.x0 / w, c.y0 / h, (c.x0 + c.size) / w, (c.y0 + c.size) / h))
 
 
+def unit_shape(lm: np.ndarray) -> np.ndarray:
+    """The mesh's (x, y) centred and scaled to unit RMS distance from the centre (position and size removed)."""
+    p = np.asarray(lm, np.float64)[:, :2]
+    p = p - p.mean(0)
+    return (p / max(np.sqrt((p ** 2).sum(1).mean()), 1e-12)).astype(np.float32)
+
+
+def expression_change(shapes: list[np.ndarray]) -> float:
+    """How much a face changes shape across a clip's samples once position, size and in-plane rotation
+    are removed (generalised Procrustes on unit_shape meshes): the median RMS distance of each sample
+    from the mean shape. A photo shown as a video (re-encoded, under the detector's and the mesh's
+    jitter) scores 0.0002-0.0012; real talking heads 0.0067-0.10 (filters.min_expression: 0.003). nan
+    with fewer than 2 shapes. A slow zoom and pan over a photo (Ken Burns) scores ~0.0055: not caught."""
+    if len(shapes) < 2:
+        return float("nan")
+    s = np.asarray(shapes, np.float64)                    # (N, 478, 2)
+    mean = s[0]
+    for _ in range(3):
+        aligned = []
+        for x in s:                                        # the rotation that best maps x onto the mean
+            u, _, vt = np.linalg.svd(x.T @ mean)
+            aligned.append(x @ (u @ vt))
+        mean = np.mean(aligned, 0)
+        mean /= max(np.sqrt((mean ** 2).sum(1).mean()), 1e-12)
+    return float(np.median([np.sqrt(((a - mean) ** 2).sum(1).mean()) for a in aligned]))
+
+
 def tracked_mesh(faces: list[np.ndarray], box_px: tuple[float, float, float, float], size: int) -> np.ndarray | None:
     """The mesh face (landmarks relative to a size x size crop) that is the tracked face, whose box
     (x, y, w, h) is given in crop pixels; None if no mesh face is."""
@@ -172,7 +200,7 @@ class FaceVerifier:
             return Sample(False, float("nan"), float("nan"))
         from pipeline.curate.landmarks import yaw_degrees
 
-        return Sample(True, yaw_degrees(lm, n, n), flat_skin_share(crop, lm))
+        return Sample(True, yaw_degrees(lm, n, n), flat_skin_share(crop, lm), shape=unit_shape(lm))
 
     def region(self, start: int, end: int) -> tuple[tuple[float, float, float, float] | None, bool]:
         """Where the crop of [start, end) must stay (relative x0, y0, x1, y1), and whether that is a
@@ -193,7 +221,8 @@ class FaceVerifier:
             return float(np.median(v)) if v else float("nan")
 
         return FaceCheck(len(got), len(found) / len(got) if got else 0.0, med([abs(s.yaw_deg) for s in found]),
-                         med([s.flat_skin for s in found]), med(scores))
+                         med([s.flat_skin for s in found]), med(scores),
+                         expression_change([s.shape for s in found if s.shape is not None]))
 
 
 def check_image(rgb: np.ndarray, detector, mesh, faces_cfg: FacesConfig, cfg: FiltersConfig) -> tuple[str, FaceCheck]:
