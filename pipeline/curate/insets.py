@@ -5,8 +5,10 @@ The frame's own edge is where padding starts (faces.place_crop); an inset's edge
 content starts, and a crop across it trains the model on a hard border and somebody else's picture.
 `find_inset` looks for that rectangle on one small frame (the decode pass's `small`, ~256 px) around
 one face box: straight edges between the face and the crop the clip rule would take, found on at
-least two sides that meet at a corner, each unbroken along the whole side of the rectangle they
-make (missing sides are the frame's borders). A door jamb or a shelf beside a head is one straight
+least two sides that meet at a corner, each unbroken along the side of the rectangle they make as
+far as the search reaches (a quarter of the crop past its edge; sides not found are beyond it or the
+frame's borders). Lines of the inset's own picture are candidates too: the first rectangle that
+holds, most sides first, wins. A door jamb or a shelf beside a head is one straight
 line, broken by the head or shoulders, or not closed by a second side: not an inset. The verifier
 runs it on its sampled frames; a clip has an inset when most of its samples found the same one
 (`clip_inset`), and its crop is then placed inside it, with the inset as the frame (padding
