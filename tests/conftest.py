@@ -12,6 +12,8 @@
 `data_root`     function: a fresh pipeline.paths.DataRoot in tmp_path.
 `portraits`     session: a folder of 6 still portrait PNGs (pipeline.synth.corpus.make_portraits).
 `shot_net`      session: the real pretrained TransNetV2 (pipeline.curate.transnet.ShotNet), CPU, 1 thread.
+`analyse`       session: path -> pipeline.curate.stages.analyse_video's result with the shipped DAG
+                (`analyse.cfg`) and its models loaded once.
 """
 from __future__ import annotations
 
@@ -113,6 +115,20 @@ def shot_net():
     from pipeline.curate.transnet import ShotNet
 
     return ShotNet(device="cpu", threads=1)
+
+
+@pytest.fixture(scope="session")
+def analyse():
+    from pipeline.curate.stages import Models, analyse_video, load_dag
+
+    cfg = load_dag(REPO / "dags" / "curate.yaml")
+    models = Models(cfg)
+
+    def run(path: Path) -> dict:
+        return analyse_video(path, path.stem, "", "", cfg, models)
+
+    run.cfg = cfg
+    return run
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import pytest
 
 from pipeline.curate.insets import clip_inset, find_inset
 
-REPO = Path(__file__).resolve().parents[1]
 W, H = 640, 360
 
 
@@ -67,15 +66,6 @@ def _pip(gt: dict, out: Path, rect: tuple[int, int, int, int], bg: str, face_sca
 @pytest.fixture(scope="module")
 def talk(corpus_by_name):
     return corpus_by_name["talk_360p30"]
-
-
-@pytest.fixture(scope="module")
-def analyse():
-    from pipeline.curate.stages import Models, analyse_video, load_dag
-
-    cfg = load_dag(REPO / "dags" / "curate.yaml")
-    models = Models(cfg)
-    return lambda path: analyse_video(path, path.stem, "", "", cfg, models)
 
 
 def _small_frame(path: Path, i: int = 10) -> np.ndarray:

@@ -4,14 +4,9 @@ rejected as `still`. Composed here from the corpus's talking head: its own frame
 them repeated (rejected)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pytest
 
 from pipeline.curate.verify import expression_change, unit_shape
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_expression_change_ignores_position_size_and_roll_but_sees_the_mouth():
@@ -28,19 +23,10 @@ def test_expression_change_ignores_position_size_and_roll_but_sees_the_mouth():
     assert np.isnan(expression_change([unit_shape(face)])) and np.isnan(expression_change([]))
 
 
-@pytest.fixture(scope="module")
-def analyse():
-    from pipeline.curate.stages import Models, analyse_video, load_dag
-
-    cfg = load_dag(REPO / "dags" / "curate.yaml")
-    models = Models(cfg)
-    return cfg, lambda path: analyse_video(path, path.stem, "", "", cfg, models)
-
-
 def test_a_photo_shown_as_a_video_is_rejected_as_still_and_the_talking_head_kept(corpus_by_name, analyse, tmp_path):
     from pipeline.video_io import iter_frames, write_mp4
 
-    cfg, run = analyse
+    cfg, run = analyse.cfg, analyse
     talk = corpus_by_name["talk_360p30"]
     frames = [rgb for _, rgb in iter_frames(talk["path"], 0, 50)]
     write_mp4(tmp_path / "talking.mp4", frames, talk["fps"])

@@ -32,7 +32,8 @@ PEAK = 0.5           # ... and this much more of it than the lines 3-5 px away (
 MIN_SIDE_PX = 12     # sides shorter than this (small-frame px) are not judged
 
 
-def _luma(small: np.ndarray) -> np.ndarray:
+def luma(small: np.ndarray) -> np.ndarray:
+    """float32 luma of an RGB frame (a grey one as it is): what find_inset and active_area read."""
     if small.ndim == 2:
         return small.astype(np.float32)
     return (small[..., 0] * 0.299 + small[..., 1] * 0.587 + small[..., 2] * 0.114).astype(np.float32)
@@ -71,7 +72,7 @@ def find_inset(small: np.ndarray, box, crop) -> tuple[float, float, float, float
     None when there is none. `small` is the RGB or grey frame in display geometry."""
     import itertools
 
-    y = _luma(small)
+    y = luma(small)
     H, W = y.shape
     gx, gy = _col_steps(y), _col_steps(y.T).T          # vertical edges at columns, horizontal at rows
     fx0, fy0 = box[0] * W, box[1] * H
@@ -126,7 +127,7 @@ def clip_inset(found: list[tuple[float, float, float, float] | None], min_share:
 def active_area(small: np.ndarray) -> tuple[float, float, float, float] | None:
     """The picture inside the black bars of one frame (relative x0, y0, x1, y1); None for a frame that
     is black all over (a fade: it says nothing about bars)."""
-    y = _luma(small)
+    y = luma(small)
     H, W = y.shape
     rows, cols = np.flatnonzero(y.max(1) >= BLACK), np.flatnonzero(y.max(0) >= BLACK)
     if not len(rows) or not len(cols):

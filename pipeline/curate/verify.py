@@ -34,7 +34,7 @@ import numpy as np
 
 from pipeline.curate.faces import FacesConfig, place_crop
 from pipeline.curate.filters import FaceCheck, FiltersConfig
-from pipeline.curate.insets import active_area, clip_inset, clip_picture, find_inset
+from pipeline.curate.insets import active_area, clip_inset, clip_picture, find_inset, luma
 
 
 @dataclass
@@ -106,7 +106,7 @@ def flat_skin_share(rgb: np.ndarray, lm: np.ndarray, size: int = 128) -> float:
 
 
 def inset_of(small: np.ndarray, box, faces_cfg: FacesConfig) -> tuple[float, float, float, float] | None:
-    """insets.find_inset around the crop the clip rule gives this face on the small frame."""
+    """insets.find_inset around the crop the clip rule gives this face on the small frame (RGB or luma)."""
     h, w = small.shape[:2]
     c = place_crop([box], w, h, faces_cfg)
     return find_inset(small, box, (c.x0 / w, c.y0 / h, (c.x0 + c.size) / w, (c.y0 + c.size) / h))
@@ -178,8 +178,9 @@ class FaceVerifier:
         box = self.scanner.sampled_box(frame.index, self.every)
         if box is not None:
             sample = self.measure(frame.rgb(), box)
-            sample.inset = inset_of(frame.small, box, self.faces_cfg)
-            sample.picture = active_area(frame.small)
+            grey = luma(frame.small)                 # one conversion for both looks at the small frame
+            sample.inset = inset_of(grey, box, self.faces_cfg)
+            sample.picture = active_area(grey)
             self.samples[frame.index] = sample
 
     def finish(self, num_frames: int) -> dict[int, Sample]:
