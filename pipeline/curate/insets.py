@@ -33,10 +33,13 @@ MIN_SIDE_PX = 12     # sides shorter than this (small-frame px) are not judged
 
 
 def luma(small: np.ndarray) -> np.ndarray:
-    """float32 luma of an RGB frame (a grey one as it is): what find_inset and active_area read."""
+    """float32 luma of an RGB frame (a grey one as it is): what find_inset and active_area read. OpenCV's
+    RGB-to-grey, as the quality and flat-skin measures use."""
     if small.ndim == 2:
         return small.astype(np.float32)
-    return (small[..., 0] * 0.299 + small[..., 1] * 0.587 + small[..., 2] * 0.114).astype(np.float32)
+    import cv2
+
+    return cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY).astype(np.float32)
 
 
 def _col_steps(y: np.ndarray) -> np.ndarray:

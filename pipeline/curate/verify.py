@@ -207,14 +207,17 @@ class FaceVerifier:
         """Where the crop of [start, end) must stay (relative x0, y0, x1, y1), and whether that is a
         picture-in-picture: the inset most samples agree on, else the picture inside black bars
         (letterbox, pillarbox), else (None, False): the whole frame."""
-        got = [s for i, s in sorted(self.samples.items()) if start <= i < end]
+        got = self._within(start, end)
         inset = clip_inset([s.inset for s in got])
         if inset is not None:
             return inset, True
         return clip_picture([s.picture for s in got]), False
 
+    def _within(self, start: int, end: int) -> list[Sample]:
+        return [s for i, s in self.samples.items() if start <= i < end]
+
     def check(self, start: int, end: int, det_frames: list[int]) -> FaceCheck:
-        got = [s for i, s in self.samples.items() if start <= i < end]
+        got = self._within(start, end)
         found = [s for s in got if s.found]
         scores = [self.scanner.dets[k].score for k in det_frames if start <= k < end]
         def med(v):   # median of the finite values (a sample whose skin could not be measured is skipped)
